@@ -1,0 +1,35 @@
+# Two commands a user needs: `make run` and `make test`. Both create or update .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export KERAS_BACKEND := jax
+export ZENML_ANALYTICS_OPT_IN := false
+export ZENML_ENABLE_RICH_TRACEBACK := false
+
+.PHONY: setup run test system-deps benchmark
+
+setup: $(VENV)/.synced
+
+# uv is itself pinned in the lock, so `uv pip sync` keeps it; pip only bootstraps it once.
+$(VENV)/.synced: requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	touch $@
+
+# nginx serves the local canary; Debian's package is installed when missing and we are root.
+system-deps:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+	    else echo "nginx is missing: install it (Debian/Ubuntu: sudo apt-get install nginx-light)"; exit 1; fi; }
+
+run: setup
+	$(BIN)/python run.py
+
+test: setup system-deps
+	$(BIN)/python -m pytest
+
+benchmark: setup
+	$(BIN)/python benchmarks/data_loader.py
+	$(BIN)/python benchmarks/pipeline.py
