@@ -61,7 +61,7 @@ def get_json(
                 except ValueError as exc:
                     last_error = f"malformed JSON body ({exc})"
         except (requests.ConnectionError, requests.Timeout) as exc:
-            last_error = f"{type(exc).__name__}: {exc}"
+            last_error = f"{type(exc).__name__}: {str(exc)[:160]}"
         if attempt < policy.max_attempts:
             wait = min(wait, policy.max_wait_seconds)
             log.warning("GET %s failed (%s); retry %d/%d in %.1fs",

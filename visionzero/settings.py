@@ -68,7 +68,7 @@ def configure_environment() -> Paths:
     os.environ.setdefault("ZENML_CONFIG_PATH", str(p.zenml))
     os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
     os.environ.setdefault("ZENML_ENABLE_RICH_TRACEBACK", "false")
-    os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
+    os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "INFO")
     os.environ.setdefault("BENTOML_HOME", str(p.bentoml))
     os.environ.setdefault("KERAS_BACKEND", "jax")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

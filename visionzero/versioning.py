@@ -40,6 +40,7 @@ def version_data_dir(data_dir: Path, push: bool = True) -> str:
     _ensure_repo(root)
     _ensure_remote(root)
     with Repo(str(root)) as repo:
+        repo.scm_context.quiet = True  # the pipeline, not the user, runs `dvc add`: no git hints
         repo.add(str(data_dir))
         if push:
             try:

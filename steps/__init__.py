@@ -1,0 +1,1 @@
+"""ZenML steps: thin wrappers around the visionzero package, one file per step."""
