@@ -19,5 +19,15 @@ def data_status() -> dict | None:
             "first_date": summary["first_date"], "last_date": summary["last_date"]}
 
 
+def models_status() -> dict:
+    from visionzero.registry import describe, stage_version
+
+    out = {}
+    for stage in ("production", "staging"):
+        version = stage_version(stage)
+        out[stage] = describe(version) if version is not None else None
+    return out
+
+
 def collect_status() -> dict:
-    return {"data": data_status()}
+    return {"data": data_status(), "models": models_status()}
