@@ -58,12 +58,21 @@ def climatology(weather: pd.DataFrame) -> dict[str, list[float]]:
     return {f: [float(by_month.loc[m, f]) for m in range(1, 13)] for f in WEATHER_FIELDS}
 
 
-def day_frame(dates: pd.DatetimeIndex, weather: pd.DataFrame | None,
-              clim: dict[str, list[float]]) -> tuple[pd.DataFrame, np.ndarray]:
-    """Day-level features for `dates` and where their weather came from ("record" or "climatology").
+def recorded_weather(dates: pd.DatetimeIndex, weather: pd.DataFrame | None) -> pd.DataFrame:
+    """Recorded weather values aligned with `dates` (NaN where there is no record)."""
+    known = pd.DataFrame({"date": pd.DatetimeIndex(dates).normalize()})
+    if weather is None:
+        return known.assign(**{f: np.nan for f in WEATHER_FIELDS})[WEATHER_FIELDS]
+    return known.merge(weather[["date", *WEATHER_FIELDS]].drop_duplicates("date"), on="date",
+                       how="left")[WEATHER_FIELDS]
 
-    `weather` holds known values (recorded, or given by a request) with a `date` column; any field
-    still missing is filled from the monthly climatology, never invented otherwise.
+
+def day_frame(dates: pd.DatetimeIndex, known: pd.DataFrame,
+              clim: dict[str, list[float]]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Day-level features for `dates` and whether key weather (rain, temperatures) was filled.
+
+    `known` holds weather values aligned with `dates` (recorded, or given by a request), NaN where
+    unknown; a missing value is filled from the monthly climatology, never invented otherwise.
     """
     dates = pd.DatetimeIndex(dates).normalize()
     frame = pd.DataFrame({
@@ -72,19 +81,16 @@ def day_frame(dates: pd.DatetimeIndex, weather: pd.DataFrame | None,
         "doy_sin": np.sin(2 * np.pi * dates.dayofyear / 365.25),
         "doy_cos": np.cos(2 * np.pi * dates.dayofyear / 365.25),
     }, index=range(len(dates)))
-    known = pd.DataFrame({"date": dates}).merge(
-        weather[["date", *WEATHER_FIELDS]].drop_duplicates("date") if weather is not None
-        else pd.DataFrame(columns=["date", *WEATHER_FIELDS]), on="date", how="left")
     filled = np.zeros(len(dates), dtype=bool)
     months = dates.month.to_numpy() - 1
     for field in WEATHER_FIELDS:
-        values = pd.to_numeric(known[field], errors="coerce").to_numpy(dtype=float)
+        values = pd.to_numeric(known[field], errors="coerce").to_numpy(dtype=float, copy=True)
         missing = np.isnan(values)
-        filled |= missing & (field in ("prcp", "tmax", "tmin"))
+        if field in ("prcp", "tmax", "tmin"):
+            filled |= missing
         values[missing] = np.asarray(clim[field])[months[missing]]
         frame[field] = values
-    source = np.where(filled, "climatology", "record")
-    return frame[DAY_FEATURES], source
+    return frame[DAY_FEATURES], filled
 
 
 def block_of_minute(minutes: np.ndarray, block_hours: int) -> np.ndarray:

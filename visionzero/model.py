@@ -70,7 +70,7 @@ def split_days(days: pd.Series, holdout_days: int) -> tuple[pd.DatetimeIndex, pd
 
 def volume_features(dates: pd.DatetimeIndex, weather: pd.DataFrame,
                     clim: dict[str, list[float]]) -> pd.DataFrame:
-    frame, _ = F.day_frame(dates, weather, clim)
+    frame, _ = F.day_frame(dates, F.recorded_weather(dates, weather), clim)
     return frame
 
 
@@ -134,20 +134,28 @@ class CrashRiskModel:
     def zone_index(self, zones: np.ndarray) -> np.ndarray:
         return pd.Index(self.shares.zones).get_indexer(zones)
 
-    def predict_volume(self, dates: pd.DatetimeIndex, weather: pd.DataFrame | None
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        frame, source = F.day_frame(dates, weather, self.meta["climatology"])
-        return self.booster.inplace_predict(frame.to_numpy(dtype=np.float32)), source
-
     def expected(self, zones: np.ndarray, dates: pd.DatetimeIndex, blocks: np.ndarray,
-                 weather: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Expected crashes per zone-slot, vectorised; volume is predicted once per distinct date."""
+                 weather: pd.DataFrame | None = None, item_weather: pd.DataFrame | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Expected crashes per zone-slot and the weather source of each ("request", "record",
+        "climatology"). Vectorised: the volume model runs once per distinct (date, weather)."""
         dates = pd.DatetimeIndex(dates).normalize()
-        unique, inverse = np.unique(dates.asi8, return_inverse=True)
-        volume, source = self.predict_volume(pd.DatetimeIndex(unique), weather)
-        dtype = F.daytype(pd.DatetimeIndex(unique))[inverse]
+        known = F.recorded_weather(dates, weather)
+        source = np.where(known[["prcp", "tmax", "tmin"]].notna().all(axis=1), "record", "climatology")
+        if item_weather is not None:
+            given = item_weather[F.WEATHER_FIELDS].notna().any(axis=1).to_numpy()
+            known = known.where(item_weather[F.WEATHER_FIELDS].isna(), item_weather[F.WEATHER_FIELDS])
+            source = np.where(given, "request", source)
+        keyed = known.assign(date=dates.asi8)
+        group = keyed.groupby(["date", *F.WEATHER_FIELDS], dropna=False, sort=False).ngroup().to_numpy()
+        first = keyed.drop_duplicates().index.to_numpy()
+        unique_dates = dates[first]
+        frame, _ = F.day_frame(unique_dates, known.iloc[first].reset_index(drop=True),
+                               self.meta["climatology"])
+        volume = self.booster.inplace_predict(frame.to_numpy(dtype=np.float32))
+        dtype = F.daytype(unique_dates)[group]
         share = self.shares.share(self.zone_index(zones), np.asarray(blocks, dtype=int), dtype)
-        return volume[inverse] * share, source[inverse]
+        return volume[group] * share, source
 
     def levels(self, expected: np.ndarray) -> np.ndarray:
         return assign_levels(expected, self.thresholds)

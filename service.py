@@ -1,0 +1,52 @@
+"""The BentoML prediction service: how risky is this place at this time?
+
+One Bento serves either role: VZ_STAGE (production|staging) and VZ_MODEL_TAG come from the environment.
+Features are computed by visionzero, the same code the training pipeline used.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from bentoml.exceptions import BadInput
+from fastapi import FastAPI
+from pydantic import Field
+
+from visionzero.model import CrashRiskModel
+from visionzero.serving import MAX_ITEMS, InvalidItems, Item, Prediction, metadata, predict_items
+
+MODEL_TAG = os.environ.get("VZ_MODEL_TAG", "nyc_crash_risk:latest")
+STAGE = os.environ.get("VZ_STAGE", "production")
+# BentoML APIs answer POST only; the GET routes live in a small FastAPI app mounted on the service.
+read_routes = FastAPI(title="crash_risk read-only routes")
+
+
+@bentoml.service(
+    name="crash_risk",
+    workers=int(os.environ.get("VZ_WORKERS", "2")),
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": os.environ.get("VZ_ACCESS_LOG", "0") == "1"}},
+)
+@bentoml.asgi_app(read_routes, path="/")
+class CrashRisk:
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.model = CrashRiskModel.load(Path(self.model_ref.path))
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self, items: Annotated[list[Item], Field(max_length=MAX_ITEMS)]
+    ) -> dict[str, list[Prediction]]:
+        """Expected crashes, risk level and P(at least one crash) per item, in item order."""
+        try:
+            return {"predictions": predict_items(items, self.model, STAGE)}
+        except InvalidItems as exc:
+            raise BadInput(str(exc)) from exc
+
+    @read_routes.get("/metadata")
+    async def model_metadata(self) -> dict:
+        """What model answers: version, stage, zones, time blocks, level thresholds, metrics."""
+        return metadata(self.model, STAGE)
