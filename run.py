@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def train(offline: bool, config_path: Path) -> None:
         forbid_network()
     ensure_stack()
     config = yaml.safe_load(config_path.read_text()) or {}
+    if os.environ.get("VZ_DEPLOY_TARGET"):
+        config.setdefault("parameters", {})["deploy_target"] = os.environ["VZ_DEPLOY_TARGET"]
     config.setdefault("steps", {}).setdefault("data_loader", {}).setdefault("parameters", {})[
         "offline"] = offline
     training_pipeline.with_options(**config)()

@@ -3,22 +3,36 @@ from __future__ import annotations
 
 from zenml import Model, pipeline
 
+from steps.bento_builder import bento_builder
 from steps.data_loader import data_loader
+from steps.deployer import deployer
+from steps.discord_alert import discord_alert
 from steps.evaluator import evaluator
 from steps.hp_tuner import hp_tuner
 from steps.trainer import trainer
 from steps.trigger_decision import trigger_decision
+from visionzero.alerts import build_message, send
 from visionzero.stack import MODEL_NAME
+
+
+def alert_failure(exception: BaseException) -> None:
+    """Pipeline failure hook: the on-call hears about it the same way as about deploys."""
+    send(build_message("failure", "Crash-risk training pipeline failed",
+                       {"error": f"{type(exception).__name__}: {str(exception)[:500]}"}))
 
 
 @pipeline(
     enable_cache=False,
+    on_failure=alert_failure,
     model=Model(name=MODEL_NAME, description="Expected crashes per H3 zone and 4-hour block, NYC",
                 tags=["visionzero"]),
 )
-def training_pipeline(model_config: dict) -> None:
+def training_pipeline(model_config: dict, deploy_target: str = "local") -> None:
     dataset = data_loader()
     best_params = hp_tuner(dataset, model_config)
     crash_model = trainer(dataset, best_params, model_config)
     report, _ = evaluator(dataset, crash_model, model_config)
-    trigger_decision(report)
+    decision = trigger_decision(report)
+    bentos = bento_builder(crash_model, report, decision, dataset)
+    deployment = deployer(decision, bentos, deploy_target)
+    discord_alert(decision, report, deployment)

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import mlflow
-from zenml import log_metadata, step
+from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
 from visionzero.artifacts import DatasetRef
 from visionzero.model import train
-from visionzero.registry import MODEL_ARTIFACT
+from visionzero.registry import MODEL_ARTIFACT, register_mlflow_version
 from visionzero.stack import TRACKER_NAME
 from visionzero.training_data import load_split
 
@@ -27,6 +27,9 @@ def trainer(dataset: DatasetRef, best_params: dict, model_config: dict
     mlflow.log_params({f"volume_{k}": v for k, v in best_params.items()})
     mlflow.log_params({k: v for k, v in cfg.__dict__.items()})
     mlflow.log_artifacts(str(out), artifact_path="model")
+    active = mlflow.active_run()
+    register_mlflow_version(active.info.run_id, f"{active.info.artifact_uri}/model",
+                            get_step_context().model_version.number)
     logger.info("trainer: window %s, %d zones, level thresholds %s", model.meta["training_window"],
                 len(model.shares.zones), [round(t, 4) for t in model.thresholds])
     log_metadata(metadata={"training_window": model.meta["training_window"],

@@ -8,7 +8,7 @@ from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
 from visionzero.decision import DecisionRule, decide
-from visionzero.registry import set_stage
+from visionzero.registry import set_mlflow_alias, set_stage
 from visionzero.stack import TRACKER_NAME
 
 logger = get_logger(__name__)
@@ -21,6 +21,7 @@ def trigger_decision(evaluation_report: dict, min_deviance_improvement: float = 
     model_version = get_step_context().model_version
     if decision.action in ("production", "staging"):
         set_stage(model_version.id, decision.action)
+        set_mlflow_alias(decision.action, model_version.number)
     result = {**decision.to_json(), "model_version": model_version.number,
               "production_version": evaluation_report.get("production_version")}
     for reason in decision.reasons:
