@@ -60,6 +60,68 @@ def status(as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--port", default=3000, show_default=True, help="Port nginx listens on (localhost).")
+def serve(port: int) -> None:
+    """Serve production (and staging, 50/50) behind nginx on localhost:PORT until Ctrl-C."""
+    import signal
+    import tempfile
+
+    from visionzero.canary import LocalCanary
+    from visionzero.deployment import state_path
+
+    canary = LocalCanary(port, state_path(), Path(tempfile.mkdtemp(prefix="vz-serve-")))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        canary.start()
+        click.echo(f"Serving on http://127.0.0.1:{port}  {json.dumps(canary.describe())}")
+        click.echo("POST /predict, GET /metadata; Ctrl-C stops nginx and both model servers.")
+        canary.watch()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        canary.stop()
+        click.echo("stopped")
+
+
+def _rollout_command(kind: str) -> None:
+    from visionzero.alerts import build_message, send
+    from visionzero.rollout import promote_or_rollback
+    from visionzero.stack import ensure_stack
+
+    ensure_stack()
+    result = promote_or_rollback(kind, os.environ.get("VZ_DEPLOY_TARGET", "local"))
+    if result["changed"]:
+        production = result["state"]["production"]
+        send(build_message(kind, f"Crash-risk model: {kind}",
+                           {"production version": production["model_version"],
+                            "bento": production["bento_tag"], "staging": "none"}, [result["summary"]]))
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "state"}, default=str))
+
+
+@cli.command()
+def promote() -> None:
+    """Staging becomes production: canary removed, 100% to the new production."""
+    _rollout_command("promote")
+
+
+@cli.command()
+def rollback() -> None:
+    """100% of traffic back to the previous production."""
+    _rollout_command("rollback")
+
+
+@cli.command("render-k8s")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def render_k8s(out_dir: Path) -> None:
+    """Render the Kubernetes manifests of the current deployment state into OUT."""
+    from visionzero.deployment import read_state
+    from visionzero.kubernetes import render
+
+    files = render(read_state(), out_dir)
+    click.echo(f"{len(files)} manifests written to {out_dir}")
+
+
+@cli.command()
 @click.option("--port", default=8237, show_default=True)
 def dashboard(port: int) -> None:
     """Start the local ZenML server and dashboard, and print its URL."""
