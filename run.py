@@ -71,6 +71,7 @@ def serve(port: int) -> None:
 
     canary = LocalCanary(port, state_path(), Path(tempfile.mkdtemp(prefix="vz-serve-")))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     try:
         canary.start()
         click.echo(f"Serving on http://127.0.0.1:{port}  {json.dumps(canary.describe())}")

@@ -46,13 +46,10 @@ def build_regressor(hp, seed: int) -> xgb.XGBRegressor:  # noqa: ANN001 - keras_
     )
 
 
-def search(prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, max_trials: int,
-           n_splits: int, directory: Path) -> tuple[dict, list[dict]]:
-    """Best parameters and every trial (parameters, mean neg. Poisson deviance over folds)."""
+def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int, directory: Path):  # noqa: ANN201
     import keras_tuner as kt
 
-    X, y, _ = volume_training_frame(prepared, train_days)
-    tuner = kt.SklearnTuner(
+    return kt.SklearnTuner(
         oracle=kt.oracles.BayesianOptimizationOracle(
             objective=kt.Objective("score", "max"), max_trials=max_trials, seed=cfg.seed),
         hypermodel=lambda hp: build_regressor(hp, cfg.seed),
@@ -60,6 +57,13 @@ def search(prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, m
         cv=time_ordered_folds(n_splits),
         directory=str(directory), project_name="volume", overwrite=True,
     )
+
+
+def search(prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, max_trials: int,
+           n_splits: int, directory: Path) -> tuple[dict, list[dict]]:
+    """Best parameters and every trial (parameters, mean neg. Poisson deviance over folds)."""
+    X, y, _ = volume_training_frame(prepared, train_days)
+    tuner = make_tuner(cfg, max_trials, n_splits, directory)
     tuner.search(X.to_numpy(dtype=np.float32), y)
     trials = [{"trial_id": t.trial_id, "params": dict(t.hyperparameters.values),
                "poisson_deviance": -float(t.score) if t.score is not None else None}

@@ -47,18 +47,18 @@ def validate(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame
     flag(bad_count, "counts")
 
     ok = reason == ""
+    minutes = (time_parts[0] * 60 + time_parts[1]).where(ok & ~time_blank)
     inside = lat.between(NYC_BOX["lat_min"], NYC_BOX["lat_max"]) & lon.between(
         NYC_BOX["lon_min"], NYC_BOX["lon_max"])
-    minutes = time_parts[0] * 60 + time_parts[1]
     typed = pd.DataFrame({
-        "collision_id": cid.astype("Int64"),
+        "collision_id": cid.where(ok).astype("Int64"),
         "crash_date": day,
-        "crash_minute": minutes.where(~time_blank).astype("Int16"),
+        "crash_minute": minutes.astype("Int16"),
         "borough": raw["BOROUGH"].str.strip().str.upper().replace("", pd.NA).astype("string"),
         "latitude": lat.where(inside).astype("float64"),
         "longitude": lon.where(inside).astype("float64"),
         "geocoded": inside.astype(bool),
-        **{name: v.astype("Int16") for name, v in counts.items()},
+        **{name: v.where(ok).round().astype("Int16") for name, v in counts.items()},
         "factor_1": raw["CONTRIBUTING FACTOR VEHICLE 1"].replace("", pd.NA).astype("string"),
         "source": source,
     })[ok.to_numpy()]

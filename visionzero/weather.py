@@ -35,7 +35,7 @@ def fetch_noaa(start: date, end: date, policy: RetryPolicy | None = None) -> pd.
               "units": "standard", "format": "json"}
     url = os.environ.get("NOAA_URL", NOAA_URL)
     body = get_json(requests.Session(), url, params, {}, policy or RetryPolicy())
-    frame = pd.DataFrame(body if isinstance(body, list) else [])
+    frame = pd.DataFrame([r for r in body if isinstance(r, dict)] if isinstance(body, list) else [])
     if frame.empty:
         return _typed(pd.DataFrame({"DATE": []}))
     return _typed(frame)

@@ -1,0 +1,125 @@
+"""Test set-up: every store (ZenML, MLflow, BentoML, DVC, data, outbox) lives in one temporary folder.
+
+The environment is set at import time, before ZenML is imported, because ZenML reads its config path once.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TMP = Path(tempfile.mkdtemp(prefix="vz-tests-"))
+os.environ.update({
+    "VZ_HOME": str(TMP / "home"),
+    "VZ_DATA_DIR": str(TMP / "project" / "data"),
+    "ZENML_CONFIG_PATH": str(TMP / "home" / "zenml"),
+    "BENTOML_HOME": str(TMP / "home" / "bentoml"),
+    "ZENML_ANALYTICS_OPT_IN": "false",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "KERAS_BACKEND": "jax",
+    "DVC_NO_ANALYTICS": "1",
+})
+for var in ("DISCORD_WEBHOOK_URL", "SOCRATA_APP_TOKEN", "MLFLOW_TRACKING_URI", "ZENML_STORE_URL", "KUBECONFIG",
+            "VZ_DEPLOY_TARGET"):
+    os.environ.pop(var, None)
+sys.path.insert(0, str(ROOT))
+
+from visionzero.settings import configure_environment  # noqa: E402
+
+configure_environment()
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001, ARG001
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+class LocalServer:
+    """A real HTTP server on 127.0.0.1 in a thread, answering with a handler class."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "LocalServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def real_data():  # noqa: ANN201
+    """The bundled snapshot loaded offline, at the model's grain, with the configured time split."""
+    import yaml
+
+    from visionzero.dataset import LoadConfig, build_dataset
+    from visionzero.training_data import load_split
+
+    data_dir = TMP / "unit" / "data"
+    build_dataset(data_dir, LoadConfig(offline=True))
+    model_config = yaml.safe_load((ROOT / "configs" / "training.yaml").read_text())["parameters"]["model_config"]
+    return load_split(str(data_dir), model_config)
+
+
+@pytest.fixture(scope="session")
+def trained() -> dict:
+    """One offline run of the whole training pipeline in the temporary stores."""
+    from run import DEFAULT_CONFIG, train
+    from visionzero.deployment import read_state
+
+    train(offline=True, config_path=DEFAULT_CONFIG)
+    return read_state()
+
+
+@pytest.fixture(scope="session")
+def served(trained: dict):  # noqa: ANN201
+    """The production Bento under a real `bentoml serve` process on a free port."""
+    release = trained["production"]
+    port = free_port()
+    env = {**os.environ, "VZ_STAGE": "production", "VZ_MODEL_TAG": release["model_tag"]}
+    process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", release["bento_tag"], "--host",
+                                "127.0.0.1", "--port", str(port)], env=env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/readyz", process=process)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)

@@ -1,0 +1,62 @@
+"""A local HTTP server that answers like NYC Open Data's SODA endpoint, replaying the recorded records.
+
+It honours $where (crash_date >= '...'), $order, $limit and $offset, and can be scripted to answer the
+next requests with a 429 + Retry-After, a 500, a hang (timeout) or a malformed page.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+SAMPLE = Path(__file__).resolve().parent.parent / "snapshot" / "socrata_sample.json"
+
+
+def make_handler(records: list, script: list[str], seen: list[dict], hang_seconds: float = 2.0
+                 ) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if urlparse(self.path).path.startswith("/noaa"):  # NOAA has nothing after the bundled file
+                return self._send(200, b"[]")
+            query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
+            seen.append({**query, "X-App-Token": self.headers.get("X-App-Token")})
+            action = script.pop(0) if script else "ok"
+            if action == "429":
+                return self._send(429, b'{"error": "too many requests"}', {"Retry-After": "0"})
+            if action == "500":
+                return self._send(500, b'{"error": "internal"}')
+            if action == "hang":
+                time.sleep(hang_seconds)
+                return self._send(200, b"[]")
+            if action == "malformed":
+                return self._send(200, b'[{"crash_date": "2026-04-02T00:00')
+            rows = [r for r in records if isinstance(r, dict)] + [r for r in records if not isinstance(r, dict)]
+            match = re.search(r"crash_date >= '([^']+)'", query.get("$where", ""))
+            if match:
+                rows = [r for r in rows if not isinstance(r, dict) or r.get("crash_date", "") >= match.group(1)]
+            if query.get("$order") == "crash_date,collision_id":
+                rows.sort(key=lambda r: (r.get("crash_date", ""), int(r.get("collision_id", 0)))
+                          if isinstance(r, dict) else ("~", 0))
+            offset, limit = int(query.get("$offset", 0)), int(query.get("$limit", 1000))
+            return self._send(200, json.dumps(rows[offset:offset + limit]).encode())
+
+    return Handler
+
+
+def recorded_records() -> list[dict]:
+    return json.loads(SAMPLE.read_text())

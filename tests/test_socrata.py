@@ -1,0 +1,80 @@
+"""The Socrata client and the loader against a real local server speaking the recorded SODA format."""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import LocalServer
+from tests.fake_socrata import make_handler, recorded_records
+from visionzero.dataset import LoadConfig, build_dataset
+from visionzero.http import RetryPolicy, SourceUnavailable
+from visionzero.socrata import SocrataClient
+
+FAST = RetryPolicy(max_attempts=3, backoff_seconds=0.01, read_timeout=0.5, connect_timeout=0.5)
+
+
+def client(url: str, page_size: int = 2) -> SocrataClient:
+    return SocrataClient(url=url, page_size=page_size, policy=FAST)
+
+
+def test_pages_in_order_and_maps_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOCRATA_APP_TOKEN", "token-from-env")
+    seen: list[dict] = []
+    with LocalServer(make_handler(recorded_records(), [], seen)) as server:
+        result = client(server.url).fetch_since(date(2026, 4, 1))
+    assert result.complete and result.pages == 3  # 2 + 2 + 1 records
+    assert [q["$offset"] for q in seen] == ["0", "2", "4"]
+    assert all(q["$order"] == "crash_date,collision_id" for q in seen)
+    assert seen[0]["$where"] == "crash_date >= '2026-04-01T00:00:00.000'"
+    assert seen[0]["X-App-Token"] == "token-from-env"
+    rows = result.rows
+    assert sorted(rows["COLLISION_ID"].astype(int)) == sorted(int(r["collision_id"]) for r in recorded_records())
+    first = rows[rows["COLLISION_ID"] == "4889976"].iloc[0]
+    assert first["CRASH DATE"] == "04/02/2026" and first["CRASH TIME"] == "7:45"
+    assert first["VEHICLE TYPE CODE 1"] == "Sedan" and first["BOROUGH"] == ""  # absent field -> empty
+
+
+@pytest.mark.parametrize("failure", ["429", "500", "hang", "malformed"])
+def test_retries_then_succeeds(failure: str) -> None:
+    seen: list[dict] = []
+    with LocalServer(make_handler(recorded_records(), [failure], seen)) as server:
+        result = client(server.url, page_size=10).fetch_since(date(2026, 4, 1))
+    assert len(result.rows) == 5 and len(seen) == 2
+
+
+def test_clear_error_after_last_retry() -> None:
+    with LocalServer(make_handler(recorded_records(), ["500"] * 5, [])) as server:
+        with pytest.raises(SourceUnavailable, match="failed after 3 attempts: HTTP 500"):
+            client(server.url).fetch_since(date(2026, 4, 1))
+
+
+def test_loader_merges_api_rows_and_quarantines_bad_records(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    records = recorded_records()
+    broken = dict(records[0], collision_id="4889977", number_of_persons_injured="-2")
+    records = records + [broken, "not an object"]
+    with LocalServer(make_handler(records, ["429"], [])) as server:
+        monkeypatch.setenv("SOCRATA_URL", server.url)
+        monkeypatch.setenv("NOAA_URL", server.url + "/noaa")  # answers [] -> no new weather, no invention
+        summary = build_dataset(tmp_path / "data", LoadConfig(page_size=4, backoff_seconds=0.01),
+                                now=datetime(2026, 6, 1, tzinfo=timezone.utc))
+    assert summary.source == "api" and summary.api_rows_new == 6
+    assert summary.quarantined == {"counts": 1, "malformed_record": 1}
+    crashes = pd.read_parquet(tmp_path / "data" / "crashes.parquet")
+    assert summary.rows == 351_052 + 5 == len(crashes)
+    assert (crashes["source"] == "api").sum() == 5
+    complete = pd.read_csv(tmp_path / "data" / "complete_days.csv", parse_dates=["date"])
+    api_days = complete[complete["source"] == "api"]["date"]
+    # fetched from 2025-04-01 (newest held) on 2026-06-01 with 30 settle days: complete to 2026-05-02
+    assert api_days.min() == pd.Timestamp("2025-04-01") and api_days.max() == pd.Timestamp("2026-05-02")
+
+
+def test_loader_falls_back_to_snapshot_when_api_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with LocalServer(make_handler([], ["500"] * 10, [])) as server:
+        monkeypatch.setenv("SOCRATA_URL", server.url)
+        summary = build_dataset(tmp_path / "data", LoadConfig(max_attempts=2, backoff_seconds=0.01))
+    assert summary.source == "snapshot" and "API unreachable" in summary.source_note
+    assert summary.rows == 351_052 and summary.complete_days == 632
