@@ -30,4 +30,9 @@ def models_status() -> dict:
 
 
 def collect_status() -> dict:
-    return {"data": data_status(), "models": models_status()}
+    from visionzero.deployment import read_state
+
+    state = read_state()
+    deployments = {k: state.get(k) for k in ("production", "staging", "previous_production",
+                                              "canary_weight", "updated_at")}
+    return {"data": data_status(), "models": models_status(), "deployments": deployments}

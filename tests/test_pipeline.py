@@ -1,0 +1,50 @@
+"""The whole training pipeline, twice, in temporary ZenML/MLflow/BentoML/DVC stores; then `status --json`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def status() -> dict:
+    out = subprocess.run([sys.executable, "run.py", "status", "--json"], cwd=ROOT, env=os.environ,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_first_run_makes_a_production_model(trained: dict) -> None:
+    state = status()
+    data = state["data"]
+    assert data["rows"] == 351_052 and data["complete_days"] == 632
+    assert data["source"] == "snapshot" and data["quarantined"] == {}
+    assert data["version"].endswith(".dir")
+    production = state["models"]["production"]
+    assert production["data_version"] == data["version"]
+    assert set(production["metrics"]) == {"poisson_deviance", "hit_rate_at_10", "hit_rate_at_5", "pai_at_10", "qwk"}
+    assert set(production["baseline_metrics"]) == set(production["metrics"])
+    assert production["training_window"][0] < production["training_window"][1]
+    assert trained["production"]["bento_tag"].startswith("crash_risk:")
+    assert trained["production"]["arm64_bento_tag"].startswith("crash_risk_arm64:")
+    assert state["deployments"]["production"]["model_version"] == production["version"]
+
+
+def test_second_run_compares_with_production_on_the_same_holdout(trained: dict) -> None:
+    from zenml.client import Client
+
+    from run import DEFAULT_CONFIG, train
+    from visionzero.stack import MODEL_NAME
+
+    first = status()["models"]["production"]["version"]
+    train(offline=True, config_path=DEFAULT_CONFIG)
+    latest = Client().get_model_version(MODEL_NAME)  # the newest version
+    assert latest.number == first + 1
+    decision = latest.run_metadata["decision"]
+    assert decision["production_version"] == first
+    assert any("vs production" in reason for reason in decision["reasons"])
+    same_holdout = latest.run_metadata["production_metrics_same_holdout"]
+    assert same_holdout["poisson_deviance"] > 0
+    outbox = [json.loads(line) for line in (ROOT / os.environ["VZ_HOME"] / "outbox.jsonl").read_text().splitlines()]
+    assert len(outbox) >= 2 and outbox[-1]["title"].startswith(f"Crash-risk model v{latest.number}")
