@@ -75,7 +75,7 @@ def send(message: dict, policy: DeliveryPolicy = DeliveryPolicy(),
     for attempt in range(1, policy.max_attempts + 1):
         try:
             response = _webhook(url, message, policy.timeout_seconds).execute()
-        except requests.RequestException as exc:
+        except (requests.RequestException, ValueError) as exc:  # ValueError: an unreadable answer
             status = f"failed: {type(exc).__name__}"
         else:
             if 200 <= response.status_code < 300:

@@ -1,0 +1,90 @@
+"""Discord alerts against a real local server that behaves like a Discord webhook."""
+from __future__ import annotations
+
+import json
+import time
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from tests.conftest import LocalServer
+from visionzero.alerts import DeliveryPolicy, build_message, send
+from visionzero.settings import paths
+
+
+def discord_like(script: list[str], received: list[dict]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(body)
+            action = script.pop(0) if script else "204"
+            if action == "hang":
+                time.sleep(3)
+            status = {"204": 204, "429": 429, "500": 500, "hang": 204}[action]
+            payload = b""
+            if action == "429":
+                payload = b'{"message": "You are being rate limited.", "retry_after": 0.2, "global": false}'
+            elif status == 204 and "wait=true" in self.path.lower():  # Discord returns the message it created
+                status, payload = 200, json.dumps({"id": "1", "type": 0, "embeds": body["embeds"]}).encode()
+            elif status == 500:
+                payload = b'{"message": "500: Internal Server Error", "code": 0}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+MESSAGE = build_message("staging", "Crash-risk model v7: decision staging",
+                        {"model version": 7, "bento": "crash_risk:abc"}, ["challenger wins"])
+POLICY = DeliveryPolicy(timeout_seconds=1.0, max_attempts=3, max_retry_after_seconds=1.0)
+
+
+def outbox_lines() -> list[dict]:
+    path = paths().outbox
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_embed_is_delivered(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[dict] = []
+    with LocalServer(discord_like([], received)) as server:
+        monkeypatch.setenv("DISCORD_WEBHOOK_URL", server.url + "/api/webhooks/1/secret")
+        assert send(MESSAGE, POLICY) == "sent"
+    (embed,) = received[0]["embeds"]
+    assert embed["title"] == MESSAGE["title"] and "challenger wins" in embed["description"]
+    assert {f["name"]: f["value"] for f in embed["fields"]}["bento"] == "crash_risk:abc"
+
+
+def test_429_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[dict] = []
+    waits: list[float] = []
+    with LocalServer(discord_like(["429"], received)) as server:
+        monkeypatch.setenv("DISCORD_WEBHOOK_URL", server.url)
+        assert send(MESSAGE, POLICY, sleep=waits.append) == "sent"
+    assert len(received) == 2 and waits == [0.2]
+
+
+@pytest.mark.parametrize("script,expected", [(["500"] * 3, "failed: HTTP 500"),
+                                             (["hang"] * 3, "failed: ReadTimeout")])
+def test_failing_webhook_never_raises_and_keeps_the_message(monkeypatch: pytest.MonkeyPatch, script: list[str],
+                                                           expected: str) -> None:
+    before = len(outbox_lines())
+    with LocalServer(discord_like(list(script), [])) as server:
+        monkeypatch.setenv("DISCORD_WEBHOOK_URL", server.url + "/api/webhooks/1/secret-token")
+        assert send(MESSAGE, POLICY, sleep=lambda _: None) == expected
+    lines = outbox_lines()
+    assert len(lines) == before + 1 and lines[-1]["delivery"] == expected
+    assert "secret-token" not in paths().outbox.read_text()  # the webhook URL is a secret
+
+
+def test_without_webhook_the_message_goes_to_the_outbox(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delenv("DISCORD_WEBHOOK_URL", raising=False)
+    assert send(MESSAGE, POLICY) == "outbox"
+    assert outbox_lines()[-1]["title"] == MESSAGE["title"]
+    assert MESSAGE["title"] in capsys.readouterr().out

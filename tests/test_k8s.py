@@ -1,0 +1,99 @@
+"""Rendered Kubernetes manifests: schema-valid offline, and the canary holds 50/50 in both forms."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from visionzero.kubernetes import render
+
+K8S_VERSION = "1.33.0"
+
+
+def release(version: int) -> dict:
+    return {"model_version": version, "model_tag": f"nyc_crash_risk:m{version}", "bento_tag": f"crash_risk:b{version}",
+            "arm64_bento_tag": f"crash_risk_arm64:a{version}"}
+
+
+def load(out_dir: Path) -> list[dict]:
+    return [yaml.safe_load(path.read_text()) for path in sorted(out_dir.glob("*.yaml"))]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.fixture
+def canary_docs(tmp_path: Path) -> list[dict]:
+    state = {"production": release(1), "staging": release(2), "previous_production": None, "canary_weight": 50}
+    render(state, tmp_path / "out")
+    return load(tmp_path / "out")
+
+
+def test_every_core_manifest_validates(canary_docs: list[dict]) -> None:
+    for doc in canary_docs:
+        if doc["apiVersion"].startswith("gateway.networking.k8s.io"):
+            continue  # a CRD: checked by test_httproute_splits_50_50
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    kinds = sorted(d["kind"] for d in canary_docs)
+    assert kinds == sorted(["Namespace", "Deployment", "Deployment", "Service", "Service",
+                            "HorizontalPodAutoscaler", "HorizontalPodAutoscaler", "NetworkPolicy",
+                            "Ingress", "Ingress", "HTTPRoute"])
+
+
+def test_deployments_are_probed_limited_and_non_root(canary_docs: list[dict]) -> None:
+    for deployment in by_kind(canary_docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        stage = deployment["metadata"]["labels"]["stage"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["VZ_STAGE"] == stage
+        assert container["image"] == f"localhost:5000/visionzero/crash-risk:b{1 if stage == 'production' else 2}"
+
+
+def test_canary_ingress_takes_50_percent_on_the_same_host_and_path(canary_docs: list[dict]) -> None:
+    main, canary = sorted(by_kind(canary_docs, "Ingress"), key=lambda d: d["metadata"]["name"])
+    assert canary["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/canary": "true",
+                                                 "nginx.ingress.kubernetes.io/canary-weight": "50"}
+    assert "annotations" not in main["metadata"]
+    assert main["spec"]["rules"][0]["host"] == canary["spec"]["rules"][0]["host"]
+    main_path = main["spec"]["rules"][0]["http"]["paths"][0]
+    canary_path = canary["spec"]["rules"][0]["http"]["paths"][0]
+    assert main_path["path"] == canary_path["path"] == "/"
+    assert main_path["backend"]["service"]["name"] == "crash-risk-production"
+    assert canary_path["backend"]["service"]["name"] == "crash-risk-staging"
+
+
+def test_httproute_splits_50_50(canary_docs: list[dict]) -> None:
+    (route,) = by_kind(canary_docs, "HTTPRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    refs = {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+    assert refs == {"crash-risk-production": 50, "crash-risk-staging": 50}
+    services = {d["metadata"]["name"] for d in by_kind(canary_docs, "Service")}
+    assert set(refs) <= services
+
+
+def test_without_staging_production_takes_everything(tmp_path: Path) -> None:
+    render({"production": release(1), "staging": None, "canary_weight": 50}, tmp_path / "out")
+    docs = load(tmp_path / "out")
+    assert len(by_kind(docs, "Ingress")) == 1 and len(by_kind(docs, "Deployment")) == 1
+    (route,) = by_kind(docs, "HTTPRoute")
+    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "crash-risk-production", "port": 80, "weight": 100}]
+
+
+def test_render_k8s_command_uses_the_deployment_state(trained: dict, tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "run.py", "render-k8s", "--out", str(tmp_path / "k8s")], cwd=ROOT,
+                   env=os.environ, check=True, capture_output=True)
+    docs = load(tmp_path / "k8s")
+    images = {d["spec"]["template"]["spec"]["containers"][0]["image"] for d in by_kind(docs, "Deployment")}
+    assert images == {f"localhost:5000/visionzero/crash-risk:{trained['production']['bento_tag'].split(':')[1]}"}

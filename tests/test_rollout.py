@@ -1,0 +1,153 @@
+"""Rollout: the deployment state machine, and two real Bentos behind the real nginx (canary, promote, rollback)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import ROOT, free_port, wait_http
+from visionzero import deployment
+
+POINT = {"items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]}
+
+
+def release(version: int) -> dict:
+    return {"model_version": version, "model_tag": f"m:{version}", "bento_tag": f"b:{version}",
+            "arm64_bento_tag": f"a:{version}"}
+
+
+def test_state_machine(tmp_path: Path) -> None:
+    path = tmp_path / "deployment.json"
+    with deployment.locked_state(path) as state:
+        assert deployment.apply_decision(state, "production", release(1)) == "production"
+        assert deployment.apply_decision(state, "none", release(2)) == "none"
+        assert deployment.apply_decision(state, "staging", release(3)) == "staging"
+    state = deployment.read_state(path)
+    assert (state["production"]["model_version"], state["staging"]["model_version"]) == (1, 3)
+    with deployment.locked_state(path) as state:
+        assert deployment.promote(state)["model_version"] == 3
+        assert deployment.promote(state) is None  # idempotent
+    state = deployment.read_state(path)
+    assert state["previous_production"]["model_version"] == 1 and state["staging"] is None
+    with deployment.locked_state(path) as state:
+        assert deployment.rollback(state)["model_version"] == 1
+        assert deployment.rollback(state) is None
+    assert [e["event"] for e in deployment.read_state(path)["history"]] == [
+        "deploy_production", "deploy_staging", "promote", "rollback"]
+
+
+def test_concurrent_promotes_promote_once(tmp_path: Path) -> None:
+    path = tmp_path / "deployment.json"
+    with deployment.locked_state(path) as state:
+        deployment.apply_decision(state, "production", release(1))
+        deployment.apply_decision(state, "staging", release(2))
+    results: list[object] = []
+
+    def promote() -> None:
+        with deployment.locked_state(path) as state:
+            results.append(deployment.promote(state))
+
+    threads = [threading.Thread(target=promote) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(r is not None for r in results) == 1
+    assert deployment.read_state(path)["production"]["model_version"] == 2
+
+
+def test_failed_update_leaves_the_state_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "deployment.json"
+    with deployment.locked_state(path) as state:
+        deployment.apply_decision(state, "production", release(1))
+    before = path.read_text()
+    with pytest.raises(RuntimeError):
+        with deployment.locked_state(path) as state:
+            deployment.apply_decision(state, "staging", release(2))
+            raise RuntimeError("registry down")
+    assert path.read_text() == before
+
+
+@pytest.fixture(scope="module")
+def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A third training run whose model differs (shorter share half-life) and whose rule lets any
+    deployable challenger win: it becomes staging, as a real winning challenger would."""
+    from run import DEFAULT_CONFIG, train
+
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["parameters"]["model_config"]["share_halflife_days"] = 365
+    config["steps"]["trigger_decision"]["parameters"] = {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0}
+    path = tmp_path_factory.mktemp("config") / "challenger.yaml"
+    path.write_text(yaml.safe_dump(config))
+    train(offline=True, config_path=path)
+    state = deployment.read_state()
+    assert state["staging"] is not None, "the challenger should have become staging"
+    return state
+
+
+def ask(url: str, session: requests.Session) -> tuple[str, str]:
+    prediction = session.post(url + "/predict", json=POINT, timeout=30).json()["predictions"][0]
+    return prediction["stage"], prediction["model_version"]
+
+
+def wait_until_only(url: str, version: str, timeout: float = 180.0) -> None:
+    session = requests.Session()
+    deadline = time.monotonic() + timeout
+    streak = 0
+    while time.monotonic() < deadline and streak < 30:
+        try:
+            streak = streak + 1 if ask(url, session) == ("production", version) else 0
+        except (requests.RequestException, KeyError, ValueError):
+            streak = 0
+            time.sleep(0.5)
+    assert streak >= 30, f"model {version} did not take all traffic within {timeout}s"
+
+
+def cli(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=os.environ, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
+    production = str(challenger["production"]["model_version"])
+    staging = str(challenger["staging"]["model_version"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = subprocess.Popen([sys.executable, "run.py", "serve", "--port", str(port)], cwd=ROOT, env=os.environ,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_http(url + "/readyz", timeout=180, process=serve)
+        session = requests.Session()
+        answers = Counter(ask(url, session) for _ in range(2000))
+        assert set(answers) == {("production", production), ("staging", staging)}
+        share = answers[("staging", staging)] / 2000
+        assert 0.46 <= share <= 0.54, f"staging took {share:.3f} of 2,000 requests"
+
+        assert cli("promote")["changed"] is True
+        wait_until_only(url, staging)
+        assert Counter(ask(url, session) for _ in range(200)) == {("production", staging): 200}
+        assert cli("promote")["changed"] is False  # nothing left to promote
+
+        assert cli("rollback")["changed"] is True
+        wait_until_only(url, production)
+        assert Counter(ask(url, session) for _ in range(200)) == {("production", production): 200}
+
+        outbox = [json.loads(line) for line in (Path(os.environ["VZ_HOME"]) / "outbox.jsonl").read_text().splitlines()]
+        assert [m["kind"] for m in outbox[-2:]] == ["promote", "rollback"]
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)
+        output, _ = serve.communicate(timeout=60)
+    assert "stopped" in output
+    nginx = subprocess.run(["pgrep", "-f", f"nginx.*vz-serve"], capture_output=True, text=True).stdout
+    assert not nginx.strip(), "nginx outlived serve"
