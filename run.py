@@ -131,7 +131,8 @@ def dashboard(port: int) -> None:
     from visionzero.stack import ensure_stack
 
     ensure_stack()
-    code = subprocess.call([sys.executable, "-m", "zenml.cli.cli", "login", "--local", "--port", str(port)])
+    zenml = str(Path(sys.executable).parent / "zenml")
+    code = subprocess.call([zenml, "login", "--local", "--port", str(port)])
     if code == 0:
         click.echo(f"ZenML dashboard: http://127.0.0.1:{port}  (stop it with `zenml logout --local`)")
     sys.exit(code)

@@ -6,6 +6,7 @@ Features are computed by visionzero, the same code the training pipeline used.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,10 @@ from visionzero.serving import MAX_ITEMS, InvalidItems, Item, Prediction, metada
 
 MODEL_TAG = os.environ.get("VZ_MODEL_TAG", "nyc_crash_risk:latest")
 STAGE = os.environ.get("VZ_STAGE", "production")
+# Risk-level mix per stage, for the Grafana dashboard that compares production and staging.
+predictions_by_level = bentoml.metrics.Counter(
+    name="crash_risk_predictions", documentation="Predictions served, by stage and risk level",
+    labelnames=["stage", "risk_level"])
 # BentoML APIs answer POST only; the GET routes live in a small FastAPI app mounted on the service.
 read_routes = FastAPI(title="crash_risk read-only routes")
 
@@ -61,9 +66,12 @@ class CrashRisk:
     ) -> dict[str, list[Prediction]]:
         """Expected crashes, risk level and P(at least one crash) per item, in item order."""
         try:
-            return {"predictions": predict_items(items, self.model, STAGE)}
+            predictions = predict_items(items, self.model, STAGE)
         except InvalidItems as exc:
             raise BadInput(str(exc)) from exc
+        for level, count in Counter(p["risk_level"] for p in predictions).items():
+            predictions_by_level.labels(stage=STAGE, risk_level=level).inc(count)
+        return {"predictions": predictions}
 
     @read_routes.get("/metadata")
     async def model_metadata(self) -> dict:

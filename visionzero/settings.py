@@ -73,4 +73,5 @@ def configure_environment() -> Paths:
     os.environ.setdefault("KERAS_BACKEND", "jax")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("ZENML_AUTO_OPEN_DASHBOARD", "false")
     return p

@@ -1,0 +1,68 @@
+"""The team compose set-up cannot run here (no Docker engine): its files are parsed and cross-checked."""
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+
+from tests.conftest import ROOT
+
+CONTAINER = ROOT / "container"
+
+
+def compose() -> dict:
+    return yaml.safe_load((CONTAINER / "docker-compose.yml").read_text())
+
+
+def test_compose_has_the_team_services() -> None:
+    services = compose()["services"]
+    assert {"zenml", "mlflow", "postgres", "minio", "minio-buckets", "prometheus", "grafana",
+            "crash-risk-production", "crash-risk-staging", "canary"} <= set(services)
+    assert "postgresql://" in services["mlflow"]["command"] and "s3://mlflow" in services["mlflow"]["command"]
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert "local/dvc" in services["minio-buckets"]["entrypoint"]  # MinIO is the DVC remote too
+    assert services["crash-risk-production"]["environment"]["VZ_STAGE"] == "production"
+    assert services["crash-risk-staging"]["environment"]["VZ_STAGE"] == "staging"
+    assert (CONTAINER / services["mlflow"]["build"]["dockerfile"]).exists()
+
+
+def test_no_secret_is_committed() -> None:
+    secret = re.compile(r"PASSWORD|SECRET|ROOT_USER|ACCESS_KEY")
+    checked = 0
+    for service in compose()["services"].values():
+        for key, value in (service.get("environment") or {}).items():
+            if secret.search(key):
+                assert str(value).startswith("${"), f"{key} must come from the environment"
+                checked += 1
+    assert checked >= 6
+    text = (CONTAINER / "docker-compose.yml").read_text().lower()
+    assert "minioadmin" not in text and "changeme" not in text
+
+
+def test_prometheus_scrapes_both_bentos() -> None:
+    config = yaml.safe_load((CONTAINER / "prometheus" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    targets = {c["labels"]["stage"]: c["targets"][0] for c in job["static_configs"]}
+    assert targets == {"production": "crash-risk-production:3000", "staging": "crash-risk-staging:3000"}
+    services = compose()["services"]
+    assert all(t.split(":")[0] in services for t in targets.values())
+
+
+def test_grafana_compares_latency_errors_and_risk_mix_by_stage() -> None:
+    datasource = yaml.safe_load((CONTAINER / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    dashboard = json.loads((CONTAINER / "grafana/dashboards/crash_risk_canary.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert all("by (stage" in e for e in exprs)
+    assert any("histogram_quantile(0.99" in e and "request_duration_seconds_bucket" in e for e in exprs)
+    assert any('http_response_code=~"5.."' in e for e in exprs)
+    assert any("crash_risk_predictions_total" in e and "risk_level" in e for e in exprs)
+    for expr in exprs:
+        assert expr.count("(") == expr.count(")")
+
+
+def test_compose_canary_is_50_50() -> None:
+    conf = (CONTAINER / "nginx" / "canary.conf").read_text()
+    assert re.search(r"50% staging;\s*\* production;", conf)
