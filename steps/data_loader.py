@@ -9,6 +9,7 @@ from zenml.logger import get_logger
 from visionzero.artifacts import DatasetRef
 from visionzero.dataset import LoadConfig, build_dataset
 from visionzero.settings import paths
+from visionzero.status import save_data_summary
 from visionzero.versioning import version_data_dir
 
 logger = get_logger(__name__)
@@ -24,5 +25,6 @@ def data_loader(offline: bool = False, settle_days: int = 30, page_size: int = 5
     logger.info("Loaded %d crash rows (%s); quarantined %s; %d complete days; data version %s",
                 summary.rows, summary.source_note, summary.quarantined or "none",
                 summary.complete_days, summary.version)
+    save_data_summary(summary.to_json())
     log_metadata(metadata={"data": summary.to_json()})
     return DatasetRef(data_dir=str(data_dir), **summary.to_json())

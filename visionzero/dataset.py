@@ -1,7 +1,6 @@
 """Build the typed dataset: bundled snapshot + new API rows, validated, deduplicated, versioned with DVC."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -23,7 +22,6 @@ COMPLETE_DAYS = "complete_days.csv"
 WEATHER = "weather.parquet"
 QUARANTINE = "quarantine.parquet"
 API_ROWS = "api_rows.parquet"  # every raw row the API ever gave us, kept so offline rebuilds lose nothing
-SUMMARY = "summary.json"
 
 
 @dataclass
@@ -150,7 +148,6 @@ def build_dataset(data_dir: Path, cfg: LoadConfig, snapshot_dir: Path = SNAPSHOT
         source=source, source_note=note, duplicates_merged=duplicates,
         flags=coordinate_flags(typed), first_date=str(typed["crash_date"].min().date()),
         last_date=str(typed["crash_date"].max().date()), weather_gaps=gaps, api_rows_new=new_rows)
-    (data_dir / SUMMARY).write_text(json.dumps(summary.to_json(), indent=2))
     return summary
 
 

@@ -2,18 +2,28 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from visionzero.settings import paths
 from visionzero.versioning import read_version
 
 
+def summary_path() -> Path:
+    """What the last data_loader run found. Kept beside the stores, not in data/, so that the
+    data version (DVC hash) depends on the data alone and not on how it was fetched."""
+    return paths().home / "data_summary.json"
+
+
+def save_data_summary(summary: dict) -> None:
+    summary_path().parent.mkdir(parents=True, exist_ok=True)
+    summary_path().write_text(json.dumps(summary, indent=2))
+
+
 def data_status() -> dict | None:
-    data_dir = paths().data_dir
-    summary_path = data_dir / "summary.json"
-    if not summary_path.exists():
+    if not summary_path().exists():
         return None
-    summary = json.loads(summary_path.read_text())
-    return {"version": read_version(data_dir), "rows": summary["rows"],
+    summary = json.loads(summary_path().read_text())
+    return {"version": read_version(paths().data_dir), "rows": summary["rows"],
             "complete_days": summary["complete_days"], "quarantined": summary["quarantined"],
             "source": summary["source"], "source_note": summary["source_note"],
             "first_date": summary["first_date"], "last_date": summary["last_date"]}

@@ -1,0 +1,31 @@
+"""The plain FastAPI + uvicorn reference for benchmarks/serving.py: same model, same feature code, no BentoML."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from visionzero.model import CrashRiskModel
+from visionzero.serving import MAX_ITEMS, InvalidItems, Item, predict_items
+
+model = CrashRiskModel.load(Path(os.environ["VZ_MODEL_DIR"]))
+app = FastAPI()
+
+
+class PredictRequest(BaseModel):
+    items: list[Item] = Field(max_length=MAX_ITEMS)
+
+
+@app.post("/predict")
+async def predict(request: PredictRequest) -> dict:
+    try:
+        return {"predictions": predict_items(request.items, model, "production")}
+    except InvalidItems as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+@app.get("/readyz")
+async def ready() -> dict:
+    return {"ok": True}
