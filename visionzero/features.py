@@ -36,20 +36,32 @@ def inside_nyc(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
             & (lon >= NYC_BOX["lon_min"]) & (lon <= NYC_BOX["lon_max"]))
 
 
-@lru_cache(maxsize=64)
-def _holidays_for(year: int) -> frozenset:
-    return frozenset(holidays.country_holidays("US", subdiv="NY", years=year).keys())
+def as_days(dates: object) -> np.ndarray:
+    """Any dates (DatetimeIndex, Series, datetime64 array) as a numpy datetime64[D] array."""
+    values = dates.to_numpy() if hasattr(dates, "to_numpy") else np.asarray(dates)
+    return values.astype("datetime64[D]")
 
 
-def is_holiday(dates: pd.DatetimeIndex) -> np.ndarray:
-    return np.array([d.date() in _holidays_for(d.year) for d in dates], dtype=bool)
+@lru_cache(maxsize=1)
+def _holiday_days() -> np.ndarray:
+    """New York public holidays 2000-2040 as sorted datetime64[D]: one lookup table for all calls."""
+    days = holidays.country_holidays("US", subdiv="NY", years=range(2000, 2041)).keys()
+    return np.array(sorted(days), dtype="datetime64[D]")
 
 
-def daytype(dates: pd.DatetimeIndex) -> np.ndarray:
+def is_holiday(days: np.ndarray) -> np.ndarray:
+    return np.isin(as_days(days), _holiday_days())
+
+
+def day_of_week(days: np.ndarray) -> np.ndarray:
+    """Monday 0 .. Sunday 6 (1970-01-01, day 0, was a Thursday)."""
+    return (as_days(days).astype(np.int64) + 3) % 7
+
+
+def daytype(days: np.ndarray) -> np.ndarray:
     """0 weekday, 1 Saturday, 2 Sunday or public holiday: the day types whose hourly patterns differ."""
-    dow = dates.dayofweek.to_numpy()
-    out = np.where(dow == 5, 1, np.where(dow == 6, 2, 0))
-    return np.where(is_holiday(dates), 2, out)
+    dow = day_of_week(days)
+    return np.where(is_holiday(days) | (dow == 6), 2, np.where(dow == 5, 1, 0))
 
 
 def climatology(weather: pd.DataFrame) -> dict[str, list[float]]:
@@ -58,39 +70,47 @@ def climatology(weather: pd.DataFrame) -> dict[str, list[float]]:
     return {f: [float(by_month.loc[m, f]) for m in range(1, 13)] for f in WEATHER_FIELDS}
 
 
-def recorded_weather(dates: pd.DatetimeIndex, weather: pd.DataFrame | None) -> pd.DataFrame:
-    """Recorded weather values aligned with `dates` (NaN where there is no record)."""
-    known = pd.DataFrame({"date": pd.DatetimeIndex(dates).normalize()})
-    if weather is None:
-        return known.assign(**{f: np.nan for f in WEATHER_FIELDS})[WEATHER_FIELDS]
-    return known.merge(weather[["date", *WEATHER_FIELDS]].drop_duplicates("date"), on="date",
-                       how="left")[WEATHER_FIELDS]
+def recorded_weather(days: np.ndarray, weather: pd.DataFrame | None) -> np.ndarray:
+    """Recorded weather aligned with `days`, shape [n, len(WEATHER_FIELDS)], NaN where there is none."""
+    days = as_days(days)
+    out = np.full((len(days), len(WEATHER_FIELDS)), np.nan)
+    if weather is None or not len(weather):
+        return out
+    known_days = as_days(weather["date"])
+    order = np.argsort(known_days)
+    known_days, values = known_days[order], weather[WEATHER_FIELDS].to_numpy(dtype=float)[order]
+    pos = np.clip(np.searchsorted(known_days, days), 0, len(known_days) - 1)
+    hit = known_days[pos] == days
+    out[hit] = values[pos[hit]]
+    return out
 
 
-def day_frame(dates: pd.DatetimeIndex, known: pd.DataFrame,
-              clim: dict[str, list[float]]) -> tuple[pd.DataFrame, np.ndarray]:
-    """Day-level features for `dates` and whether key weather (rain, temperatures) was filled.
+def day_matrix(days: np.ndarray, known: np.ndarray, clim: dict[str, list[float]]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Day-level features (columns DAY_FEATURES, float32) and whether key weather was filled.
 
-    `known` holds weather values aligned with `dates` (recorded, or given by a request), NaN where
-    unknown; a missing value is filled from the monthly climatology, never invented otherwise.
+    `known` holds weather aligned with `days` (recorded, or given by a request), NaN where unknown; a
+    missing value is filled from the monthly climatology, never invented otherwise. Pure numpy: the
+    serving path calls this for every request.
     """
-    dates = pd.DatetimeIndex(dates).normalize()
-    frame = pd.DataFrame({
-        "dow": dates.dayofweek, "month": dates.month, "is_holiday": is_holiday(dates).astype(int),
-        "year_frac": dates.year + (dates.dayofyear - 1) / 365.25,
-        "doy_sin": np.sin(2 * np.pi * dates.dayofyear / 365.25),
-        "doy_cos": np.cos(2 * np.pi * dates.dayofyear / 365.25),
-    }, index=range(len(dates)))
-    filled = np.zeros(len(dates), dtype=bool)
-    months = dates.month.to_numpy() - 1
-    for field in WEATHER_FIELDS:
-        values = pd.to_numeric(known[field], errors="coerce").to_numpy(dtype=float, copy=True)
-        missing = np.isnan(values)
-        if field in ("prcp", "tmax", "tmin"):
-            filled |= missing
-        values[missing] = np.asarray(clim[field])[months[missing]]
-        frame[field] = values
-    return frame[DAY_FEATURES], filled
+    days = as_days(days)
+    years = days.astype("datetime64[Y]")
+    month = days.astype("datetime64[M]").astype(np.int64) % 12
+    doy = (days - years).astype(np.int64) + 1
+    X = np.empty((len(days), len(DAY_FEATURES)), dtype=np.float64)
+    X[:, 0] = day_of_week(days)
+    X[:, 1] = month + 1
+    X[:, 2] = is_holiday(days)
+    X[:, 3] = years.astype(np.int64) + 1970 + (doy - 1) / 365.25
+    X[:, 4] = np.sin(2 * np.pi * doy / 365.25)
+    X[:, 5] = np.cos(2 * np.pi * doy / 365.25)
+    weather = np.array(known, dtype=float, copy=True)
+    missing = np.isnan(weather)
+    fill = np.array([clim[f] for f in WEATHER_FIELDS]).T[month]  # [n, fields]
+    weather[missing] = fill[missing]
+    X[:, 6:] = weather
+    key_fields = [WEATHER_FIELDS.index(f) for f in ("prcp", "tmax", "tmin")]
+    return X.astype(np.float32), missing[:, key_fields].any(axis=1)
 
 
 def block_of_minute(minutes: np.ndarray, block_hours: int) -> np.ndarray:

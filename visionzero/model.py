@@ -70,8 +70,8 @@ def split_days(days: pd.Series, holdout_days: int) -> tuple[pd.DatetimeIndex, pd
 
 def volume_features(dates: pd.DatetimeIndex, weather: pd.DataFrame,
                     clim: dict[str, list[float]]) -> pd.DataFrame:
-    frame, _ = F.day_frame(dates, F.recorded_weather(dates, weather), clim)
-    return frame
+    X, _ = F.day_matrix(F.as_days(dates), F.recorded_weather(dates, weather), clim)
+    return pd.DataFrame(X, columns=F.DAY_FEATURES)
 
 
 @dataclass
@@ -91,7 +91,7 @@ class ShareTable:
         age = (train_days.max() - slots["date"]).dt.days.to_numpy()
         weight = 0.5 ** (age / cfg.share_halflife_days) * slots["count"].to_numpy()
         z_index = pd.Index(zones).get_indexer(slots["zone"])
-        dt = F.daytype(pd.DatetimeIndex(slots["date"]))
+        dt = F.daytype(slots["date"])
         counts = np.zeros((len(zones), n_blocks, 3))
         np.add.at(counts, (z_index, slots["block"].to_numpy(), dt), weight)
         per_block_dt = counts.sum(axis=0)  # [B, 3]
@@ -118,6 +118,7 @@ class CrashRiskModel:
     booster: xgb.Booster
     shares: ShareTable
     meta: dict = field(default_factory=dict)
+    _zone_rows: dict[str, int] | None = field(default=None, repr=False)
 
     @property
     def resolution(self) -> int:
@@ -132,30 +133,33 @@ class CrashRiskModel:
         return list(self.meta["thresholds"])
 
     def zone_index(self, zones: np.ndarray) -> np.ndarray:
-        return pd.Index(self.shares.zones).get_indexer(zones)
+        """Row of each zone in the share table, -1 for a zone with no training history."""
+        if self._zone_rows is None:
+            self._zone_rows = {zone: row for row, zone in enumerate(self.shares.zones)}
+        return np.array([self._zone_rows.get(z, -1) for z in zones], dtype=np.int64)
 
-    def expected(self, zones: np.ndarray, dates: pd.DatetimeIndex, blocks: np.ndarray,
-                 weather: pd.DataFrame | None = None, item_weather: pd.DataFrame | None = None
+    def expected(self, zones: np.ndarray, dates: object, blocks: np.ndarray,
+                 weather: pd.DataFrame | None = None, item_weather: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Expected crashes per zone-slot and the weather source of each ("request", "record",
-        "climatology"). Vectorised: the volume model runs once per distinct (date, weather)."""
-        dates = pd.DatetimeIndex(dates).normalize()
-        known = F.recorded_weather(dates, weather)
-        source = np.where(known[["prcp", "tmax", "tmin"]].notna().all(axis=1), "record", "climatology")
+        "climatology"). `item_weather` [n, fields] (NaN = not given) overrides recorded weather.
+        Vectorised: the volume model runs once per distinct (date, weather)."""
+        days = F.as_days(dates)
+        known = F.recorded_weather(days, weather)
+        key = [F.WEATHER_FIELDS.index(f) for f in ("prcp", "tmax", "tmin")]
+        source = np.where(~np.isnan(known[:, key]).any(axis=1), "record", "climatology")
         if item_weather is not None:
-            given = item_weather[F.WEATHER_FIELDS].notna().any(axis=1).to_numpy()
-            known = known.where(item_weather[F.WEATHER_FIELDS].isna(), item_weather[F.WEATHER_FIELDS])
-            source = np.where(given, "request", source)
-        keyed = known.assign(date=dates.asi8)
-        group = keyed.groupby(["date", *F.WEATHER_FIELDS], dropna=False, sort=False).ngroup().to_numpy()
-        first = keyed.drop_duplicates().index.to_numpy()
-        unique_dates = dates[first]
-        frame, _ = F.day_frame(unique_dates, known.iloc[first].reset_index(drop=True),
-                               self.meta["climatology"])
-        volume = self.booster.inplace_predict(frame.to_numpy(dtype=np.float32))
-        dtype = F.daytype(unique_dates)[group]
+            given = ~np.isnan(item_weather)
+            known = np.where(given, item_weather, known)
+            source = np.where(given.any(axis=1), "request", source)
+        rows = np.column_stack([days.astype(np.float64), np.nan_to_num(known, nan=-1e300)])
+        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        X, _ = F.day_matrix(days[first], known[first], self.meta["climatology"])
+        volume = self.booster.inplace_predict(X)
+        dtype = F.daytype(days[first])[inverse]
         share = self.shares.share(self.zone_index(zones), np.asarray(blocks, dtype=int), dtype)
-        return volume[group] * share, source
+        return volume[inverse] * share, source
 
     def levels(self, expected: np.ndarray) -> np.ndarray:
         return assign_levels(expected, self.thresholds)

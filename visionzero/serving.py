@@ -2,9 +2,10 @@
 plain FastAPI reference): both call `predict_items` so they compute exactly the same thing."""
 from __future__ import annotations
 
+import re
+
 import h3
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, Field
 
 from visionzero import features as F
@@ -86,29 +87,53 @@ def _zones(items: list[Item], model: CrashRiskModel) -> np.ndarray:
     return zones
 
 
+DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def _parse_datetimes(items: list[Item]) -> np.ndarray:
+    """datetime64[m] per item; 400 on anything but a real YYYY-MM-DDTHH:MM."""
+    texts = [it.datetime for it in items]
+    bad = [i for i, text in enumerate(texts) if not DATETIME.fullmatch(text)]
+    _fail(np.array(bad), "datetime", "expected YYYY-MM-DDTHH:MM")
+    try:
+        return np.array(texts, dtype="datetime64[m]")
+    except ValueError:
+        for i, text in enumerate(texts):
+            try:
+                np.datetime64(text, "m")
+            except ValueError:
+                _fail(np.array([i]), "datetime", f"{text!r} is not a real date and time")
+        raise
+
+
+def _item_weather(items: list[Item]) -> np.ndarray | None:
+    if not any(getattr(it, name) is not None for it in items for name in WEATHER_REQUEST_FIELDS):
+        return None
+    names = {field: name for name, field in WEATHER_REQUEST_FIELDS.items()}
+    ordered = [names[field] for field in F.WEATHER_FIELDS]  # columns in the model's weather order
+    return np.array([[np.nan if getattr(it, name) is None else getattr(it, name) for name in ordered]
+                     for it in items], dtype=float)
+
+
 def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[dict]:
     if len(items) > MAX_ITEMS:
         raise InvalidItems(f"items: {len(items)} items; at most {MAX_ITEMS} per request")
     if not items:
         return []
-    stamps = pd.to_datetime(pd.Series([it.datetime for it in items]), format="%Y-%m-%dT%H:%M",
-                            errors="coerce")
-    _fail(np.flatnonzero(stamps.isna().to_numpy()), "datetime", "expected YYYY-MM-DDTHH:MM")
+    stamps = _parse_datetimes(items)
     zones = _zones(items, model)
-    weather = pd.DataFrame({field: [getattr(it, name) for it in items]
-                            for name, field in WEATHER_REQUEST_FIELDS.items()}, dtype=float)
-    blocks = (stamps.dt.hour.to_numpy() // model.block_hours).astype(int)
-    dates = pd.DatetimeIndex(stamps.dt.normalize())
-    expected, source = model.expected(zones, dates, blocks, item_weather=weather)
+    days = stamps.astype("datetime64[D]")
+    blocks = ((stamps - days).astype(np.int64) // 60 // model.block_hours).astype(int)
+    expected, source = model.expected(zones, days, blocks, item_weather=_item_weather(items))
     levels = model.levels(expected)
     p_one = p_at_least_one(expected)
     version = str(model.meta.get("model_version", "unknown"))
-    day_strings = dates.strftime("%Y-%m-%d")
+    day_strings = days.astype(str)
     spans = [[b * model.block_hours, (b + 1) * model.block_hours] for b in range(24 // model.block_hours)]
-    return [{"zone": z, "date": d, "block": spans[b], "expected_crashes": float(e),
-             "risk_level": RISK_LEVELS[lv], "risk_index": int(lv), "p_at_least_one": float(p),
-             "weather_source": str(s), "model_version": version, "stage": stage}
-            for z, d, b, e, lv, p, s in zip(zones, day_strings, blocks, expected, levels, p_one, source)]
+    return [{"zone": z, "date": d, "block": spans[b], "expected_crashes": e, "risk_level": RISK_LEVELS[lv],
+             "risk_index": lv, "p_at_least_one": p, "weather_source": s, "model_version": version, "stage": stage}
+            for z, d, b, e, lv, p, s in zip(zones, day_strings.tolist(), blocks.tolist(), expected.tolist(),
+                                             levels.tolist(), p_one.tolist(), source.tolist())]
 
 
 def metadata(model: CrashRiskModel, stage: str) -> dict:
