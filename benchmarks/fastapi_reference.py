@@ -5,13 +5,14 @@ import os
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, Field
 
 from visionzero.model import CrashRiskModel
 from visionzero.serving import MAX_ITEMS, InvalidItems, Item, predict_items
 
 model = CrashRiskModel.load(Path(os.environ["VZ_MODEL_DIR"]))
-app = FastAPI()
+app = FastAPI(default_response_class=ORJSONResponse)  # the same JSON encoder as service.py
 
 
 class PredictRequest(BaseModel):

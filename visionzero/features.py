@@ -50,7 +50,10 @@ def _holiday_days() -> np.ndarray:
 
 
 def is_holiday(days: np.ndarray) -> np.ndarray:
-    return np.isin(as_days(days), _holiday_days())
+    table = _holiday_days()
+    days = as_days(days)
+    pos = np.minimum(np.searchsorted(table, days), len(table) - 1)
+    return table[pos] == days
 
 
 def day_of_week(days: np.ndarray) -> np.ndarray:
@@ -60,8 +63,11 @@ def day_of_week(days: np.ndarray) -> np.ndarray:
 
 def daytype(days: np.ndarray) -> np.ndarray:
     """0 weekday, 1 Saturday, 2 Sunday or public holiday: the day types whose hourly patterns differ."""
-    dow = day_of_week(days)
-    return np.where(is_holiday(days) | (dow == 6), 2, np.where(dow == 5, 1, 0))
+    return daytype_of(day_of_week(days), is_holiday(days))
+
+
+def daytype_of(dow: np.ndarray, holiday: np.ndarray) -> np.ndarray:
+    return np.where(holiday.astype(bool) | (dow == 6), 2, np.where(dow == 5, 1, 0))
 
 
 def climatology(weather: pd.DataFrame) -> dict[str, list[float]]:

@@ -152,12 +152,16 @@ class CrashRiskModel:
             given = ~np.isnan(item_weather)
             known = np.where(given, item_weather, known)
             source = np.where(given.any(axis=1), "request", source)
-        rows = np.column_stack([days.astype(np.float64), np.nan_to_num(known, nan=-1e300)])
-        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        if item_weather is None:  # one volume per distinct date: a 1-D unique is much cheaper
+            _, first, inverse = np.unique(days, return_index=True, return_inverse=True)
+        else:
+            rows = np.column_stack([days.astype(np.float64), np.nan_to_num(known, nan=-1e300)])
+            _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
         X, _ = F.day_matrix(days[first], known[first], self.meta["climatology"])
         volume = self.booster.inplace_predict(X)
-        dtype = F.daytype(days[first])[inverse]
+        dow, holiday = X[:, F.DAY_FEATURES.index("dow")], X[:, F.DAY_FEATURES.index("is_holiday")]
+        dtype = F.daytype_of(dow, holiday)[inverse]
         share = self.shares.share(self.zone_index(zones), np.asarray(blocks, dtype=int), dtype)
         return volume[inverse] * share, source
 
