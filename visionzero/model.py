@@ -119,6 +119,7 @@ class CrashRiskModel:
     shares: ShareTable
     meta: dict = field(default_factory=dict)
     _zone_rows: dict[str, int] | None = field(default=None, repr=False)
+    _volume_cache: dict[int, float] = field(default_factory=dict, repr=False)
 
     @property
     def resolution(self) -> int:
@@ -159,11 +160,25 @@ class CrashRiskModel:
             _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
         X, _ = F.day_matrix(days[first], known[first], self.meta["climatology"])
-        volume = self.booster.inplace_predict(X)
+        volume = self._volume(X, days[first] if weather is None and item_weather is None else None)
         dow, holiday = X[:, F.DAY_FEATURES.index("dow")], X[:, F.DAY_FEATURES.index("is_holiday")]
         dtype = F.daytype_of(dow, holiday)[inverse]
         share = self.shares.share(self.zone_index(zones), np.asarray(blocks, dtype=int), dtype)
         return volume[inverse] * share, source
+
+    def _volume(self, X: np.ndarray, cache_days: np.ndarray | None) -> np.ndarray:
+        """Citywide volume per row of X. Without weather a date's volume never changes, so serving
+        keeps it: most requests then skip XGBoost, whose per-call overhead dominates small requests."""
+        if cache_days is None:
+            return self.booster.inplace_predict(X)
+        keys = cache_days.astype(np.int64).tolist()
+        missing = [i for i, key in enumerate(keys) if key not in self._volume_cache]
+        if missing:
+            if len(self._volume_cache) > 50_000:
+                self._volume_cache.clear()
+            for i, value in zip(missing, self.booster.inplace_predict(X[missing]).tolist()):
+                self._volume_cache[keys[i]] = value
+        return np.array([self._volume_cache[key] for key in keys])
 
     def levels(self, expected: np.ndarray) -> np.ndarray:
         return assign_levels(expected, self.thresholds)
