@@ -60,6 +60,33 @@ def status(as_json: bool) -> None:
 
 
 @cli.command()
+def report() -> None:
+    """The newest model's holdout table: new model vs previous production vs historical average."""
+    from zenml.client import Client
+
+    from visionzero.evaluation import METRIC_KEYS
+    from visionzero.stack import MODEL_NAME, ensure_stack
+
+    ensure_stack()
+    version = Client().get_model_version(MODEL_NAME)
+    meta = version.run_metadata
+    calibration = meta.get("calibration_ratio") or {}
+    rows = [(f"new model v{version.number}", meta.get("metrics"), calibration.get("candidate")),
+            ("production on the same holdout", meta.get("production_metrics_same_holdout"),
+             calibration.get("production")),
+            ("historical average (zone x weekday x block)", meta.get("baseline_metrics"), calibration.get("baseline"))]
+    click.echo(f"holdout {meta.get('holdout_window')}, data {meta.get('data_version')}")
+    click.echo("| model | " + " | ".join(METRIC_KEYS) + " | predicted/observed crashes |")
+    click.echo("|---" * (len(METRIC_KEYS) + 2) + "|")
+    for name, scores, ratio in rows:
+        if scores:
+            cells = [f"{scores[k]:.4f}" for k in METRIC_KEYS] + [f"{ratio:.3f}" if ratio else "-"]
+            click.echo(f"| {name} | " + " | ".join(cells) + " |")
+    decision = meta.get("decision") or {}
+    click.echo(f"decision: {decision.get('action')} - " + "; ".join(decision.get("reasons", [])))
+
+
+@cli.command()
 @click.option("--port", default=3000, show_default=True, help="Port nginx listens on (localhost).")
 def serve(port: int) -> None:
     """Serve production (and staging, 50/50) behind nginx on localhost:PORT until Ctrl-C."""

@@ -38,7 +38,9 @@ def evaluator(dataset: DatasetRef, crash_model: Path, model_config: dict
     mlflow.log_artifacts(str(out), artifact_path="evaluation")
     pick = lambda scores: {k: scores[k] for k in METRIC_KEYS} if scores else None  # noqa: E731
     metadata = {"metrics": pick(report["candidate"]), "baseline_metrics": pick(report["baseline"]),
-                "holdout_window": report["holdout_window"]}
+                "holdout_window": report["holdout_window"],
+                "calibration_ratio": {role: report[role]["calibration_ratio"]
+                                      for role in ("candidate", "baseline", "production") if report[role]}}
     if report["production"]:
         metadata["production_metrics_same_holdout"] = pick(report["production"])
     log_metadata(metadata=metadata, infer_model=True)
