@@ -21,6 +21,10 @@ from visionzero.training_data import load_split
 logger = get_logger(__name__)
 
 
+def _headline(scores: dict) -> dict:
+    return {k: scores[k] for k in METRIC_KEYS}
+
+
 @step(experiment_tracker=TRACKER_NAME)
 def evaluator(dataset: DatasetRef, crash_model: Path, model_config: dict
               ) -> tuple[Annotated[dict, "evaluation_report"], Annotated[Path, "evaluation_files"]]:
@@ -36,13 +40,12 @@ def evaluator(dataset: DatasetRef, crash_model: Path, model_config: dict
         if report[role]:
             mlflow.log_metrics({f"{role}_{k}": v for k, v in report[role].items()})
     mlflow.log_artifacts(str(out), artifact_path="evaluation")
-    pick = lambda scores: {k: scores[k] for k in METRIC_KEYS} if scores else None  # noqa: E731
-    metadata = {"metrics": pick(report["candidate"]), "baseline_metrics": pick(report["baseline"]),
+    metadata = {"metrics": _headline(report["candidate"]), "baseline_metrics": _headline(report["baseline"]),
                 "holdout_window": report["holdout_window"],
                 "calibration_ratio": {role: report[role]["calibration_ratio"]
                                       for role in ("candidate", "baseline", "production") if report[role]}}
     if report["production"]:
-        metadata["production_metrics_same_holdout"] = pick(report["production"])
+        metadata["production_metrics_same_holdout"] = _headline(report["production"])
     log_metadata(metadata=metadata, infer_model=True)
     for role in ("candidate", "production", "baseline"):
         if report[role]:

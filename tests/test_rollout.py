@@ -149,5 +149,5 @@ def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
         os.killpg(serve.pid, signal.SIGINT)
         output, _ = serve.communicate(timeout=60)
     assert "stopped" in output
-    nginx = subprocess.run(["pgrep", "-f", f"nginx.*vz-serve"], capture_output=True, text=True).stdout
+    nginx = subprocess.run(["pgrep", "-f", "nginx.*vz-serve"], capture_output=True, text=True).stdout
     assert not nginx.strip(), "nginx outlived serve"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from visionzero import weather as weather_source
-from visionzero.http import SourceUnavailable
+from visionzero.http import RetryPolicy, SourceUnavailable
 from visionzero.schema import CSV_COLUMNS
 from visionzero.settings import SNAPSHOT_DIR
 from visionzero.socrata import SocrataClient
@@ -72,8 +72,6 @@ def api_complete_days(since: date, fetched_at: date, settle_days: int) -> pd.Dat
 
 
 def _fetch_api(cfg: LoadConfig, since: date) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
-    from visionzero.http import RetryPolicy
-
     client = SocrataClient(page_size=cfg.page_size, max_pages=cfg.max_pages,
                            policy=RetryPolicy(max_attempts=cfg.max_attempts,
                                               backoff_seconds=cfg.backoff_seconds))
