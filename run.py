@@ -24,6 +24,10 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
     """Without a sub-command: run the training pipeline."""
     configure_environment()
     logging.getLogger("dvc").setLevel(logging.WARNING)
+    if ctx.invoked_subcommand not in ("dashboard", "render-k8s"):
+        from visionzero.stack import ensure_local_server
+
+        ensure_local_server()
     if ctx.invoked_subcommand is None:
         train(offline, config_path)
 

@@ -21,6 +21,33 @@ def _tracker_configuration() -> dict[str, str]:
     return config
 
 
+def ensure_local_server() -> None:
+    """After `run.py dashboard` the client talks to a local ZenML server daemon; when that daemon is
+    gone (a reboot), start it again instead of failing on a refused connection."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    import yaml
+
+    config = Path(os.environ.get("ZENML_CONFIG_PATH", "")) / "config.yaml"
+    if os.environ.get("ZENML_STORE_URL") or not config.exists():
+        return
+    store = (yaml.safe_load(config.read_text()) or {}).get("store") or {}
+    url = urlparse(str(store.get("url", "")))
+    if store.get("type") != "rest" or url.hostname not in ("127.0.0.1", "localhost"):
+        return
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        if sock.connect_ex((url.hostname, url.port or 80)) == 0:
+            return
+    print(f"The local ZenML server at {url.geturl()} is not running: starting it again", file=sys.stderr)
+    subprocess.run([str(Path(sys.executable).parent / "zenml"), "login", "--local", "--port", str(url.port)],
+                   check=True, capture_output=True)
+
+
 def ensure_stack() -> None:
     from zenml.client import Client
     from zenml.enums import StackComponentType
