@@ -97,3 +97,16 @@ def test_render_k8s_command_uses_the_deployment_state(trained: dict, tmp_path: P
     docs = load(tmp_path / "k8s")
     images = {d["spec"]["template"]["spec"]["containers"][0]["image"] for d in by_kind(docs, "Deployment")}
     assert images == {f"localhost:5000/visionzero/crash-risk:{trained['production']['bento_tag'].split(':')[1]}"}
+
+
+def test_kubernetes_target_without_docker_or_cluster_leaves_manifests_ready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from visionzero import kubernetes, rollout
+
+    monkeypatch.setenv("VZ_HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setattr(kubernetes, "docker_available", lambda: False)  # no engine on these machines
+    result = rollout.roll_out({"production": release(1), "staging": release(2), "canary_weight": 50}, "kubernetes")
+    assert "no Docker engine" in result["images_error"]
+    assert "KUBECONFIG is not set" in result["apply_error"]
+    assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 11

@@ -10,7 +10,7 @@ from visionzero.settings import paths
 log = logging.getLogger(__name__)
 
 
-def _roll_out(state: dict, target: str) -> dict:
+def roll_out(state: dict, target: str) -> dict:
     """Make the target match the state. A failure here is reported, never undoes the recorded state."""
     if target == "local":
         return {"target": "local", "note": "`python run.py serve` serves this state behind nginx"}
@@ -40,7 +40,7 @@ def deploy(action: str, bentos: dict, target: str) -> dict:
         snapshot = dict(state)
     result = {"changed": changed, "state": snapshot}
     if changed != "none" and snapshot.get("production"):
-        result["rollout"] = _roll_out(snapshot, target)
+        result["rollout"] = roll_out(snapshot, target)
     result["summary"] = (f"{changed}: model {bentos.get('model_version')} ({bentos.get('bento_tag')})"
                          if changed != "none" else "no change")
     return result
@@ -72,7 +72,7 @@ def promote_or_rollback(kind: str, target: str = "local") -> dict:
     except Exception as exc:  # noqa: BLE001 - the deployment state is already the truth
         result["registry_error"] = str(exc)
         log.warning("%s: registry stages not updated (%s)", kind, exc)
-    result["rollout"] = _roll_out(snapshot, target)
+    result["rollout"] = roll_out(snapshot, target)
     return result
 
 
