@@ -9,8 +9,10 @@ import gc
 import os
 
 # BentoML always installs OpenTelemetry's ASGI middleware; with no exporter configured its spans cost
-# 15% of throughput and double p99 (benchmarks/serving.py). Set OTEL_SDK_DISABLED=false to trace.
-os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+# 15% of throughput and double p99 (benchmarks/serving.py). VZ_TRACING=1 turns tracing back on.
+TRACING = os.environ.get("VZ_TRACING", "0") == "1"
+if not TRACING:
+    os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +62,7 @@ class RejectBrokenMultipart:
     traffic={"timeout": 30},
     logging={"access": {"enabled": os.environ.get("VZ_ACCESS_LOG", "0") == "1"}},
     metrics={"enabled": os.environ.get("VZ_METRICS", "1") == "1"},
+    tracing={} if TRACING else {"excluded_urls": ["/predict", "/metadata"]},
 )
 @bentoml.asgi_app(read_routes, path="/")
 class CrashRisk:
