@@ -6,8 +6,6 @@ import pandas as pd
 from visionzero.schema import COUNT_COLUMNS, COUNT_FIELDS, CSV_COLUMNS
 from visionzero.settings import NYC_BOX
 
-# Checked in this order; a row is quarantined under the first reason it fails.
-REASONS = ["collision_id", "crash_date", "crash_time", "coordinates", "counts"]
 
 
 def _blank(s: pd.Series) -> pd.Series:
@@ -15,7 +13,10 @@ def _blank(s: pd.Series) -> pd.Series:
 
 
 def validate(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split raw CSV-shaped rows into (typed rows, quarantined raw rows with a `reason` column)."""
+    """Split raw CSV-shaped rows into (typed rows, quarantined raw rows with a `reason` column).
+
+    Reasons, checked in this order (a row is quarantined under the first it fails): collision_id,
+    crash_date, crash_time, coordinates (present but not numbers), counts (negative or not integers)."""
     raw = raw.reindex(columns=CSV_COLUMNS).fillna("").astype(str)
     reason = pd.Series("", index=raw.index, dtype=object)
 
@@ -81,5 +82,3 @@ def dedupe(typed: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         ["crash_date", "collision_id"], kind="stable").reset_index(drop=True)
     return out, before - len(out)
 
-
-__all__ = ["validate", "dedupe", "coordinate_flags", "REASONS"]
