@@ -11,8 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -51,18 +49,9 @@ def free_port() -> int:
 
 
 def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
+    from visionzero.canary import wait_http as wait
+
+    wait(url, timeout, process)
 
 
 class LocalServer:

@@ -34,6 +34,22 @@ def nginx_binary() -> str:
     return found
 
 
+def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Poll url until it answers 200; fail early if the process serving it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
 @dataclass
 class Backend:
     stage: str
@@ -108,18 +124,10 @@ class LocalCanary:
         return Backend(stage, bento_tag, model_tag, port, process)
 
     def _wait_ready(self, backend: Backend) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if backend.process.poll() is not None:
-                raise RuntimeError(f"{backend.stage} server exited; see {self.workdir}/{backend.stage}-{backend.port}.log")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{backend.port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{backend.stage} server not ready after {self.ready_timeout}s")
+        try:
+            wait_http(f"http://127.0.0.1:{backend.port}/readyz", self.ready_timeout, backend.process)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{backend.stage} server: {exc}; see {self.workdir}/{backend.stage}-{backend.port}.log") from exc
 
     @staticmethod
     def _stop(process: subprocess.Popen) -> None:
