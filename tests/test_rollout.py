@@ -119,6 +119,15 @@ def cli(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def assert_registry_stage(version: str) -> None:
+    """ZenML's production stage and MLflow's production alias follow promote and rollback."""
+    from visionzero.registry import MODEL_NAME, _mlflow_client, stage_version
+
+    assert stage_version("production").number == int(version)
+    alias = _mlflow_client().get_model_version_by_alias(MODEL_NAME, "production")
+    assert alias.tags["zenml_model_version"] == version
+
+
 def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
     production = str(challenger["production"]["model_version"])
     staging = str(challenger["staging"]["model_version"])
@@ -134,12 +143,16 @@ def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
         share = answers[("staging", staging)] / 2000
         assert 0.46 <= share <= 0.54, f"staging took {share:.3f} of 2,000 requests"
 
-        assert cli("promote")["changed"] is True
+        promoted = cli("promote")
+        assert promoted["changed"] is True and "registry_error" not in promoted
+        assert_registry_stage(staging)
         wait_until_only(url, staging)
         assert Counter(ask(url, session) for _ in range(200)) == {("production", staging): 200}
         assert cli("promote")["changed"] is False  # nothing left to promote
 
-        assert cli("rollback")["changed"] is True
+        rolled_back = cli("rollback")
+        assert rolled_back["changed"] is True and "registry_error" not in rolled_back
+        assert_registry_stage(production)
         wait_until_only(url, production)
         assert Counter(ask(url, session) for _ in range(200)) == {("production", production): 200}
 
