@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,16 +41,7 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001, ARG001
     shutil.rmtree(TMP, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
-    from visionzero.canary import wait_http as wait
-
-    wait(url, timeout, process)
+from visionzero.canary import free_port, wait_http  # noqa: E402,F401 - shared with the tests
 
 
 class LocalServer:

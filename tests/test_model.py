@@ -49,8 +49,8 @@ def test_no_history_feature_sees_a_holdout_date(real_data, model: CrashRiskModel
     grid = zone_slot_grid(model.shares.zones[:20], train_days[-10:], 6)
     args = (grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]), grid["block"].to_numpy())
     np.testing.assert_array_equal(other.expected(*args)[0], model.expected(*args)[0])
-    base_a = HistoricalAverage(prepared, train_days, model.shares.zones, 6)
-    base_b = HistoricalAverage(scrambled, train_days, model.shares.zones, 6)
+    base_a = HistoricalAverage(prepared, train_days)
+    base_b = HistoricalAverage(scrambled, train_days)
     pd.testing.assert_series_equal(base_a.mean, base_b.mean)
 
 

@@ -61,6 +61,11 @@ def test_loader_merges_api_rows_and_quarantines_bad_records(tmp_path: Path,
         monkeypatch.setenv("NOAA_URL", server.url + "/noaa")  # answers [] -> no new weather, no invention
         summary = build_dataset(tmp_path / "data", LoadConfig(page_size=4, backoff_seconds=0.01),
                                 now=datetime(2026, 6, 1, tzinfo=timezone.utc))
+        again = build_dataset(tmp_path / "data", LoadConfig(page_size=4, backoff_seconds=0.01),
+                              now=datetime(2026, 6, 1, tzinfo=timezone.utc))
+    # the re-fetched overlap replaces its earlier copy; the malformed record stays quarantined
+    assert len(pd.read_parquet(tmp_path / "data" / "api_rows.parquet")) == 6
+    assert again.quarantined == summary.quarantined and again.rows == summary.rows
     assert summary.source == "api" and summary.api_rows_new == 6
     assert summary.quarantined == {"counts": 1, "malformed_record": 1}
     crashes = pd.read_parquet(tmp_path / "data" / "crashes.parquet")

@@ -34,7 +34,7 @@ def nginx_binary() -> str:
     return found
 
 
-def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
     """Poll url until it answers 200; fail early if the process serving it exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

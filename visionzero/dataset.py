@@ -22,6 +22,7 @@ COMPLETE_DAYS = "complete_days.csv"
 WEATHER = "weather.parquet"
 QUARANTINE = "quarantine.parquet"
 API_ROWS = "api_rows.parquet"  # every raw row the API ever gave us, kept so offline rebuilds lose nothing
+API_MALFORMED = "api_malformed.parquet"  # API records that were not objects, kept for the quarantine
 
 
 @dataclass
@@ -76,12 +77,23 @@ def _fetch_api(cfg: LoadConfig, since: date) -> tuple[pd.DataFrame, pd.DataFrame
                            policy=RetryPolicy(max_attempts=cfg.max_attempts,
                                               backoff_seconds=cfg.backoff_seconds))
     result = client.fetch_since(since)
-    malformed = pd.DataFrame({col: "" for col in CSV_COLUMNS}, index=range(len(result.malformed)))
-    if result.malformed:
-        malformed["reason"] = "malformed_record"
-        malformed["source"] = "api"
-        malformed["LOCATION"] = [m["record"] for m in result.malformed]  # keep the raw record text
-    return result.rows, malformed.reindex(columns=[*CSV_COLUMNS, "reason", "source"]), result.complete
+    return result.rows, pd.DataFrame(result.malformed, columns=["page", "record"]).astype(str), result.complete
+
+
+def _keep(path: Path, old: pd.DataFrame, new: pd.DataFrame, key: str | None = None) -> pd.DataFrame:
+    """Append newly fetched raw input to what earlier runs kept (the overlap re-fetched for late
+    reports replaces its earlier copy when `key` is given) and write it back."""
+    both = pd.concat([old, new], ignore_index=True)
+    if key is not None:
+        keyed = both[key].str.strip() != ""
+        both = pd.concat([both[keyed].drop_duplicates(key, keep="last"), both[~keyed]], ignore_index=True)
+    if len(both):
+        both.to_parquet(path, index=False)
+    return both
+
+
+def _read_kept(path: Path, columns: list[str]) -> pd.DataFrame:
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=columns)
 
 
 def build_dataset(data_dir: Path, cfg: LoadConfig, snapshot_dir: Path = SNAPSHOT_DIR,
@@ -93,20 +105,21 @@ def build_dataset(data_dir: Path, cfg: LoadConfig, snapshot_dir: Path = SNAPSHOT
     typed, quarantine = validate(raw, "snapshot")
     complete = read_snapshot_complete_days(snapshot_dir)
 
-    api_path = data_dir / API_ROWS
-    api_raw = pd.read_parquet(api_path) if api_path.exists() else pd.DataFrame(columns=CSV_COLUMNS)
+    api_raw = _read_kept(data_dir / API_ROWS, CSV_COLUMNS)
+    api_malformed = _read_kept(data_dir / API_MALFORMED, ["page", "record"])
     previous_api_days = (pd.read_csv(data_dir / COMPLETE_DAYS, parse_dates=["date"])
                          .query("source == 'api'") if (data_dir / COMPLETE_DAYS).exists()
                          else complete.iloc[0:0])
-    source, note, new_rows, api_malformed = "snapshot", "offline: bundled snapshot only", 0, None
+    source, note, new_rows = "snapshot", "offline: bundled snapshot only", 0
     if not cfg.offline:
         newest = max(typed["crash_date"].max(), pd.to_datetime(api_raw["CRASH DATE"],
                      format="%m/%d/%Y", errors="coerce").max() if len(api_raw) else pd.NaT)
         since = min(newest.date(), (now - timedelta(days=cfg.settle_days)).date())
         try:
-            fetched, api_malformed, fetched_all = _fetch_api(cfg, since)
+            fetched, malformed, fetched_all = _fetch_api(cfg, since)
             new_rows = len(fetched)
-            api_raw = pd.concat([api_raw, fetched], ignore_index=True)
+            api_raw = _keep(data_dir / API_ROWS, api_raw, fetched, key="COLLISION_ID")
+            api_malformed = _keep(data_dir / API_MALFORMED, api_malformed, malformed, key="record")
             source, note = "api", f"snapshot + {new_rows} API rows since {since}"
             if fetched_all:
                 previous_api_days = pd.concat(
@@ -116,12 +129,13 @@ def build_dataset(data_dir: Path, cfg: LoadConfig, snapshot_dir: Path = SNAPSHOT
     log.info("data source: %s", note)
 
     if len(api_raw):
-        api_raw.reset_index(drop=True).to_parquet(api_path, index=False)
         api_typed, api_quarantine = validate(api_raw, "api")
         typed = pd.concat([typed, api_typed], ignore_index=True)
         quarantine = pd.concat([quarantine, api_quarantine], ignore_index=True)
-    if api_malformed is not None and len(api_malformed):
-        quarantine = pd.concat([quarantine, api_malformed], ignore_index=True)
+    if len(api_malformed):  # the raw record text goes where a row's text would be
+        quarantine = pd.concat([quarantine, pd.DataFrame({
+            "LOCATION": api_malformed["record"], "reason": "malformed_record", "source": "api"})],
+            ignore_index=True)
     typed, duplicates = dedupe(typed)
     complete = (pd.concat([complete, previous_api_days], ignore_index=True)
                 .drop_duplicates("date", keep="first").sort_values("date").reset_index(drop=True))

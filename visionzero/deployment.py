@@ -6,6 +6,7 @@ the Kubernetes manifests render from it, so it is the single source of truth for
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -28,7 +29,7 @@ def state_path() -> Path:
 def read_state(path: Path | None = None) -> dict:
     path = path or state_path()
     if not path.exists():
-        return json.loads(json.dumps(EMPTY_STATE))
+        return copy.deepcopy(EMPTY_STATE)
     return json.loads(path.read_text())
 
 

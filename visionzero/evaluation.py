@@ -15,15 +15,12 @@ METRIC_KEYS = ["poisson_deviance", "hit_rate_at_10", "hit_rate_at_5", "pai_at_10
 class HistoricalAverage:
     """The status quo: mean crashes per zone x weekday x block over the training days."""
 
-    def __init__(self, prepared: Prepared, train_days: pd.DatetimeIndex, zones: list[str],
-                 n_blocks: int) -> None:
+    def __init__(self, prepared: Prepared, train_days: pd.DatetimeIndex) -> None:
         slots = prepared.slots[prepared.slots["date"].isin(train_days)]
         days_per_dow = pd.Series(train_days.dayofweek).value_counts()
         totals = slots.assign(dow=slots["date"].dt.dayofweek).groupby(["zone", "dow", "block"])[
             "count"].sum()
         self.mean = (totals / days_per_dow.reindex(totals.index.get_level_values("dow")).to_numpy())
-        self.zones = zones
-        self.n_blocks = n_blocks
 
     def expected(self, grid: pd.DataFrame) -> np.ndarray:
         keys = pd.MultiIndex.from_arrays([grid["zone"], grid["date"].dt.dayofweek, grid["block"]])
@@ -102,7 +99,7 @@ def evaluate(prepared: Prepared, train_days: pd.DatetimeIndex, holdout_days: pd.
     dates = pd.DatetimeIndex(grid["date"])
     pred_new, weather_source = candidate.expected(grid["zone"].to_numpy(), dates, grid["block"].to_numpy(),
                                                   weather)
-    baseline = HistoricalAverage(prepared, train_days, candidate.shares.zones, n_blocks)
+    baseline = HistoricalAverage(prepared, train_days)
     pred_base = baseline.expected(grid)
     boroughs = grid["zone"].map(zone_boroughs(prepared, train_days)).fillna("UNKNOWN")
     blocks = grid["block"].map(lambda b: f"{b * candidate.block_hours:02d}-{(b + 1) * candidate.block_hours:02d}")
