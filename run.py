@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import yaml
 
-from visionzero.settings import REPO_ROOT, configure_environment
+from visionzero.platform.settings import REPO_ROOT, configure_environment
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "training.yaml"
 
@@ -25,7 +25,7 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
     configure_environment()
     logging.getLogger("dvc").setLevel(logging.WARNING)
     if ctx.invoked_subcommand not in ("dashboard", "render-k8s"):
-        from visionzero.stack import ensure_local_server
+        from visionzero.platform.stack import ensure_local_server
 
         ensure_local_server()
     if ctx.invoked_subcommand is None:
@@ -34,10 +34,10 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
 
 def train(offline: bool, config_path: Path) -> None:
     from pipelines.training import training_pipeline
-    from visionzero.stack import ensure_stack
+    from visionzero.platform.stack import ensure_stack
 
     if offline:
-        from visionzero.offline import forbid_network
+        from visionzero.platform.offline import forbid_network
 
         forbid_network()
     ensure_stack()
@@ -68,8 +68,8 @@ def report() -> None:
     """The newest model's holdout table: new model vs previous production vs historical average."""
     from zenml.client import Client
 
-    from visionzero.evaluation import METRIC_KEYS
-    from visionzero.stack import MODEL_NAME, ensure_stack
+    from visionzero.evaluation.holdout import METRIC_KEYS
+    from visionzero.platform.stack import MODEL_NAME, ensure_stack
 
     ensure_stack()
     version = Client().get_model_version(MODEL_NAME)
@@ -97,8 +97,8 @@ def serve(port: int) -> None:
     import signal
     import tempfile
 
-    from visionzero.canary import LocalCanary
-    from visionzero.deployment import state_path
+    from visionzero.rollout.local_canary import LocalCanary
+    from visionzero.rollout.deployment_state import state_path
 
     canary = LocalCanary(port, state_path(), Path(tempfile.mkdtemp(prefix="vz-serve-")))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -116,9 +116,9 @@ def serve(port: int) -> None:
 
 
 def _rollout_command(kind: str) -> None:
-    from visionzero.alerts import build_message, send
-    from visionzero.rollout import promote_or_rollback
-    from visionzero.stack import ensure_stack
+    from visionzero.rollout.alerts import build_message, send
+    from visionzero.rollout.actions import promote_or_rollback
+    from visionzero.platform.stack import ensure_stack
 
     ensure_stack()
     result = promote_or_rollback(kind, os.environ.get("VZ_DEPLOY_TARGET", "local"))
@@ -146,8 +146,8 @@ def rollback() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 def render_k8s(out_dir: Path) -> None:
     """Render the Kubernetes manifests of the current deployment state into OUT."""
-    from visionzero.deployment import read_state
-    from visionzero.kubernetes import render
+    from visionzero.rollout.deployment_state import read_state
+    from visionzero.rollout.kubernetes import render
 
     files = render(read_state(), out_dir)
     click.echo(f"{len(files)} manifests written to {out_dir}")
@@ -159,7 +159,7 @@ def dashboard(port: int) -> None:
     """Start the local ZenML server and dashboard, and print its URL."""
     import subprocess
 
-    from visionzero.stack import ensure_stack
+    from visionzero.platform.stack import ensure_stack
 
     ensure_stack()
     zenml = str(Path(sys.executable).parent / "zenml")

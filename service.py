@@ -24,8 +24,8 @@ from fastapi import FastAPI
 from starlette.responses import Response
 from pydantic import Field
 
-from visionzero.model import CrashRiskModel
-from visionzero.serving import MAX_ITEMS, InvalidItems, Item, Prediction, metadata, predict_items
+from visionzero.model.crash_risk import CrashRiskModel
+from visionzero.serving.requests import MAX_ITEMS, InvalidItems, Item, Prediction, metadata, predict_items
 
 MODEL_TAG = os.environ.get("VZ_MODEL_TAG", "nyc_crash_risk:latest")
 STAGE = os.environ.get("VZ_STAGE", "production")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from visionzero.dataset import LoadConfig, build_dataset, read_snapshot_raw  # noqa: E402
-from visionzero.validation import validate  # noqa: E402
+from visionzero.data.dataset import LoadConfig, build_dataset, read_snapshot_raw  # noqa: E402
+from visionzero.data.validation import validate  # noqa: E402
 
 
 def main() -> None:

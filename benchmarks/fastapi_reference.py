@@ -8,8 +8,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, Field
 
-from visionzero.model import CrashRiskModel
-from visionzero.serving import MAX_ITEMS, InvalidItems, Item, predict_items
+from visionzero.model.crash_risk import CrashRiskModel
+from visionzero.serving.requests import MAX_ITEMS, InvalidItems, Item, predict_items
 
 model = CrashRiskModel.load(Path(os.environ["VZ_MODEL_DIR"]))
 app = FastAPI(default_response_class=ORJSONResponse)  # the same JSON encoder as service.py

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     from run import DEFAULT_CONFIG, train
-    from visionzero.settings import configure_environment
+    from visionzero.platform.settings import configure_environment
 
     configure_environment()
     start = time.perf_counter()

@@ -79,8 +79,8 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk")
 
-    from visionzero.deployment import read_state
-    from visionzero.settings import configure_environment
+    from visionzero.rollout.deployment_state import read_state
+    from visionzero.platform.settings import configure_environment
 
     configure_environment()
     release = read_state()["production"]

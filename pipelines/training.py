@@ -3,16 +3,13 @@ from __future__ import annotations
 
 from zenml import Model, pipeline
 
-from steps.bento_builder import bento_builder
-from steps.data_loader import data_loader
-from steps.deployer import deployer
-from steps.discord_alert import discord_alert
-from steps.evaluator import evaluator
-from steps.hp_tuner import hp_tuner
-from steps.trainer import trainer
-from steps.trigger_decision import trigger_decision
-from visionzero.alerts import build_message, send
-from visionzero.stack import MODEL_NAME
+from steps.data import data_loader
+from steps.evaluation import evaluator, trigger_decision
+from steps.model import hp_tuner, trainer
+from steps.rollout import deployer, discord_alert
+from steps.serving import bento_builder
+from visionzero.rollout.alerts import build_message, send
+from visionzero.platform.stack import MODEL_NAME
 
 
 def alert_failure(exception: BaseException) -> None:

@@ -1,1 +1,1 @@
-"""ZenML steps: thin wrappers around the visionzero package, one file per step."""
+"""ZenML steps, grouped like the visionzero package: steps/<stage>/<step>.py calls visionzero/<stage>/."""

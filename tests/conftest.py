@@ -32,7 +32,7 @@ for var in ("DISCORD_WEBHOOK_URL", "SOCRATA_APP_TOKEN", "MLFLOW_TRACKING_URI", "
     os.environ.pop(var, None)
 sys.path.insert(0, str(ROOT))
 
-from visionzero.settings import configure_environment  # noqa: E402
+from visionzero.platform.settings import configure_environment  # noqa: E402
 
 configure_environment()
 
@@ -41,7 +41,7 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001, ARG001
     shutil.rmtree(TMP, ignore_errors=True)
 
 
-from visionzero.canary import free_port, wait_http  # noqa: E402,F401 - shared with the tests
+from visionzero.rollout.local_canary import free_port, wait_http  # noqa: E402,F401 - shared with the tests
 
 
 class LocalServer:
@@ -67,8 +67,8 @@ def real_data():  # noqa: ANN201
     """The bundled snapshot loaded offline, at the model's grain, with the configured time split."""
     import yaml
 
-    from visionzero.dataset import LoadConfig, build_dataset
-    from visionzero.training_data import load_split
+    from visionzero.data.dataset import LoadConfig, build_dataset
+    from visionzero.model.training_data import load_split
 
     data_dir = TMP / "unit" / "data"
     build_dataset(data_dir, LoadConfig(offline=True))
@@ -80,7 +80,7 @@ def real_data():  # noqa: ANN201
 def trained() -> dict:
     """One offline run of the whole training pipeline in the temporary stores."""
     from run import DEFAULT_CONFIG, train
-    from visionzero.deployment import read_state
+    from visionzero.rollout.deployment_state import read_state
 
     train(offline=True, config_path=DEFAULT_CONFIG)
     return read_state()

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from tests.conftest import LocalServer
-from visionzero.alerts import DeliveryPolicy, build_message, send
-from visionzero.settings import paths
+from visionzero.rollout.alerts import DeliveryPolicy, build_message, send
+from visionzero.platform.settings import paths
 
 
 def discord_like(script: list[str], received: list[dict]) -> type[BaseHTTPRequestHandler]:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from visionzero.kubernetes import render
+from visionzero.rollout.kubernetes import render
 
 K8S_VERSION = "1.33.0"
 
@@ -101,7 +101,8 @@ def test_render_k8s_command_uses_the_deployment_state(trained: dict, tmp_path: P
 
 def test_kubernetes_target_without_docker_or_cluster_leaves_manifests_ready(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from visionzero import kubernetes, rollout
+    from visionzero.rollout import actions as rollout
+    from visionzero.rollout import kubernetes
 
     monkeypatch.setenv("VZ_HOME", str(tmp_path))
     monkeypatch.delenv("KUBECONFIG", raising=False)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import TimeSeriesSplit
 
-from visionzero.decision import DecisionRule, decide
-from visionzero.evaluation import HistoricalAverage, evaluate
-from visionzero.levels import assign_levels, level_thresholds
-from visionzero.model import CrashRiskModel, train, zone_slot_grid
-from visionzero.tuning import make_tuner, volume_training_frame
+from visionzero.evaluation.decision import DecisionRule, decide
+from visionzero.evaluation.holdout import HistoricalAverage, evaluate
+from visionzero.model.levels import assign_levels, level_thresholds
+from visionzero.model.crash_risk import CrashRiskModel, train, zone_slot_grid
+from visionzero.model.tuning import make_tuner, volume_training_frame
 
 PARAMS = {"n_estimators": 100, "max_depth": 3, "learning_rate": 0.1}
 

@@ -16,7 +16,7 @@ import requests
 import yaml
 
 from tests.conftest import ROOT, free_port, wait_http
-from visionzero import deployment
+from visionzero.rollout import deployment_state as deployment
 
 POINT = {"items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]}
 
@@ -121,7 +121,7 @@ def cli(*args: str) -> dict:
 
 def assert_registry_stage(version: str) -> None:
     """ZenML's production stage and MLflow's production alias follow promote and rollback."""
-    from visionzero.registry import MODEL_NAME, _mlflow_client, stage_version
+    from visionzero.platform.registry import MODEL_NAME, _mlflow_client, stage_version
 
     assert stage_version("production").number == int(version)
     alias = _mlflow_client().get_model_version_by_alias(MODEL_NAME, "production")

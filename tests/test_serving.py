@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from visionzero.levels import RISK_LEVELS
+from visionzero.model.levels import RISK_LEVELS
 
 POINT = {"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}
 

@@ -9,9 +9,9 @@ import pytest
 
 from tests.conftest import LocalServer
 from tests.fake_socrata import make_handler, recorded_records
-from visionzero.dataset import LoadConfig, build_dataset
-from visionzero.http import RetryPolicy, SourceUnavailable
-from visionzero.socrata import SocrataClient
+from visionzero.data.dataset import LoadConfig, build_dataset
+from visionzero.data.http import RetryPolicy, SourceUnavailable
+from visionzero.data.socrata import SocrataClient
 
 FAST = RetryPolicy(max_attempts=3, backoff_seconds=0.01, read_timeout=0.5, connect_timeout=0.5)
 

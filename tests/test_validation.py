@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from visionzero.schema import CSV_COLUMNS
-from visionzero.validation import dedupe, validate
+from visionzero.data.schema import CSV_COLUMNS
+from visionzero.data.validation import dedupe, validate
 
 
 def row(**values: str) -> dict[str, str]:

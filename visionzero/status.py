@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from visionzero.settings import paths
-from visionzero.versioning import read_version
+from visionzero.platform.settings import paths
+from visionzero.data.versioning import read_version
 
 
 def summary_path() -> Path:
@@ -30,7 +30,7 @@ def data_status() -> dict | None:
 
 
 def models_status() -> dict:
-    from visionzero.registry import describe, stage_version
+    from visionzero.platform.registry import describe, stage_version
 
     out = {}
     for stage in ("production", "staging"):
@@ -40,7 +40,7 @@ def models_status() -> dict:
 
 
 def collect_status() -> dict:
-    from visionzero.deployment import read_state
+    from visionzero.rollout.deployment_state import read_state
 
     state = read_state()
     deployments = {k: state.get(k) for k in ("production", "staging", "previous_production",

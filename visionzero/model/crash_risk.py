@@ -1,0 +1,235 @@
+"""The two-stage crash-risk model: citywide daily volume (XGBoost, Poisson) x zone-block share (history).
+
+expected(zone, block, date) = volume(date) * P(block | day type) * P(zone | block, day type)
+
+Day-level signal (weather, holidays, weekday, regime) lives in the volume stage; the share stage is a
+recency-weighted, shrunken history of where and when crashes happen, computed on training days only.
+Saved as XGBoost's native JSON plus a JSON metadata file: never pickle.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from visionzero.model import features as F
+from visionzero.model.levels import assign_levels, level_thresholds
+
+VOLUME_FILE = "volume.json"
+META_FILE = "meta.json"
+
+
+@dataclass
+class ModelConfig:
+    resolution: int = 7
+    block_hours: int = 4
+    holdout_days: int = 90
+    share_halflife_days: float = 730.0  # recent years weigh more: geography and geocoding drift
+    zone_prior_strength: float = 20.0  # pseudo-crashes pulling P(zone|block) toward P(zone)
+    daytype_prior_strength: float = 50.0  # pseudo-crashes pulling P(zone|block,daytype) toward P(zone|block)
+    seed: int = 7
+
+
+@dataclass
+class Prepared:
+    """Complete-day data at the model's grain: one row per day, one row per observed zone-slot."""
+
+    days: pd.DataFrame  # date, volume (geocoded crashes in the NYC box)
+    slots: pd.DataFrame  # date, zone, block, count (timed, geocoded crashes)
+    crashes: pd.DataFrame  # the complete-day crash rows with zone and block
+    weather: pd.DataFrame
+
+
+def prepare(crashes: pd.DataFrame, complete_days: pd.DataFrame, weather: pd.DataFrame,
+            cfg: ModelConfig) -> Prepared:
+    days = pd.DatetimeIndex(complete_days["date"]).normalize().unique().sort_values()
+    rows = crashes[crashes["crash_date"].isin(days) & crashes["geocoded"]].copy()
+    rows["zone"] = F.zones_for(rows["latitude"].to_numpy(), rows["longitude"].to_numpy(), cfg.resolution)
+    timed = rows["crash_minute"].notna().to_numpy()
+    rows["block"] = -1
+    rows.loc[timed, "block"] = F.block_of_minute(rows.loc[timed, "crash_minute"].to_numpy(int),
+                                                 cfg.block_hours)
+    volume = rows.groupby("crash_date").size().reindex(days, fill_value=0)
+    day_frame = pd.DataFrame({"date": days, "volume": volume.to_numpy()})
+    slots = (rows[rows["block"] >= 0].groupby(["crash_date", "zone", "block"]).size()
+             .rename("count").reset_index().rename(columns={"crash_date": "date"}))
+    return Prepared(days=day_frame, slots=slots, crashes=rows, weather=weather)
+
+
+def split_days(days: pd.Series, holdout_days: int) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex]:
+    """Time-ordered split: the latest `holdout_days` complete days are the holdout, the rest train."""
+    ordered = pd.DatetimeIndex(sorted(pd.DatetimeIndex(days)))
+    if len(ordered) <= holdout_days:
+        raise ValueError(f"only {len(ordered)} complete days; cannot hold out {holdout_days}")
+    return ordered[:-holdout_days], ordered[-holdout_days:]
+
+
+def volume_features(dates: pd.DatetimeIndex, weather: pd.DataFrame,
+                    clim: dict[str, list[float]]) -> pd.DataFrame:
+    X, _ = F.day_matrix(F.as_days(dates), F.recorded_weather(dates, weather), clim)
+    return pd.DataFrame(X, columns=F.DAY_FEATURES)
+
+
+@dataclass
+class ShareTable:
+    """P(block | daytype) [3, B] and P(zone | block, daytype) [Z, B, 3] with the zone list."""
+
+    zones: list[str]
+    p_block: np.ndarray
+    p_zone: np.ndarray
+    unknown_zone_share: float
+
+    @classmethod
+    def fit(cls, prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig) -> "ShareTable":
+        slots = prepared.slots[prepared.slots["date"].isin(train_days)]
+        zones = sorted(slots["zone"].unique())
+        n_blocks = 24 // cfg.block_hours
+        age = (train_days.max() - slots["date"]).dt.days.to_numpy()
+        weight = 0.5 ** (age / cfg.share_halflife_days) * slots["count"].to_numpy()
+        z_index = pd.Index(zones).get_indexer(slots["zone"])
+        dt = F.daytype(slots["date"])
+        counts = np.zeros((len(zones), n_blocks, 3))
+        np.add.at(counts, (z_index, slots["block"].to_numpy(), dt), weight)
+        per_block_dt = counts.sum(axis=0)  # [B, 3]
+        p_block = (per_block_dt / per_block_dt.sum(axis=0, keepdims=True)).T  # [3, B]
+        zone_total = counts.sum(axis=(1, 2))
+        p_z = zone_total / zone_total.sum()  # [Z]
+        zb = counts.sum(axis=2)  # [Z, B]
+        k1 = cfg.zone_prior_strength
+        p_zb = (zb + k1 * p_z[:, None]) / (zb.sum(axis=0, keepdims=True) + k1)  # [Z, B]
+        k2 = cfg.daytype_prior_strength
+        p_zbd = (counts + k2 * p_zb[:, :, None]) / (counts.sum(axis=0, keepdims=True) + k2)
+        return cls(zones=zones, p_block=p_block, p_zone=p_zbd,
+                   unknown_zone_share=float(p_zbd.min()))
+
+    def share(self, zone_idx: np.ndarray, block: np.ndarray, dtype: np.ndarray) -> np.ndarray:
+        known = zone_idx >= 0
+        out = np.full(len(zone_idx), self.unknown_zone_share)
+        out[known] = self.p_zone[zone_idx[known], block[known], dtype[known]]
+        return out * self.p_block[dtype, block]
+
+
+@dataclass
+class CrashRiskModel:
+    booster: xgb.Booster
+    shares: ShareTable
+    meta: dict = field(default_factory=dict)
+    _zone_rows: dict[str, int] | None = field(default=None, repr=False)
+    _volume_cache: dict[int, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.meta["zone_resolution"])
+
+    @property
+    def block_hours(self) -> int:
+        return int(self.meta["block_hours"])
+
+    @property
+    def thresholds(self) -> list[float]:
+        return list(self.meta["thresholds"])
+
+    def zone_index(self, zones: np.ndarray) -> np.ndarray:
+        """Row of each zone in the share table, -1 for a zone with no training history."""
+        if self._zone_rows is None:
+            self._zone_rows = {zone: row for row, zone in enumerate(self.shares.zones)}
+        return np.array([self._zone_rows.get(z, -1) for z in zones], dtype=np.int64)
+
+    def expected(self, zones: np.ndarray, dates: object, blocks: np.ndarray,
+                 weather: pd.DataFrame | None = None, item_weather: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Expected crashes per zone-slot and the weather source of each ("request", "record",
+        "climatology"). `item_weather` [n, fields] (NaN = not given) overrides recorded weather.
+        Vectorised: the volume model runs once per distinct (date, weather)."""
+        days = F.as_days(dates)
+        known = F.recorded_weather(days, weather)
+        key = [F.WEATHER_FIELDS.index(f) for f in ("prcp", "tmax", "tmin")]
+        source = np.where(~np.isnan(known[:, key]).any(axis=1), "record", "climatology")
+        if item_weather is not None:
+            given = ~np.isnan(item_weather)
+            known = np.where(given, item_weather, known)
+            source = np.where(given.any(axis=1), "request", source)
+        if item_weather is None:  # one volume per distinct date: a 1-D unique is much cheaper
+            _, first, inverse = np.unique(days, return_index=True, return_inverse=True)
+        else:
+            rows = np.column_stack([days.astype(np.float64), np.nan_to_num(known, nan=-1e300)])
+            _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        X, _ = F.day_matrix(days[first], known[first], self.meta["climatology"])
+        volume = self._volume(X, days[first] if weather is None and item_weather is None else None)
+        dow, holiday = X[:, F.DAY_FEATURES.index("dow")], X[:, F.DAY_FEATURES.index("is_holiday")]
+        dtype = F.daytype_of(dow, holiday)[inverse]
+        share = self.shares.share(self.zone_index(zones), np.asarray(blocks, dtype=int), dtype)
+        return volume[inverse] * share, source
+
+    def _volume(self, X: np.ndarray, cache_days: np.ndarray | None) -> np.ndarray:
+        """Citywide volume per row of X. Without weather a date's volume never changes, so serving
+        keeps it: most requests then skip XGBoost, whose per-call overhead dominates small requests."""
+        if cache_days is None:
+            return self.booster.inplace_predict(X)
+        keys = cache_days.astype(np.int64).tolist()
+        missing = [i for i, key in enumerate(keys) if key not in self._volume_cache]
+        if missing:
+            if len(self._volume_cache) > 50_000:
+                self._volume_cache.clear()
+            for i, value in zip(missing, self.booster.inplace_predict(X[missing]).tolist()):
+                self._volume_cache[keys[i]] = value
+        return np.array([self._volume_cache[key] for key in keys])
+
+    def levels(self, expected: np.ndarray) -> np.ndarray:
+        return assign_levels(expected, self.thresholds)
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(directory / VOLUME_FILE)
+        meta = {**self.meta, "zones": self.shares.zones, "p_block": self.shares.p_block.tolist(),
+                "p_zone": self.shares.p_zone.tolist(),
+                "unknown_zone_share": self.shares.unknown_zone_share}
+        (directory / META_FILE).write_text(json.dumps(meta))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> "CrashRiskModel":
+        booster = xgb.Booster()
+        booster.load_model(Path(directory) / VOLUME_FILE)
+        booster.set_param({"nthread": 1})
+        meta = json.loads((Path(directory) / META_FILE).read_text())
+        shares = ShareTable(zones=meta.pop("zones"), p_block=np.asarray(meta.pop("p_block")),
+                            p_zone=np.asarray(meta.pop("p_zone")),
+                            unknown_zone_share=meta.pop("unknown_zone_share"))
+        return cls(booster=booster, shares=shares, meta=meta)
+
+
+def zone_slot_grid(zones: list[str], days: pd.DatetimeIndex, n_blocks: int) -> pd.DataFrame:
+    """Every zone x block x day: the frame models and baselines are scored on (zeros included)."""
+    grid = pd.MultiIndex.from_product([days, zones, range(n_blocks)], names=["date", "zone", "block"])
+    return grid.to_frame(index=False)
+
+
+def train(prepared: Prepared, train_days: pd.DatetimeIndex, params: dict, cfg: ModelConfig,
+          data_version: str | None) -> CrashRiskModel:
+    """Fit both stages on training days only, then fix the level thresholds on training zone-slots."""
+    train_weather = prepared.weather[prepared.weather["date"] <= train_days.max()]
+    clim = F.climatology(train_weather)
+    days = prepared.days[prepared.days["date"].isin(train_days)]
+    X = volume_features(pd.DatetimeIndex(days["date"]), train_weather, clim)
+    regressor = xgb.XGBRegressor(objective="count:poisson", random_state=cfg.seed, n_jobs=2, **params)
+    regressor.fit(X, days["volume"].to_numpy())
+    shares = ShareTable.fit(prepared, train_days, cfg)
+    model = CrashRiskModel(booster=regressor.get_booster(), shares=shares, meta={
+        "feature_names": list(X.columns), "climatology": clim, "zone_system": "h3",
+        "zone_resolution": cfg.resolution, "block_hours": cfg.block_hours,
+        "time_blocks": F.time_blocks(cfg.block_hours),
+        "training_window": [str(train_days.min().date()), str(train_days.max().date())],
+        "training_days": len(train_days), "data_version": data_version, "params": params,
+        "config": cfg.__dict__, "thresholds": [],
+    })
+    grid = zone_slot_grid(shares.zones, train_days, 24 // cfg.block_hours)
+    expected, _ = model.expected(grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]),
+                                 grid["block"].to_numpy(), train_weather)
+    model.meta["thresholds"] = level_thresholds(expected)
+    return model

@@ -1,0 +1,72 @@
+"""Hyperparameter search for the volume stage with keras-tuner: Bayesian oracle, time-ordered folds.
+
+The folds come from sklearn's TimeSeriesSplit over days sorted by date, so every validation fold lies
+after its training fold (keras-tuner's default KFold would shuffle time).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.metrics import make_scorer, mean_poisson_deviance
+from sklearn.model_selection import TimeSeriesSplit
+
+from visionzero.model import features as F
+from visionzero.model.crash_risk import ModelConfig, Prepared, volume_features
+
+
+def time_ordered_folds(n_splits: int) -> TimeSeriesSplit:
+    return TimeSeriesSplit(n_splits=n_splits)
+
+
+def volume_training_frame(prepared: Prepared, train_days: pd.DatetimeIndex
+                          ) -> tuple[pd.DataFrame, np.ndarray, pd.DatetimeIndex]:
+    """Training days in date order with their features and citywide geocoded volume."""
+    days = prepared.days[prepared.days["date"].isin(train_days)].sort_values("date")
+    weather = prepared.weather[prepared.weather["date"] <= train_days.max()]
+    X = volume_features(pd.DatetimeIndex(days["date"]), weather, F.climatology(weather))
+    return X, days["volume"].to_numpy(), pd.DatetimeIndex(days["date"])
+
+
+def build_regressor(hp, seed: int) -> xgb.XGBRegressor:  # noqa: ANN001 - keras_tuner.HyperParameters
+    return xgb.XGBRegressor(
+        objective="count:poisson", random_state=seed, n_jobs=2,
+        n_estimators=hp.Int("n_estimators", 50, 600, step=50),
+        max_depth=hp.Int("max_depth", 2, 6),
+        learning_rate=hp.Float("learning_rate", 0.01, 0.3, sampling="log"),
+        min_child_weight=hp.Float("min_child_weight", 1.0, 30.0, sampling="log"),
+        subsample=hp.Float("subsample", 0.6, 1.0),
+        colsample_bytree=hp.Float("colsample_bytree", 0.5, 1.0),
+        reg_lambda=hp.Float("reg_lambda", 0.1, 20.0, sampling="log"),
+    )
+
+
+def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int, directory: Path):  # noqa: ANN201
+    import keras_tuner as kt
+
+    return kt.SklearnTuner(
+        oracle=kt.oracles.BayesianOptimizationOracle(
+            objective=kt.Objective("score", "max"), max_trials=max_trials, seed=cfg.seed),
+        hypermodel=lambda hp: build_regressor(hp, cfg.seed),
+        scoring=make_scorer(mean_poisson_deviance, greater_is_better=False),
+        cv=time_ordered_folds(n_splits),
+        directory=str(directory), project_name="volume", overwrite=True,
+    )
+
+
+def search(prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, max_trials: int,
+           n_splits: int, directory: Path) -> tuple[dict, list[dict]]:
+    """Best parameters and every trial (parameters, mean neg. Poisson deviance over folds)."""
+    X, y, _ = volume_training_frame(prepared, train_days)
+    tuner = make_tuner(cfg, max_trials, n_splits, directory)
+    tuner.search(X.to_numpy(dtype=np.float32), y)
+    trials = [{"trial_id": t.trial_id, "params": dict(t.hyperparameters.values),
+               "poisson_deviance": -float(t.score) if t.score is not None else None}
+              for t in tuner.oracle.trials.values()]
+    best = dict(tuner.oracle.get_best_trials(1)[0].hyperparameters.values)
+    return best, trials

@@ -1,0 +1,79 @@
+"""Deploy, promote and roll back: state first (atomic), then the target, then ZenML stages and MLflow aliases."""
+from __future__ import annotations
+
+import logging
+import subprocess
+
+from visionzero.rollout import deployment_state as deployment
+from visionzero.rollout import kubernetes
+from visionzero.platform.settings import paths
+
+log = logging.getLogger(__name__)
+
+
+def roll_out(state: dict, target: str) -> dict:
+    """Make the target match the state. A failure here is reported, never undoes the recorded state."""
+    if target == "local":
+        return {"target": "local", "note": "`python run.py serve` serves this state behind nginx"}
+    if target != "kubernetes":
+        raise ValueError(f"unknown deploy target {target!r} (local or kubernetes)")
+    out_dir = paths().home / "k8s"
+    files = kubernetes.render(state, out_dir)
+    result: dict = {"target": "kubernetes", "manifests": str(out_dir), "files": len(files)}
+    for stage in ("production", "staging"):
+        if state.get(stage):
+            try:
+                result[f"{stage}_images"] = kubernetes.containerize_and_push(
+                    state[stage], kubernetes.settings()["REGISTRY"])
+            except (kubernetes.NoContainerEngine, subprocess.CalledProcessError, OSError) as exc:
+                result["images_error"] = str(exc)
+                break
+    try:
+        result["kubectl"] = kubernetes.apply(out_dir)
+    except RuntimeError as exc:
+        result["apply_error"] = str(exc)
+    return result
+
+
+def deploy(action: str, bentos: dict, target: str) -> dict:
+    with deployment.locked_state() as state:
+        changed = deployment.apply_decision(state, action, bentos) if bentos else "none"
+        snapshot = dict(state)
+    result = {"changed": changed, "state": snapshot}
+    if changed != "none" and snapshot.get("production"):
+        result["rollout"] = roll_out(snapshot, target)
+    result["summary"] = (f"{changed}: model {bentos.get('model_version')} ({bentos.get('bento_tag')})"
+                         if changed != "none" else "no change")
+    return result
+
+
+def sync_registry_stages(state: dict) -> None:
+    """ZenML stages and MLflow aliases follow the deployment state after promote/rollback."""
+    from visionzero.platform.registry import set_mlflow_alias, set_stage
+
+    for stage in ("production", "staging"):
+        release = state.get(stage)
+        if release:
+            set_stage(release["model_version"], stage)
+            set_mlflow_alias(stage, release["model_version"])
+
+
+def promote_or_rollback(kind: str, target: str = "local") -> dict:
+    """Run `promote` or `rollback` under the state lock; idempotent (a second call changes nothing)."""
+    with deployment.locked_state() as state:
+        release = (deployment.promote if kind == "promote" else deployment.rollback)(state)
+        snapshot = dict(state)
+    if release is None:
+        return {"changed": False, "state": snapshot,
+                "summary": f"{kind}: nothing to do (no {'staging' if kind == 'promote' else 'previous production'})"}
+    result = {"changed": True, "state": snapshot,
+              "summary": f"{kind}: model {release['model_version']} now serves 100% as production"}
+    try:
+        sync_registry_stages(snapshot)
+    except Exception as exc:  # noqa: BLE001 - the deployment state is already the truth
+        result["registry_error"] = str(exc)
+        log.warning("%s: registry stages not updated (%s)", kind, exc)
+    result["rollout"] = roll_out(snapshot, target)
+    return result
+
+

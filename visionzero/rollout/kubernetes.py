@@ -1,0 +1,110 @@
+"""Render k8s/ templates from the deployment state, and push images / apply manifests when configured.
+
+What Yatai did for BentoML <= 1.1, with plain manifests: production and staging Deployments of the Bento
+images, an ingress-nginx canary Ingress and, as its replacement, a Gateway API HTTPRoute, both 50/50.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from string import Template
+
+import yaml
+
+from visionzero.platform.settings import REPO_ROOT
+
+TEMPLATES = REPO_ROOT / "k8s"
+PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml"]
+
+
+class NoContainerEngine(RuntimeError):
+    """`bentoml containerize` needs a Docker (or BuildKit) engine and none answers here."""
+
+
+def settings() -> dict[str, str]:
+    return {"NAMESPACE": os.environ.get("VZ_K8S_NAMESPACE", "visionzero"),
+            "HOST": os.environ.get("VZ_K8S_HOST", "crash-risk.example.org"),
+            "GATEWAY": os.environ.get("VZ_K8S_GATEWAY", "public-gateway"),
+            "REGISTRY": os.environ.get("VZ_REGISTRY", "localhost:5000/visionzero")}
+
+
+def image_for(bento_tag: str, registry: str, arch: str = "") -> str:
+    name, version = bento_tag.split(":", 1)
+    return f"{registry}/{name.replace('_', '-')}:{version}{arch}"
+
+
+def _render(template: str, values: dict[str, str]) -> list[dict]:
+    text = Template((TEMPLATES / template).read_text()).substitute(values)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render(state: dict, out_dir: Path) -> list[Path]:
+    """Write one YAML file per object into out_dir; returns the files. Needs a production release."""
+    if not state.get("production"):
+        raise ValueError("no production release in the deployment state: nothing to render")
+    conf = settings()
+    weight = int(state.get("canary_weight", 50)) if state.get("staging") else 0
+    base = {**conf, "CANARY_WEIGHT": str(weight)}
+    docs: list[tuple[str, dict]] = [("namespace", d) for d in _render("namespace.yaml", base)]
+    for stage in ("production", "staging"):
+        release = state.get(stage)
+        if not release:
+            continue
+        values = {**base, "STAGE": stage, "MODEL_VERSION": str(release["model_version"]),
+                  "MODEL_TAG": release["model_tag"], "IMAGE": image_for(release["bento_tag"], conf["REGISTRY"])}
+        for template in PER_STAGE:
+            docs += [(f"{template[:-5]}-{stage}", d) for d in _render(template, values)]
+    docs += [("networkpolicy", d) for d in _render("networkpolicy.yaml", base)]
+    docs += [("ingress", d) for d in _render("ingress.yaml", base)]
+    if weight:
+        docs += [("ingress-canary", d) for d in _render("ingress-canary.yaml", base)]
+    route = _render("httproute.yaml", base)[0]
+    route["spec"]["rules"][0]["backendRefs"] = [
+        {"name": "crash-risk-production", "port": 80, "weight": 100 - weight}] + (
+        [{"name": "crash-risk-staging", "port": 80, "weight": weight}] if weight else [])
+    docs.append(("httproute", route))
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    files = []
+    for index, (name, doc) in enumerate(docs):
+        path = out_dir / f"{index:02d}-{name}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        files.append(path)
+    return files
+
+
+def docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def containerize_and_push(release: dict, registry: str) -> dict[str, str]:
+    """`bentoml containerize` both Bentos for their platforms, tag and push them to the registry."""
+    if not docker_available():
+        raise NoContainerEngine("no Docker engine answers `docker info`: images were not built; the "
+                                "rendered manifests are ready to apply once they are pushed")
+    images = {}
+    for key, platform, suffix in (("bento_tag", "linux/amd64", ""), ("arm64_bento_tag", "linux/arm64", "-arm64")):
+        image = image_for(release[key], registry, suffix)
+        subprocess.run(["bentoml", "containerize", release[key], "--platform", platform, "-t", image],
+                       check=True)
+        subprocess.run(["docker", "push", image], check=True)
+        images[platform] = image
+    return images
+
+
+def apply(manifest_dir: Path) -> str:
+    """kubectl apply with the configured KUBECONFIG; returns kubectl's output."""
+    if not os.environ.get("KUBECONFIG"):
+        raise RuntimeError("KUBECONFIG is not set: manifests rendered but not applied")
+    if not shutil.which("kubectl"):
+        raise RuntimeError("kubectl is not installed: manifests rendered but not applied")
+    out = subprocess.run(["kubectl", "apply", "-f", str(manifest_dir)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"kubectl apply failed: {out.stderr[-1000:]}")
+    return out.stdout
