@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import click
-import yaml
 
-from visionzero.platform.settings import REPO_ROOT, configure_environment
+from visionzero.platform.settings import REPO_ROOT, configure_environment, settings
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "training.yaml"
 
@@ -24,7 +22,7 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
     """Without a sub-command: run the training pipeline."""
     configure_environment()
     logging.getLogger("dvc").setLevel(logging.WARNING)
-    if ctx.invoked_subcommand not in ("dashboard", "render-k8s"):
+    if ctx.invoked_subcommand not in ("dashboard", "render-k8s", "config"):
         from visionzero.platform.stack import ensure_local_server
 
         ensure_local_server()
@@ -33,20 +31,39 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
 
 
 def train(offline: bool, config_path: Path) -> None:
-    from pipelines.training import training_pipeline
+    """Validate the run configuration first, then run the pipeline on the project's stack."""
+    from pipelines.training import InvalidConfig, load_training_config, training_pipeline
     from visionzero.platform.stack import ensure_stack
 
+    try:
+        params = load_training_config(config_path)
+    except InvalidConfig as exc:
+        raise click.ClickException(str(exc)) from exc
     if offline:
         from visionzero.platform.offline import forbid_network
 
         forbid_network()
     ensure_stack()
-    config = yaml.safe_load(config_path.read_text()) or {}
-    if os.environ.get("VZ_DEPLOY_TARGET"):
-        config.setdefault("parameters", {})["deploy_target"] = os.environ["VZ_DEPLOY_TARGET"]
-    config.setdefault("steps", {}).setdefault("data_loader", {}).setdefault("parameters", {})[
-        "offline"] = offline
-    training_pipeline.with_options(**config)()
+    training_pipeline(data=params.data.model_copy(update={"offline": offline or params.data.offline}),
+                      model=params.model, tuning=params.tuning, decision=params.decision,
+                      deploy_target=settings().vz_deploy_target)
+
+
+@cli.command("config")
+@click.pass_context
+def show_config(ctx: click.Context) -> None:
+    """The effective training configuration: the YAML's values over the typed defaults."""
+    import yaml
+
+    from pipelines.training import InvalidConfig, load_training_config
+
+    path = ctx.parent.params["config_path"]
+    try:
+        params = load_training_config(path)
+    except InvalidConfig as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"# {path}, with every default filled in")
+    click.echo(yaml.safe_dump({"parameters": params.model_dump()}, sort_keys=False).rstrip())
 
 
 @cli.command()
@@ -69,7 +86,8 @@ def report() -> None:
     from zenml.client import Client
 
     from visionzero.evaluation.holdout import METRIC_KEYS
-    from visionzero.platform.stack import MODEL_NAME, ensure_stack
+    from visionzero.platform.settings import MODEL_NAME
+    from visionzero.platform.stack import ensure_stack
 
     ensure_stack()
     version = Client().get_model_version(MODEL_NAME)
@@ -121,7 +139,7 @@ def _rollout_command(kind: str) -> None:
     from visionzero.platform.stack import ensure_stack
 
     ensure_stack()
-    result = promote_or_rollback(kind, os.environ.get("VZ_DEPLOY_TARGET", "local"))
+    result = promote_or_rollback(kind, settings().vz_deploy_target)
     if result["changed"]:
         production = result["state"]["production"]
         send(build_message(kind, f"Crash-risk model: {kind}",

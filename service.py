@@ -8,10 +8,12 @@ from __future__ import annotations
 import gc
 import os
 
+from visionzero.platform.settings import MODEL_NAME, settings
+
+SETTINGS = settings()
 # BentoML always installs OpenTelemetry's ASGI middleware; with no exporter configured its spans cost
 # 15% of throughput and double p99 (benchmarks/serving.py). VZ_TRACING=1 turns tracing back on.
-TRACING = os.environ.get("VZ_TRACING", "0") == "1"
-if not TRACING:
+if not SETTINGS.vz_tracing:
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 from collections import Counter
 from pathlib import Path
@@ -27,8 +29,8 @@ from pydantic import Field
 from visionzero.model.crash_risk import CrashRiskModel
 from visionzero.serving.requests import MAX_ITEMS, InvalidItems, Item, Prediction, metadata, predict_items
 
-MODEL_TAG = os.environ.get("VZ_MODEL_TAG", "nyc_crash_risk:latest")
-STAGE = os.environ.get("VZ_STAGE", "production")
+MODEL_TAG = SETTINGS.vz_model_tag or f"{MODEL_NAME}:latest"
+STAGE = SETTINGS.vz_stage
 # Risk-level mix per stage, for the Grafana dashboard that compares production and staging.
 predictions_by_level = bentoml.metrics.Counter(
     name="crash_risk_predictions", documentation="Predictions served, by stage and risk level",
@@ -58,11 +60,11 @@ class RejectBrokenMultipart:
 
 @bentoml.service(
     name="crash_risk",
-    workers=int(os.environ.get("VZ_WORKERS", "2")),
+    workers=SETTINGS.vz_workers,
     traffic={"timeout": 30},
-    logging={"access": {"enabled": os.environ.get("VZ_ACCESS_LOG", "0") == "1"}},
-    metrics={"enabled": os.environ.get("VZ_METRICS", "1") == "1"},
-    tracing={} if TRACING else {"excluded_urls": ["/predict", "/metadata"]},
+    logging={"access": {"enabled": SETTINGS.vz_access_log}},
+    metrics={"enabled": SETTINGS.vz_metrics},
+    tracing={} if SETTINGS.vz_tracing else {"excluded_urls": ["/predict", "/metadata"]},
 )
 @bentoml.asgi_app(read_routes, path="/")
 class CrashRisk:

@@ -65,15 +65,14 @@ class LocalServer:
 @pytest.fixture(scope="session")
 def real_data():  # noqa: ANN201
     """The bundled snapshot loaded offline, at the model's grain, with the configured time split."""
-    import yaml
-
+    from pipelines.training import load_training_config
     from visionzero.data.dataset import LoadConfig, build_dataset
     from visionzero.model.training_data import load_split
 
     data_dir = TMP / "unit" / "data"
     build_dataset(data_dir, LoadConfig(offline=True))
-    model_config = yaml.safe_load((ROOT / "configs" / "training.yaml").read_text())["parameters"]["model_config"]
-    return load_split(str(data_dir), model_config)
+    cfg = load_training_config(ROOT / "configs" / "training.yaml").model
+    return (*load_split(str(data_dir), cfg), cfg)
 
 
 @pytest.fixture(scope="session")

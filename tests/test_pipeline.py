@@ -35,7 +35,7 @@ def test_second_run_compares_with_production_on_the_same_holdout(trained: dict) 
     from zenml.client import Client
 
     from run import DEFAULT_CONFIG, train
-    from visionzero.platform.stack import MODEL_NAME
+    from visionzero.platform.settings import MODEL_NAME
 
     first = status()["models"]["production"]["version"]
     train(offline=True, config_path=DEFAULT_CONFIG)

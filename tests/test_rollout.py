@@ -85,8 +85,8 @@ def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from run import DEFAULT_CONFIG, train
 
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    config["parameters"]["model_config"]["share_halflife_days"] = 365
-    config["steps"]["trigger_decision"]["parameters"] = {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0}
+    config["parameters"] = {"model": {"share_halflife_days": 365},
+                            "decision": {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0}}
     path = tmp_path_factory.mktemp("config") / "challenger.yaml"
     path.write_text(yaml.safe_dump(config))
     train(offline=True, config_path=path)
@@ -121,7 +121,8 @@ def cli(*args: str) -> dict:
 
 def assert_registry_stage(version: str) -> None:
     """ZenML's production stage and MLflow's production alias follow promote and rollback."""
-    from visionzero.platform.registry import MODEL_NAME, _mlflow_client, stage_version
+    from visionzero.platform.registry import _mlflow_client, stage_version
+    from visionzero.platform.settings import MODEL_NAME
 
     assert stage_version("production").number == int(version)
     alias = _mlflow_client().get_model_version_by_alias(MODEL_NAME, "production")

@@ -17,7 +17,7 @@ FAST = RetryPolicy(max_attempts=3, backoff_seconds=0.01, read_timeout=0.5, conne
 
 
 def client(url: str, page_size: int = 2) -> SocrataClient:
-    return SocrataClient(url=url, page_size=page_size, policy=FAST)
+    return SocrataClient(page_size=page_size, max_pages=20, url=url, policy=FAST)
 
 
 def test_pages_in_order_and_maps_fields(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,9 +9,8 @@ from visionzero.data.versioning import read_version
 
 
 def summary_path() -> Path:
-    """What the last data_loader run found. Kept beside the stores, not in data/, so that the
-    data version (DVC hash) depends on the data alone and not on how it was fetched."""
-    return paths().home / "data_summary.json"
+    """What the last data_loader run found."""
+    return paths().data_summary
 
 
 def save_data_summary(summary: dict) -> None:

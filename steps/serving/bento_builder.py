@@ -8,25 +8,26 @@ from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
 from visionzero.data.dataset import DatasetRef
-from visionzero.serving.bento_build import ARM64_PLATFORM, build_bento, save_model
+from visionzero.evaluation.decision import Decision
+from visionzero.evaluation.holdout import EvaluationReport
+from visionzero.serving.bento_build import ARM64_PLATFORM, Release, build_bento, save_model
 
 logger = get_logger(__name__)
 
 
 @step
-def bento_builder(crash_model: Path, evaluation_report: dict, decision: dict, dataset: DatasetRef
-                  ) -> Annotated[dict, "bentos"]:
+def bento_builder(crash_model: Path, evaluation_report: EvaluationReport, decision: Decision,
+                  dataset: DatasetRef) -> Annotated[Release | None, "release"]:
     """Builds only for a model that will be deployed; a losing challenger changes nothing."""
-    if decision["action"] == "none":
+    if decision.action == "none":
         logger.info("bento_builder: decision is 'none', no Bento built")
-        return {}
+        return None
     version = get_step_context().model_version.number
-    metrics = {k: evaluation_report["candidate"][k] for k in
-               ("poisson_deviance", "hit_rate_at_10", "hit_rate_at_5", "pai_at_10", "qwk")}
-    model_tag = save_model(crash_model, version, metrics, dataset.version)
-    bentos = {"model_version": version, "model_tag": model_tag,
-              "bento_tag": build_bento(model_tag, "bentofile.yaml"),
-              "arm64_bento_tag": build_bento(model_tag, "bentofile.arm64.yaml", ARM64_PLATFORM)}
-    logger.info("bento_builder: %s", bentos)
-    log_metadata(metadata={"bentos": bentos}, infer_model=True)
-    return bentos
+    model_tag = save_model(crash_model, version, evaluation_report.candidate.headline(),
+                           dataset.version)
+    release = Release(model_version=version, model_tag=model_tag,
+                      bento_tag=build_bento(model_tag, "bentofile.yaml"),
+                      arm64_bento_tag=build_bento(model_tag, "bentofile.arm64.yaml", ARM64_PLATFORM))
+    logger.info("bento_builder: %s", release)
+    log_metadata(metadata={"bentos": release.model_dump()}, infer_model=True)
+    return release

@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.data import noaa
 from visionzero.data.http import RetryPolicy, SourceUnavailable
 from visionzero.data.schema import CSV_COLUMNS
-from visionzero.platform.settings import SNAPSHOT_DIR
 from visionzero.data.socrata import SocrataClient
 from visionzero.data.validation import coordinate_flags, dedupe, validate
+from visionzero.platform.settings import SNAPSHOT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +25,23 @@ API_ROWS = "api_rows.parquet"  # every raw row the API ever gave us, kept so off
 API_MALFORMED = "api_malformed.parquet"  # API records that were not objects, kept for the quarantine
 
 
-@dataclass
-class LoadConfig:
-    offline: bool = False
-    settle_days: int = 30  # an API day is complete once it is this old: late reports have arrived by then
-    page_size: int = 50_000
-    max_pages: int = 20
-    max_attempts: int = 4
-    backoff_seconds: float = 0.5
+class LoadConfig(BaseModel):
+    """The data_loader's parameters (configs/training.yaml `parameters.data`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    offline: bool = Field(False, description="never touch the network (`run.py --offline`)")
+    settle_days: int = Field(30, ge=0, description="an API day is complete once it is this old: "
+                             "late reports have arrived by then")
+    page_size: int = Field(50_000, ge=1, description="Socrata `$limit` per page")
+    max_pages: int = Field(20, ge=1, description="at most this many pages per run")
+    max_attempts: int = Field(4, ge=1, description="tries per HTTP request")
+    backoff_seconds: float = Field(0.5, ge=0, description="first retry wait, doubled each retry")
 
 
-@dataclass
-class DatasetSummary:
+class DatasetSummary(BaseModel):
+    """What loading found: the data_loader's metadata and `status`'s data section."""
+
     version: str | None
     rows: int
     complete_days: int
@@ -48,29 +52,14 @@ class DatasetSummary:
     flags: dict[str, int]
     first_date: str
     last_date: str
-    weather_gaps: dict[str, int] = field(default_factory=dict)
+    weather_gaps: dict[str, int] = {}
     api_rows_new: int = 0
 
-    def to_json(self) -> dict:
-        return asdict(self)
 
-
-class DatasetRef(BaseModel):
-    """The dataset a run used: where it lives, its DVC version and what loading it found."""
+class DatasetRef(DatasetSummary):
+    """The dataset artifact a run hands to its steps: where the data lives and what it holds."""
 
     data_dir: str
-    version: str | None
-    rows: int
-    complete_days: int
-    quarantined: dict[str, int]
-    source: str
-    source_note: str
-    duplicates_merged: int
-    flags: dict[str, int]
-    first_date: str
-    last_date: str
-    weather_gaps: dict[str, int]
-    api_rows_new: int
 
 
 def read_snapshot_raw(snapshot_dir: Path = SNAPSHOT_DIR) -> pd.DataFrame:

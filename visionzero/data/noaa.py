@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import requests
 
 from visionzero.data.http import RetryPolicy, get_json
+from visionzero.platform.settings import settings
 
 log = logging.getLogger(__name__)
 STATION = "USW00094728"
-NOAA_URL = "https://www.ncei.noaa.gov/access/services/data/v1"
 WEATHER_COLUMNS = ["AWND", "PRCP", "SNOW", "SNWD", "TMAX", "TMIN"]
 
 
@@ -24,7 +24,7 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def read_bundled(path: os.PathLike) -> pd.DataFrame:
+def read_bundled(path: Path) -> pd.DataFrame:
     return _typed(pd.read_csv(path, dtype=str))
 
 
@@ -33,8 +33,7 @@ def fetch_noaa(start: date, end: date, policy: RetryPolicy | None = None) -> pd.
     params = {"dataset": "daily-summaries", "stations": STATION, "startDate": start.isoformat(),
               "endDate": end.isoformat(), "dataTypes": ",".join(WEATHER_COLUMNS),
               "units": "standard", "format": "json"}
-    url = os.environ.get("NOAA_URL", NOAA_URL)
-    body = get_json(requests.Session(), url, params, {}, policy or RetryPolicy())
+    body = get_json(requests.Session(), settings().noaa_url, params, {}, policy or RetryPolicy())
     frame = pd.DataFrame([r for r in body if isinstance(r, dict)] if isinstance(body, list) else [])
     if frame.empty:
         return _typed(pd.DataFrame({"DATE": []}))

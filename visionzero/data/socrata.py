@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -15,9 +14,9 @@ import requests
 
 from visionzero.data.http import RetryPolicy, SourceUnavailable, get_json
 from visionzero.data.schema import API_TO_CSV, CSV_COLUMNS
+from visionzero.platform.settings import settings
 
 log = logging.getLogger(__name__)
-DEFAULT_URL = "https://data.cityofnewyork.us/resource/h9gi-nx95.json"
 
 
 @dataclass
@@ -44,17 +43,17 @@ def api_record_to_csv_row(record: dict) -> dict[str, str]:
 
 
 class SocrataClient:
-    def __init__(self, url: str | None = None, page_size: int = 50_000, max_pages: int = 20,
+    def __init__(self, page_size: int, max_pages: int, url: str | None = None,
                  policy: RetryPolicy | None = None, session: requests.Session | None = None) -> None:
-        self.url = url or os.environ.get("SOCRATA_URL", DEFAULT_URL)
+        self.url = url or settings().socrata_url
         self.page_size = page_size
         self.max_pages = max_pages
         self.policy = policy or RetryPolicy()
         self.session = session or requests.Session()
 
     def _headers(self) -> dict[str, str]:
-        token = os.environ.get("SOCRATA_APP_TOKEN")
-        return {"X-App-Token": token} if token else {}
+        token = settings().socrata_app_token
+        return {"X-App-Token": token.get_secret_value()} if token else {}
 
     def fetch_since(self, since: date) -> FetchResult:
         """Every crash with crash_date >= since, page by page; raises SourceUnavailable on failure."""

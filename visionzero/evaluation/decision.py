@@ -1,26 +1,34 @@
 """The deploy rule, explicit and logged: beat the status quo first, then beat production by a margin."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
-@dataclass
-class DecisionRule:
-    min_deviance_improvement: float = 0.005  # challenger's Poisson deviance must be >= 0.5% lower than production's
-    hit_rate_tolerance: float = 0.005  # ... while losing at most this much hit@10% (absolute)
+class DecisionRule(BaseModel):
+    """The deploy rule's margins (configs/training.yaml `parameters.decision`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_deviance_improvement: float = Field(0.005, description="a challenger's Poisson deviance "
+                                            "must be at least this fraction lower than production's")
+    hit_rate_tolerance: float = Field(0.005, ge=0, description="... while losing at most this "
+                                      "much hit@10% (absolute)")
 
 
-@dataclass
-class Decision:
-    action: str  # "production" (first deployable model), "staging" (winning challenger) or "none"
+class Decision(BaseModel):
+    """The trigger_decision artifact: what to do with the new model, and why."""
+
+    action: Literal["production", "staging", "none"]  # first deployable / winning challenger / none
     deployable: bool
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = []
+    model_version: int | None = None
+    production_version: int | None = None
 
-    def to_json(self) -> dict:
-        return asdict(self)
 
-
-def decide(report: dict, rule: DecisionRule) -> Decision:
+def decide(report: Mapping[str, Any], rule: DecisionRule) -> Decision:
     new, base, prod = report["candidate"], report["baseline"], report.get("production")
     reasons: list[str] = []
     beats_dev = new["poisson_deviance"] < base["poisson_deviance"]
@@ -31,10 +39,10 @@ def decide(report: dict, rule: DecisionRule) -> Decision:
                    f"{'better' if beats_hit else 'not better'}")
     if not (beats_dev and beats_hit):
         reasons.append("not deployable: it must beat the historical average on both")
-        return Decision("none", False, reasons)
+        return Decision(action="none", deployable=False, reasons=reasons)
     if prod is None:
         reasons.append("no production model: the first deployable model becomes production")
-        return Decision("production", True, reasons)
+        return Decision(action="production", deployable=True, reasons=reasons)
     needed = prod["poisson_deviance"] * (1 - rule.min_deviance_improvement)
     wins_dev = new["poisson_deviance"] <= needed
     keeps_hit = new["hit_rate_at_10"] >= prod["hit_rate_at_10"] - rule.hit_rate_tolerance
@@ -44,6 +52,6 @@ def decide(report: dict, rule: DecisionRule) -> Decision:
                    f"(tolerance {rule.hit_rate_tolerance}): {'kept' if keeps_hit else 'lost'}")
     if wins_dev and keeps_hit:
         reasons.append("challenger wins: it becomes staging and takes 50% of traffic")
-        return Decision("staging", True, reasons)
+        return Decision(action="staging", deployable=True, reasons=reasons)
     reasons.append("challenger loses: production stays, nothing changes")
-    return Decision("none", True, reasons)
+    return Decision(action="none", deployable=True, reasons=reasons)

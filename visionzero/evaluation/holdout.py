@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import cohen_kappa_score
 
 from visionzero.model.levels import assign_levels
@@ -10,6 +11,42 @@ from visionzero.model.crash_risk import CrashRiskModel, Prepared, zone_slot_grid
 
 MU_FLOOR = 1e-4  # a zero forecast would make the deviance infinite for any crash; floor every predictor alike
 METRIC_KEYS = ["poisson_deviance", "hit_rate_at_10", "hit_rate_at_5", "pai_at_10", "qwk"]
+
+
+class Scores(BaseModel):
+    """One predictor's scores on a zone-slot grid."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")  # a slice without crashes has NaN rates
+
+    poisson_deviance: float
+    hit_rate_at_10: float
+    hit_rate_at_5: float
+    pai_at_10: float
+    qwk: float
+    predicted_total: float
+    observed_total: float
+    calibration_ratio: float
+
+    def headline(self) -> dict[str, float]:
+        return {key: getattr(self, key) for key in METRIC_KEYS}
+
+
+class EvaluationReport(BaseModel):
+    """The evaluator artifact: candidate, production (re-scored) and baseline on one holdout."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    holdout_window: list[str]
+    holdout_days: int
+    zone_slots: int
+    crashes_outside_known_zones: float
+    weather_source_share: dict[str, float]
+    candidate: Scores
+    baseline: Scores
+    production: Scores | None = None
+    production_version: int | None = None
+    slices: dict[str, dict[str, dict[str, Scores]]]  # slice kind -> role -> slice value -> scores
+    hit_rate_curve: dict[str, list[float]]  # k_percent and one curve per role
 
 
 class HistoricalAverage:
@@ -91,7 +128,8 @@ def zone_boroughs(prepared: Prepared, train_days: pd.DatetimeIndex) -> dict[str,
 
 
 def evaluate(prepared: Prepared, train_days: pd.DatetimeIndex, holdout_days: pd.DatetimeIndex,
-             candidate: CrashRiskModel, production: CrashRiskModel | None) -> dict:
+             candidate: CrashRiskModel, production: CrashRiskModel | None,
+             production_version: int | None = None) -> EvaluationReport:
     """Score candidate, production (re-scored here) and baseline on one zone-slot grid of the holdout."""
     n_blocks = 24 // candidate.block_hours
     grid, outside = holdout_frame(prepared, candidate.shares.zones, holdout_days, n_blocks)
@@ -111,7 +149,7 @@ def evaluate(prepared: Prepared, train_days: pd.DatetimeIndex, holdout_days: pd.
         "weather_source_share": {s: float(np.mean(weather_source == s)) for s in np.unique(weather_source)},
         "candidate": score(grid, pred_new, thresholds, outside),
         "baseline": score(grid, pred_base, thresholds, outside),
-        "production": None,
+        "production": None, "production_version": production_version,
         "slices": {
             "borough": {"candidate": sliced(grid, pred_new, thresholds, boroughs),
                         "baseline": sliced(grid, pred_base, thresholds, boroughs)},
@@ -126,4 +164,4 @@ def evaluate(prepared: Prepared, train_days: pd.DatetimeIndex, holdout_days: pd.
     curves = {name: [hit_rate(grid, pred, k / 100, outside) for k in range(1, 51)]
               for name, pred in (("candidate", pred_new), ("baseline", pred_base))}
     report["hit_rate_curve"] = {"k_percent": list(range(1, 51)), **curves}
-    return report
+    return EvaluationReport.model_validate(report)

@@ -1,6 +1,7 @@
 """The evaluation report's plots: calibration by block, hit-rate curve, per-borough hit rate."""
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import matplotlib
@@ -8,10 +9,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from visionzero.evaluation.holdout import METRIC_KEYS, EvaluationReport  # noqa: E402
 
-def write_plots(report: dict, out: Path) -> list[Path]:
+
+def write_plots(report: EvaluationReport, out: Path) -> list[Path]:
+    """Calibration by block, hit-rate curve and per-borough hit rate as PNG files in out."""
+    data = report.model_dump()
     files = []
-    blocks = report["slices"]["block"]
+    blocks = data["slices"]["block"]
     names = list(blocks["candidate"])
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(names, [blocks["candidate"][n]["observed_total"] for n in names], "ko-", label="observed")
@@ -23,7 +28,7 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     fig.savefig(files[-1], dpi=90, bbox_inches="tight")
     plt.close(fig)
 
-    curve = report["hit_rate_curve"]
+    curve = data["hit_rate_curve"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for role in ("candidate", "baseline"):
         ax.plot(curve["k_percent"], curve[role], label=role)
@@ -33,7 +38,7 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     fig.savefig(files[-1], dpi=90, bbox_inches="tight")
     plt.close(fig)
 
-    boroughs = report["slices"]["borough"]
+    boroughs = data["slices"]["borough"]
     names = list(boroughs["candidate"])
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.4
@@ -47,3 +52,21 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     fig.savefig(files[-1], dpi=90, bbox_inches="tight")
     plt.close(fig)
     return files
+
+
+def report_html(report: EvaluationReport, plot_files: list[Path]) -> str:
+    """The metrics table and the plots as one self-contained page: ZenML's dashboard shows it."""
+    roles = [("new model", report.candidate), ("production, same holdout", report.production),
+             ("historical average", report.baseline)]
+    header = "".join(f"<th>{key}</th>" for key in [*METRIC_KEYS, "predicted/observed"])
+    rows = "".join(
+        f"<tr><td>{name}</td>" + "".join(f"<td>{value:.4f}</td>" for value in scores.headline().values())
+        + f"<td>{scores.calibration_ratio:.3f}</td></tr>"
+        for name, scores in roles if scores is not None)
+    images = "".join(
+        f'<img alt="{path.stem}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}">' for path in plot_files)
+    window = " .. ".join(report.holdout_window)
+    return (f"<html><body><h2>Holdout {window} ({report.holdout_days} complete days, "
+            f"{report.zone_slots:,} zone-slots)</h2><table border='1' cellpadding='4'>"
+            f"<tr><th>model</th>{header}</tr>{rows}</table>{images}</body></html>")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.model import features as F
 from visionzero.model.levels import assign_levels, level_thresholds
@@ -23,15 +24,21 @@ VOLUME_FILE = "volume.json"
 META_FILE = "meta.json"
 
 
-@dataclass
-class ModelConfig:
-    resolution: int = 7
-    block_hours: int = 4
-    holdout_days: int = 90
-    share_halflife_days: float = 730.0  # recent years weigh more: geography and geocoding drift
-    zone_prior_strength: float = 20.0  # pseudo-crashes pulling P(zone|block) toward P(zone)
-    daytype_prior_strength: float = 50.0  # pseudo-crashes pulling P(zone|block,daytype) toward P(zone|block)
-    seed: int = 7
+class ModelConfig(BaseModel):
+    """The model's grain and share smoothing (configs/training.yaml `parameters.model`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resolution: int = Field(7, ge=0, le=15, description="H3 resolution of a zone (7: ~5 km2)")
+    block_hours: int = Field(4, ge=1, le=24, description="length of a time block; divides 24")
+    holdout_days: int = Field(90, ge=1, description="the latest complete days held out")
+    share_halflife_days: float = Field(730.0, gt=0, description="recency weight of the share "
+                                       "history: geography and geocoding drift")
+    zone_prior_strength: float = Field(20.0, ge=0, description="pseudo-crashes pulling "
+                                       "P(zone|block) toward P(zone)")
+    daytype_prior_strength: float = Field(50.0, ge=0, description="pseudo-crashes pulling "
+                                          "P(zone|block,daytype) toward P(zone|block)")
+    seed: int = Field(7, description="random seed of XGBoost and the tuner")
 
 
 @dataclass
@@ -226,7 +233,7 @@ def train(prepared: Prepared, train_days: pd.DatetimeIndex, params: dict, cfg: M
         "time_blocks": F.time_blocks(cfg.block_hours),
         "training_window": [str(train_days.min().date()), str(train_days.max().date())],
         "training_days": len(train_days), "data_version": data_version, "params": params,
-        "config": cfg.__dict__, "thresholds": [],
+        "config": cfg.model_dump(), "thresholds": [],
     })
     grid = zone_slot_grid(shares.zones, train_days, 24 // cfg.block_hours)
     expected, _ = model.expected(grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]),

@@ -9,10 +9,9 @@ from visionzero.data.dataset import load_frames
 from visionzero.model.crash_risk import ModelConfig, Prepared, prepare, split_days
 
 
-def load_split(data_dir: str, model_config: dict) -> tuple[Prepared, pd.DatetimeIndex, pd.DatetimeIndex,
-                                                            ModelConfig]:
-    cfg = ModelConfig(**model_config)
+def load_split(data_dir: str, cfg: ModelConfig
+               ) -> tuple[Prepared, pd.DatetimeIndex, pd.DatetimeIndex]:
     crashes, complete_days, weather = load_frames(Path(data_dir))
     prepared = prepare(crashes, complete_days, weather, cfg)
     train_days, holdout_days = split_days(prepared.days["date"], cfg.holdout_days)
-    return prepared, train_days, holdout_days, cfg
+    return prepared, train_days, holdout_days

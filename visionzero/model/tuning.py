@@ -17,7 +17,18 @@ from sklearn.metrics import make_scorer, mean_poisson_deviance
 from sklearn.model_selection import TimeSeriesSplit
 
 from visionzero.model import features as F
+from pydantic import BaseModel, ConfigDict, Field
+
 from visionzero.model.crash_risk import ModelConfig, Prepared, volume_features
+
+
+class TuningConfig(BaseModel):
+    """The hp_tuner's budget (configs/training.yaml `parameters.tuning`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_trials: int = Field(15, ge=1, description="keras-tuner trial budget")
+    cv_folds: int = Field(4, ge=2, description="TimeSeriesSplit folds over training days")
 
 
 def time_ordered_folds(n_splits: int) -> TimeSeriesSplit:
@@ -59,11 +70,11 @@ def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int, directory: Path
     )
 
 
-def search(prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, max_trials: int,
-           n_splits: int, directory: Path) -> tuple[dict, list[dict]]:
+def search(prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, tuning: TuningConfig,
+           directory: Path) -> tuple[dict, list[dict]]:
     """Best parameters and every trial (parameters, mean neg. Poisson deviance over folds)."""
     X, y, _ = volume_training_frame(prepared, train_days)
-    tuner = make_tuner(cfg, max_trials, n_splits, directory)
+    tuner = make_tuner(cfg, tuning.max_trials, tuning.cv_folds, directory)
     tuner.search(X.to_numpy(dtype=np.float32), y)
     trials = [{"trial_id": t.trial_id, "params": dict(t.hyperparameters.values),
                "poisson_deviance": -float(t.score) if t.score is not None else None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from visionzero.platform.stack import MODEL_NAME
+from visionzero.platform.settings import MODEL_NAME
 
 MODEL_ARTIFACT = "crash_model"
 

@@ -1,20 +1,100 @@
-"""Where project state lives. Everything defaults to a git-ignored folder in the repo; env vars override.
+"""Every environment variable the project reads, in one typed settings object.
 
-Tests point VZ_HOME and VZ_DATA_DIR at temporary folders so they never touch a user's stores.
+Nothing is required: with no configuration every store lives in the git-ignored `.vz/` folder of the
+repository. Tests point VZ_HOME and VZ_DATA_DIR at temporary folders so they never touch a user's
+stores. The README's configuration table is generated from this class (`environment_table`).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT_DIR = REPO_ROOT / "snapshot"
+MODEL_NAME = "nyc_crash_risk"  # the ZenML Model, the MLflow registered model and the Bento model
+SOCRATA_DEFAULT_URL = "https://data.cityofnewyork.us/resource/h9gi-nx95.json"
+NOAA_DEFAULT_URL = "https://www.ncei.noaa.gov/access/services/data/v1"
+
+
+class Settings(BaseSettings):
+    """Field name = environment variable (upper-cased). Secrets are SecretStr: never printed."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    vz_home: Path = Field(REPO_ROOT / ".vz", description="project state: ZenML store, MLflow store "
+                          "(SQLite), Bento store, DVC remote, deployment state, alert outbox")
+    vz_data_dir: Path = Field(REPO_ROOT / "data",
+                              description="the versioned dataset (Parquet), tracked by `data.dvc`")
+    zenml_config_path: Path | None = Field(None, description="ZenML's client configuration and local "
+                                           "store (default `$VZ_HOME/zenml`)")
+    zenml_store_url: str | None = Field(None, description="a ZenML server instead of the local store")
+    zenml_store_api_key: SecretStr | None = Field(None, description="API key for that ZenML server")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="an MLflow server instead of the local SQLite store under the ZenML store; "
+        "read when the stack is first registered")
+    mlflow_tracking_username: str | None = Field(None, description="MLflow server user")
+    mlflow_tracking_password: SecretStr | None = Field(None, description="MLflow server password")
+    mlflow_tracking_token: SecretStr | None = Field(None, description="MLflow server token")
+    bentoml_home: Path | None = Field(None, description="the Bento and model store "
+                                      "(default `$VZ_HOME/bentoml`)")
+    socrata_url: str = Field(SOCRATA_DEFAULT_URL, description="where the loader fetches crashes")
+    socrata_app_token: SecretStr | None = Field(None, description="sent as `X-App-Token` to NYC "
+                                                "Open Data")
+    noaa_url: str = Field(NOAA_DEFAULT_URL, description="where the loader fetches weather")
+    discord_webhook_url: SecretStr | None = Field(
+        None, description="Discord webhook for deploy decisions, promote, rollback and pipeline "
+        "failures; unset, alerts are printed and appended to `$VZ_HOME/outbox.jsonl`")
+    vz_deploy_target: Literal["local", "kubernetes"] = Field(
+        "local", description="`kubernetes`: render manifests, containerize and push, "
+        "`kubectl apply`")
+    vz_registry: str = Field("localhost:5000/visionzero",
+                             description="container registry for the Bento images")
+    kubeconfig: str | None = Field(None, description="cluster to apply to (with "
+                                   "`VZ_DEPLOY_TARGET=kubernetes`)")
+    vz_k8s_namespace: str = Field("visionzero", description="namespace of the manifests")
+    vz_k8s_host: str = Field("crash-risk.example.org", description="host of the Ingress and route")
+    vz_k8s_gateway: str = Field("public-gateway", description="Gateway API parent of the route")
+    vz_stage: Literal["production", "staging"] = Field(
+        "production", description="role of one Bento process (set by `serve` and the manifests)")
+    vz_model_tag: str | None = Field(
+        None, description="serve another model than the one the Bento was built with")
+    vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
+    vz_access_log: bool = Field(False, description="BentoML access log")
+    vz_metrics: bool = Field(True, description="Prometheus `/metrics`")
+    vz_tracing: bool = Field(False, description="OpenTelemetry tracing of `/predict` (costs "
+                             "throughput: see Serving)")
+
+
+def settings() -> Settings:
+    """Read the environment now (tests change it between calls)."""
+    return Settings()
+
+
+def environment_table() -> str:
+    """The README's configuration table, generated so that code and docs cannot drift apart."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path):
+            shown = f"`./{default.relative_to(REPO_ROOT)}`"
+        elif default is None:
+            shown = "unset"
+        elif isinstance(default, bool):
+            shown = f"`{int(default)}`"
+        else:
+            shown = f"`{default}`"
+        rows.append(f"| `{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)
 class Paths:
-    """Locations of the local stores; resolved from the environment each time they are asked for."""
+    """Locations of the local stores, under VZ_HOME unless configured otherwise."""
 
     home: Path
     data_dir: Path
@@ -22,10 +102,6 @@ class Paths:
     @property
     def zenml(self) -> Path:
         return self.home / "zenml"
-
-    @property
-    def mlflow(self) -> Path:
-        return self.home / "mlflow"
 
     @property
     def bentoml(self) -> Path:
@@ -44,31 +120,39 @@ class Paths:
         return self.home / "deployment.json"
 
     @property
-    def run_dir(self) -> Path:
-        return self.home / "run"
-
-    @property
     def tuner_dir(self) -> Path:
         return self.home / "tuner"
 
+    @property
+    def data_summary(self) -> Path:
+        """Kept beside the stores, not in data/, so the DVC hash depends on the data alone."""
+        return self.home / "data_summary.json"
+
 
 def paths() -> Paths:
-    home = Path(os.environ.get("VZ_HOME", REPO_ROOT / ".vz")).resolve()
-    data_dir = Path(os.environ.get("VZ_DATA_DIR", REPO_ROOT / "data")).resolve()
-    return Paths(home=home, data_dir=data_dir)
+    current = settings()
+    return Paths(home=current.vz_home.resolve(), data_dir=current.vz_data_dir.resolve())
 
 
 def configure_environment() -> Paths:
-    """Point ZenML, MLflow and BentoML at the project stores unless the user configured them."""
+    """Point ZenML, MLflow and BentoML at the project stores unless the user configured them.
+
+    These are the libraries' own variables: they read them from the process environment."""
     p = paths()
     p.home.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("ZENML_CONFIG_PATH", str(p.zenml))
+    current = settings()
+    os.environ["ZENML_CONFIG_PATH"] = str(current.zenml_config_path or p.zenml)
     os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
     os.environ.setdefault("ZENML_ENABLE_RICH_TRACEBACK", "false")
     os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "INFO")
-    os.environ.setdefault("BENTOML_HOME", str(p.bentoml))
+    os.environ["BENTOML_HOME"] = str(current.bentoml_home or p.bentoml)
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     os.environ.setdefault("KERAS_BACKEND", "jax")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("ZENML_AUTO_OPEN_DASHBOARD", "false")
     return p
+
+
+if __name__ == "__main__":
+    print(environment_table())

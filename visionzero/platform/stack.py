@@ -5,20 +5,24 @@ MLFLOW_TRACKING_URI set the tracker logs to that MLflow server instead of the lo
 """
 from __future__ import annotations
 
-import os
+
+from pydantic import SecretStr
+
+from visionzero.platform.settings import paths, settings
 
 STACK_NAME = "visionzero"
 TRACKER_NAME = "visionzero_mlflow"
-MODEL_NAME = "nyc_crash_risk"
 
 
 def _tracker_configuration() -> dict[str, str]:
-    config: dict[str, str] = {}
-    for key, env in (("tracking_uri", "MLFLOW_TRACKING_URI"), ("tracking_username", "MLFLOW_TRACKING_USERNAME"),
-                     ("tracking_password", "MLFLOW_TRACKING_PASSWORD"), ("tracking_token", "MLFLOW_TRACKING_TOKEN")):
-        if os.environ.get(env):
-            config[key] = os.environ[env]
-    return config
+    """The MLflow server the settings name, if any; otherwise ZenML's local store."""
+    current = settings()
+    values = {"tracking_uri": current.mlflow_tracking_uri,
+              "tracking_username": current.mlflow_tracking_username,
+              "tracking_password": current.mlflow_tracking_password,
+              "tracking_token": current.mlflow_tracking_token}
+    return {key: value.get_secret_value() if isinstance(value, SecretStr) else value
+            for key, value in values.items() if value}
 
 
 def ensure_local_server() -> None:
@@ -32,8 +36,8 @@ def ensure_local_server() -> None:
 
     import yaml
 
-    config = Path(os.environ.get("ZENML_CONFIG_PATH", "")) / "config.yaml"
-    if os.environ.get("ZENML_STORE_URL") or not config.exists():
+    config = (settings().zenml_config_path or paths().zenml) / "config.yaml"
+    if settings().zenml_store_url or not config.exists():
         return
     store = (yaml.safe_load(config.read_text()) or {}).get("store") or {}
     url = urlparse(str(store.get("url", "")))

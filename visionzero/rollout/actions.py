@@ -3,12 +3,25 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from typing import Any
+
+from pydantic import BaseModel
 
 from visionzero.rollout import deployment_state as deployment
 from visionzero.rollout import kubernetes
-from visionzero.platform.settings import paths
+from visionzero.platform.settings import paths, settings
+from visionzero.serving.bento_build import Release
 
 log = logging.getLogger(__name__)
+
+
+class Deployment(BaseModel):
+    """The deployer artifact: what changed, the state it left and how the target took it."""
+
+    changed: str  # "production", "staging" or "none"
+    summary: str
+    state: dict[str, Any]
+    rollout: dict[str, Any] | None = None
 
 
 def roll_out(state: dict, target: str) -> dict:
@@ -24,7 +37,7 @@ def roll_out(state: dict, target: str) -> dict:
         if state.get(stage):
             try:
                 result[f"{stage}_images"] = kubernetes.containerize_and_push(
-                    state[stage], kubernetes.settings()["REGISTRY"])
+                    state[stage], settings().vz_registry)
             except (kubernetes.NoContainerEngine, subprocess.CalledProcessError, OSError) as exc:
                 result["images_error"] = str(exc)
                 break
@@ -35,16 +48,16 @@ def roll_out(state: dict, target: str) -> dict:
     return result
 
 
-def deploy(action: str, bentos: dict, target: str) -> dict:
+def deploy(action: str, release: Release | None, target: str) -> Deployment:
+    """Record the decision in the deployment state, then roll the state out on the target."""
     with deployment.locked_state() as state:
-        changed = deployment.apply_decision(state, action, bentos) if bentos else "none"
+        changed = (deployment.apply_decision(state, action, release.model_dump())
+                   if release is not None else "none")
         snapshot = dict(state)
-    result = {"changed": changed, "state": snapshot}
-    if changed != "none" and snapshot.get("production"):
-        result["rollout"] = roll_out(snapshot, target)
-    result["summary"] = (f"{changed}: model {bentos.get('model_version')} ({bentos.get('bento_tag')})"
-                         if changed != "none" else "no change")
-    return result
+    if changed == "none" or release is None:
+        return Deployment(changed="none", summary="no change", state=snapshot)
+    return Deployment(changed=changed, state=snapshot, rollout=roll_out(snapshot, target),
+                      summary=f"{changed}: model {release.model_version} ({release.bento_tag})")
 
 
 def sync_registry_stages(state: dict) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,7 +16,7 @@ from typing import Callable
 import requests
 from discord_webhook import DiscordEmbed, DiscordWebhook
 
-from visionzero.platform.settings import paths
+from visionzero.platform.settings import paths, settings
 
 log = logging.getLogger(__name__)
 COLORS = {"production": "2ecc71", "staging": "f1c40f", "none": "95a5a6", "promote": "3498db",
@@ -66,11 +65,12 @@ def _append_outbox(message: dict, delivery: str) -> None:
 def send(message: dict, policy: DeliveryPolicy = DeliveryPolicy(),
          sleep: Callable[[float], None] = time.sleep) -> str:
     """Deliver the alert; returns "sent", "outbox" (no webhook configured) or "failed: ..."."""
-    url = os.environ.get("DISCORD_WEBHOOK_URL")
-    if not url:
+    secret = settings().discord_webhook_url
+    if secret is None:
         print(f"[alert] {message['title']}: {json.dumps(message['fields'])}")
         _append_outbox(message, "outbox")
         return "outbox"
+    url = secret.get_secret_value()
     status = "failed: no attempt"
     for attempt in range(1, policy.max_attempts + 1):
         try:

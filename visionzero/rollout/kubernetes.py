@@ -5,7 +5,6 @@ images, an ingress-nginx canary Ingress and, as its replacement, a Gateway API H
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +12,7 @@ from string import Template
 
 import yaml
 
-from visionzero.platform.settings import REPO_ROOT
+from visionzero.platform.settings import REPO_ROOT, settings
 
 TEMPLATES = REPO_ROOT / "k8s"
 PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml"]
@@ -23,11 +22,10 @@ class NoContainerEngine(RuntimeError):
     """`bentoml containerize` needs a Docker (or BuildKit) engine and none answers here."""
 
 
-def settings() -> dict[str, str]:
-    return {"NAMESPACE": os.environ.get("VZ_K8S_NAMESPACE", "visionzero"),
-            "HOST": os.environ.get("VZ_K8S_HOST", "crash-risk.example.org"),
-            "GATEWAY": os.environ.get("VZ_K8S_GATEWAY", "public-gateway"),
-            "REGISTRY": os.environ.get("VZ_REGISTRY", "localhost:5000/visionzero")}
+def template_values() -> dict[str, str]:
+    current = settings()
+    return {"NAMESPACE": current.vz_k8s_namespace, "HOST": current.vz_k8s_host,
+            "GATEWAY": current.vz_k8s_gateway, "REGISTRY": current.vz_registry}
 
 
 def image_for(bento_tag: str, registry: str, arch: str = "") -> str:
@@ -44,8 +42,8 @@ def render(state: dict, out_dir: Path) -> list[Path]:
     """Write one YAML file per object into out_dir; returns the files. Needs a production release."""
     if not state.get("production"):
         raise ValueError("no production release in the deployment state: nothing to render")
-    conf = settings()
-    weight = int(state.get("canary_weight", 50)) if state.get("staging") else 0
+    conf = template_values()
+    weight = int(state["canary_weight"]) if state.get("staging") else 0
     base = {**conf, "CANARY_WEIGHT": str(weight)}
     docs: list[tuple[str, dict]] = [("namespace", d) for d in _render("namespace.yaml", base)]
     for stage in ("production", "staging"):
@@ -100,7 +98,7 @@ def containerize_and_push(release: dict, registry: str) -> dict[str, str]:
 
 def apply(manifest_dir: Path) -> str:
     """kubectl apply with the configured KUBECONFIG; returns kubectl's output."""
-    if not os.environ.get("KUBECONFIG"):
+    if not settings().kubeconfig:
         raise RuntimeError("KUBECONFIG is not set: manifests rendered but not applied")
     if not shutil.which("kubectl"):
         raise RuntimeError("kubectl is not installed: manifests rendered but not applied")

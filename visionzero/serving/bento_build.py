@@ -8,10 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from visionzero.platform.settings import REPO_ROOT
+from pydantic import BaseModel
 
-BENTO_MODEL_NAME = "nyc_crash_risk"
+from visionzero.platform.settings import MODEL_NAME, REPO_ROOT
+
 ARM64_PLATFORM = "aarch64-manylinux_2_28"  # uv's name for the Pi 5's linux/arm64 (glibc 2.28+)
+
+
+class Release(BaseModel):
+    """A model ready to serve: its version, its model in the Bento store and both Bentos."""
+
+    model_version: int
+    model_tag: str
+    bento_tag: str
+    arm64_bento_tag: str
 
 
 def save_model(model_dir: Path, model_version: int, metrics: dict | None, data_version: str | None) -> str:
@@ -19,7 +29,7 @@ def save_model(model_dir: Path, model_version: int, metrics: dict | None, data_v
     import bentoml
 
     with bentoml.models.create(
-        BENTO_MODEL_NAME,
+        MODEL_NAME,
         labels={"model_version": str(model_version), "data_version": str(data_version)},
         metadata={"model_version": model_version, "metrics": metrics or {}},
     ) as bento_model:
