@@ -46,7 +46,7 @@ def test_no_history_feature_sees_a_holdout_date(real_data, model: CrashRiskModel
     assert other.thresholds == model.thresholds
     assert other.meta["climatology"] == model.meta["climatology"]
     np.testing.assert_array_equal(other.shares.p_zone, model.shares.p_zone)
-    grid = zone_slot_grid(model.shares.zones[:20], train_days[-10:], 6)
+    grid = zone_slot_grid(model.shares.zones[:20], train_days[-10:], model.grain)
     args = (grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]), grid["block"].to_numpy())
     np.testing.assert_array_equal(other.expected(*args)[0], model.expected(*args)[0])
     base_a = HistoricalAverage(prepared, train_days)
@@ -68,7 +68,7 @@ def test_save_load_gives_identical_predictions(model: CrashRiskModel, real_data,
     loaded = CrashRiskModel.load(model.save(tmp_path / "model"))
     assert (tmp_path / "model" / "volume.json").exists()  # XGBoost's native JSON, no pickle
     assert not list((tmp_path / "model").glob("*.pkl"))
-    grid = zone_slot_grid(model.shares.zones, holdout_days[:5], 6)
+    grid = zone_slot_grid(model.shares.zones, holdout_days[:5], model.grain)
     args = (grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]), grid["block"].to_numpy())
     np.testing.assert_array_equal(loaded.expected(*args)[0], model.expected(*args)[0])
     assert loaded.thresholds == model.thresholds and loaded.meta["training_window"] == model.meta["training_window"]
