@@ -11,26 +11,26 @@ from sklearn.model_selection import TimeSeriesSplit
 
 from visionzero.evaluation.decision import DecisionRule, decide
 from visionzero.evaluation.holdout import HistoricalAverage, evaluate
-from visionzero.model.levels import assign_levels, level_thresholds
 from visionzero.model.crash_risk import CrashRiskModel, train, zone_slot_grid
+from visionzero.model.levels import assign_levels, level_thresholds
 from visionzero.model.tuning import make_tuner, volume_training_frame
 
 PARAMS = {"n_estimators": 100, "max_depth": 3, "learning_rate": 0.1}
 
 
 @pytest.fixture(scope="module")
-def model(real_data) -> CrashRiskModel:  # noqa: ANN001
+def model(real_data) -> CrashRiskModel:
     prepared, train_days, _, cfg = real_data
     return train(prepared, train_days, PARAMS, cfg, "test-version")
 
 
-def test_holdout_is_after_training(real_data) -> None:  # noqa: ANN001
+def test_holdout_is_after_training(real_data) -> None:
     _, train_days, holdout_days, cfg = real_data
     assert train_days.max() < holdout_days.min()
     assert len(holdout_days) == cfg.holdout_days
 
 
-def test_no_history_feature_sees_a_holdout_date(real_data, model: CrashRiskModel) -> None:  # noqa: ANN001
+def test_no_history_feature_sees_a_holdout_date(real_data, model: CrashRiskModel) -> None:
     prepared, train_days, holdout_days, cfg = real_data
     # Scramble everything known about the holdout period: crashes, day volumes and weather.
     scrambled = replace(
@@ -46,7 +46,7 @@ def test_no_history_feature_sees_a_holdout_date(real_data, model: CrashRiskModel
     assert other.thresholds == model.thresholds
     assert other.meta["climatology"] == model.meta["climatology"]
     np.testing.assert_array_equal(other.shares.p_zone, model.shares.p_zone)
-    grid = zone_slot_grid(model.shares.zones[:20], train_days[-10:], 6)
+    grid = zone_slot_grid(model.shares.zones[:20], train_days[-10:], model.grain)
     args = (grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]), grid["block"].to_numpy())
     np.testing.assert_array_equal(other.expected(*args)[0], model.expected(*args)[0])
     base_a = HistoricalAverage(prepared, train_days)
@@ -63,18 +63,18 @@ def test_level_thresholds_increase(model: CrashRiskModel) -> None:
         level_thresholds(np.zeros(100))
 
 
-def test_save_load_gives_identical_predictions(model: CrashRiskModel, real_data, tmp_path: Path) -> None:  # noqa: ANN001
+def test_save_load_gives_identical_predictions(model: CrashRiskModel, real_data, tmp_path: Path) -> None:
     _, _, holdout_days, _ = real_data
     loaded = CrashRiskModel.load(model.save(tmp_path / "model"))
     assert (tmp_path / "model" / "volume.json").exists()  # XGBoost's native JSON, no pickle
     assert not list((tmp_path / "model").glob("*.pkl"))
-    grid = zone_slot_grid(model.shares.zones, holdout_days[:5], 6)
+    grid = zone_slot_grid(model.shares.zones, holdout_days[:5], model.grain)
     args = (grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]), grid["block"].to_numpy())
     np.testing.assert_array_equal(loaded.expected(*args)[0], model.expected(*args)[0])
     assert loaded.thresholds == model.thresholds and loaded.meta["training_window"] == model.meta["training_window"]
 
 
-def test_tuner_trials_never_shuffle_time(real_data, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tuner_trials_never_shuffle_time(real_data, tmp_path: Path) -> None:
     prepared, train_days, _, cfg = real_data
     X, _, dates = volume_training_frame(prepared, train_days)
     assert dates.is_monotonic_increasing
@@ -84,7 +84,7 @@ def test_tuner_trials_never_shuffle_time(real_data, tmp_path: Path) -> None:  # 
         assert dates[train_idx].max() < dates[test_idx].min()
 
 
-def test_evaluation_scores_all_three_on_one_holdout(real_data, model: CrashRiskModel) -> None:  # noqa: ANN001
+def test_evaluation_scores_all_three_on_one_holdout(real_data, model: CrashRiskModel) -> None:
     prepared, train_days, holdout_days, _ = real_data
     report = evaluate(prepared, train_days, holdout_days, model, model)
     assert report["production"]["poisson_deviance"] == report["candidate"]["poisson_deviance"]

@@ -6,8 +6,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import cohen_kappa_score
 
-from visionzero.model.levels import assign_levels
 from visionzero.model.crash_risk import CrashRiskModel, Prepared, zone_slot_grid
+from visionzero.model.grain import Grain
+from visionzero.model.levels import assign_levels
 
 MU_FLOOR = 1e-4  # a zero forecast would make the deviance infinite for any crash; floor every predictor alike
 METRIC_KEYS = ["poisson_deviance", "hit_rate_at_10", "hit_rate_at_5", "pai_at_10", "qwk"]
@@ -65,9 +66,10 @@ class HistoricalAverage:
 
 
 def holdout_frame(prepared: Prepared, zones: list[str], holdout_days: pd.DatetimeIndex,
-                  n_blocks: int) -> tuple[pd.DataFrame, float]:
-    """Zone-slot grid of the holdout with observed counts, and the holdout crashes outside those zones."""
-    grid = zone_slot_grid(zones, holdout_days, n_blocks)
+                  grain: Grain) -> tuple[pd.DataFrame, float]:
+    """Zone-slot grid of the holdout with observed counts, and the holdout crashes outside those
+    zones."""
+    grid = zone_slot_grid(zones, holdout_days, grain)
     observed = prepared.slots[prepared.slots["date"].isin(holdout_days)]
     grid = grid.merge(observed, on=["date", "zone", "block"], how="left").fillna({"count": 0})
     outside = float(observed["count"].sum() - grid["count"].sum())
@@ -131,8 +133,8 @@ def evaluate(prepared: Prepared, train_days: pd.DatetimeIndex, holdout_days: pd.
              candidate: CrashRiskModel, production: CrashRiskModel | None,
              production_version: int | None = None) -> EvaluationReport:
     """Score candidate, production (re-scored here) and baseline on one zone-slot grid of the holdout."""
-    n_blocks = 24 // candidate.block_hours
-    grid, outside = holdout_frame(prepared, candidate.shares.zones, holdout_days, n_blocks)
+    grain = candidate.grain
+    grid, outside = holdout_frame(prepared, candidate.shares.zones, holdout_days, grain)
     weather = prepared.weather
     dates = pd.DatetimeIndex(grid["date"])
     pred_new, weather_source = candidate.expected(grid["zone"].to_numpy(), dates, grid["block"].to_numpy(),
@@ -140,7 +142,7 @@ def evaluate(prepared: Prepared, train_days: pd.DatetimeIndex, holdout_days: pd.
     baseline = HistoricalAverage(prepared, train_days)
     pred_base = baseline.expected(grid)
     boroughs = grid["zone"].map(zone_boroughs(prepared, train_days)).fillna("UNKNOWN")
-    blocks = grid["block"].map(lambda b: f"{b * candidate.block_hours:02d}-{(b + 1) * candidate.block_hours:02d}")
+    blocks = grid["block"].map(dict(enumerate(grain.labels)))
     thresholds = candidate.thresholds
     report = {
         "holdout_window": [str(holdout_days.min().date()), str(holdout_days.max().date())],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.model import features as F
+from visionzero.model.grain import Grain
 from visionzero.model.levels import assign_levels, level_thresholds
 
 VOLUME_FILE = "volume.json"
@@ -40,6 +42,11 @@ class ModelConfig(BaseModel):
                                           "P(zone|block,daytype) toward P(zone|block)")
     seed: int = Field(7, description="random seed of XGBoost and the tuner")
 
+    @property
+    def grain(self) -> Grain:
+        """Checked once here, so a bad resolution or block length fails before any data work."""
+        return Grain(self.resolution, self.block_hours)
+
 
 @dataclass
 class Prepared:
@@ -55,11 +62,11 @@ def prepare(crashes: pd.DataFrame, complete_days: pd.DataFrame, weather: pd.Data
             cfg: ModelConfig) -> Prepared:
     days = pd.DatetimeIndex(complete_days["date"]).normalize().unique().sort_values()
     rows = crashes[crashes["crash_date"].isin(days) & crashes["geocoded"]].copy()
-    rows["zone"] = F.zones_for(rows["latitude"].to_numpy(), rows["longitude"].to_numpy(), cfg.resolution)
+    grain = cfg.grain
+    rows["zone"] = grain.zones_of(rows["latitude"].to_numpy(), rows["longitude"].to_numpy())
     timed = rows["crash_minute"].notna().to_numpy()
     rows["block"] = -1
-    rows.loc[timed, "block"] = F.block_of_minute(rows.loc[timed, "crash_minute"].to_numpy(int),
-                                                 cfg.block_hours)
+    rows.loc[timed, "block"] = grain.block_of_minute(rows.loc[timed, "crash_minute"].to_numpy(int))
     volume = rows.groupby("crash_date").size().reindex(days, fill_value=0)
     day_frame = pd.DataFrame({"date": days, "volume": volume.to_numpy()})
     slots = (rows[rows["block"] >= 0].groupby(["crash_date", "zone", "block"]).size()
@@ -91,15 +98,14 @@ class ShareTable:
     unknown_zone_share: float
 
     @classmethod
-    def fit(cls, prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig) -> "ShareTable":
+    def fit(cls, prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig) -> ShareTable:
         slots = prepared.slots[prepared.slots["date"].isin(train_days)]
         zones = sorted(slots["zone"].unique())
-        n_blocks = 24 // cfg.block_hours
         age = (train_days.max() - slots["date"]).dt.days.to_numpy()
         weight = 0.5 ** (age / cfg.share_halflife_days) * slots["count"].to_numpy()
         z_index = pd.Index(zones).get_indexer(slots["zone"])
         dt = F.daytype(slots["date"])
-        counts = np.zeros((len(zones), n_blocks, 3))
+        counts = np.zeros((len(zones), cfg.grain.n_blocks, 3))
         np.add.at(counts, (z_index, slots["block"].to_numpy(), dt), weight)
         per_block_dt = counts.sum(axis=0)  # [B, 3]
         p_block = (per_block_dt / per_block_dt.sum(axis=0, keepdims=True)).T  # [3, B]
@@ -128,13 +134,10 @@ class CrashRiskModel:
     _zone_rows: dict[str, int] | None = field(default=None, repr=False)
     _volume_cache: dict[int, float] = field(default_factory=dict, repr=False)
 
-    @property
-    def resolution(self) -> int:
-        return int(self.meta["zone_resolution"])
-
-    @property
-    def block_hours(self) -> int:
-        return int(self.meta["block_hours"])
+    @cached_property
+    def grain(self) -> Grain:
+        """The zone and block size the model was trained at, from its saved metadata."""
+        return Grain(int(self.meta["zone_resolution"]), int(self.meta["block_hours"]))
 
     @property
     def thresholds(self) -> list[float]:
@@ -200,7 +203,7 @@ class CrashRiskModel:
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> "CrashRiskModel":
+    def load(cls, directory: Path) -> CrashRiskModel:
         booster = xgb.Booster()
         booster.load_model(Path(directory) / VOLUME_FILE)
         booster.set_param({"nthread": 1})
@@ -211,9 +214,10 @@ class CrashRiskModel:
         return cls(booster=booster, shares=shares, meta=meta)
 
 
-def zone_slot_grid(zones: list[str], days: pd.DatetimeIndex, n_blocks: int) -> pd.DataFrame:
+def zone_slot_grid(zones: list[str], days: pd.DatetimeIndex, grain: Grain) -> pd.DataFrame:
     """Every zone x block x day: the frame models and baselines are scored on (zeros included)."""
-    grid = pd.MultiIndex.from_product([days, zones, range(n_blocks)], names=["date", "zone", "block"])
+    grid = pd.MultiIndex.from_product([days, zones, range(grain.n_blocks)],
+                                      names=["date", "zone", "block"])
     return grid.to_frame(index=False)
 
 
@@ -227,15 +231,16 @@ def train(prepared: Prepared, train_days: pd.DatetimeIndex, params: dict, cfg: M
     regressor = xgb.XGBRegressor(objective="count:poisson", random_state=cfg.seed, n_jobs=2, **params)
     regressor.fit(X, days["volume"].to_numpy())
     shares = ShareTable.fit(prepared, train_days, cfg)
+    grain = cfg.grain
     model = CrashRiskModel(booster=regressor.get_booster(), shares=shares, meta={
         "feature_names": list(X.columns), "climatology": clim, "zone_system": "h3",
-        "zone_resolution": cfg.resolution, "block_hours": cfg.block_hours,
-        "time_blocks": F.time_blocks(cfg.block_hours),
+        "zone_resolution": grain.resolution, "block_hours": grain.block_hours,
+        "time_blocks": grain.spans,
         "training_window": [str(train_days.min().date()), str(train_days.max().date())],
         "training_days": len(train_days), "data_version": data_version, "params": params,
         "config": cfg.model_dump(), "thresholds": [],
     })
-    grid = zone_slot_grid(shares.zones, train_days, 24 // cfg.block_hours)
+    grid = zone_slot_grid(shares.zones, train_days, grain)
     expected, _ = model.expected(grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]),
                                  grid["block"].to_numpy(), train_weather)
     model.meta["thresholds"] = level_thresholds(expected)

@@ -1,9 +1,9 @@
-"""Features shared by training and serving: zones, time blocks, day features, weather with fallbacks."""
+"""Features shared by training and serving: day features, weather with fallbacks (zones and time
+blocks come from the model's Grain)."""
 from __future__ import annotations
 
 from functools import lru_cache
 
-import h3
 import holidays
 import numpy as np
 import pandas as pd
@@ -13,22 +13,6 @@ from visionzero.data.schema import NYC_BOX
 WEATHER_FIELDS = ["prcp", "snow", "snwd", "tmax", "tmin", "awnd"]
 DAY_FEATURES = ["dow", "month", "is_holiday", "year_frac", "doy_sin", "doy_cos", *WEATHER_FIELDS]
 DAYTYPE_NAMES = ["weekday", "saturday", "sunday_or_holiday"]
-
-
-def time_blocks(block_hours: int) -> list[tuple[int, int]]:
-    if 24 % block_hours:
-        raise ValueError(f"block_hours must divide 24, got {block_hours}")
-    return [(start, start + block_hours) for start in range(0, 24, block_hours)]
-
-
-def zones_for(lat: np.ndarray, lon: np.ndarray, resolution: int) -> np.ndarray:
-    """H3 cell of each point (the one mapping used in training and serving); "" where no coordinate."""
-    lat = np.asarray(lat, dtype=float)
-    lon = np.asarray(lon, dtype=float)
-    ok = np.isfinite(lat) & np.isfinite(lon)
-    out = np.full(lat.shape, "", dtype=object)
-    out[ok] = [h3.latlng_to_cell(a, b, resolution) for a, b in zip(lat[ok], lon[ok])]
-    return out
 
 
 def inside_nyc(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -117,7 +101,3 @@ def day_matrix(days: np.ndarray, known: np.ndarray, clim: dict[str, list[float]]
     X[:, 6:] = weather
     key_fields = [WEATHER_FIELDS.index(f) for f in ("prcp", "tmax", "tmin")]
     return X.astype(np.float32), missing[:, key_fields].any(axis=1)
-
-
-def block_of_minute(minutes: np.ndarray, block_hours: int) -> np.ndarray:
-    return (np.asarray(minutes) // 60 // block_hours).astype(int)

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from visionzero.data.schema import NYC_BOX
 from visionzero.model import features as F
-from visionzero.model.levels import RISK_LEVELS, p_at_least_one
 from visionzero.model.crash_risk import CrashRiskModel
+from visionzero.model.levels import RISK_LEVELS, p_at_least_one
 
 MAX_ITEMS = 10_000
 # Request field -> model weather field (units as NOAA GHCN-Daily: inches, deg F, mph).
@@ -72,15 +72,13 @@ def _zones(items: list[Item], model: CrashRiskModel) -> np.ndarray:
     _fail(np.flatnonzero(outside), "latitude", "coordinates outside the New York City box "
           f"(lat {NYC_BOX['lat_min']}..{NYC_BOX['lat_max']}, lon {NYC_BOX['lon_min']}..{NYC_BOX['lon_max']})")
     zones = np.empty(n, dtype=object)
-    zones[has_point & ~has_zone] = F.zones_for(lat[has_point & ~has_zone], lon[has_point & ~has_zone],
-                                               model.resolution)
+    located = has_point & ~has_zone
+    zones[located] = model.grain.zones_of(lat[located], lon[located])
     for i in np.flatnonzero(has_zone):
-        cell = given[i].strip().lower()
-        if not h3.is_valid_cell(cell):
-            _fail(np.array([i]), "zone", f"{given[i]!r} is not an H3 cell")
-        if h3.get_resolution(cell) != model.resolution:
-            _fail(np.array([i]), "zone", f"H3 resolution {h3.get_resolution(cell)}; this model uses "
-                  f"resolution {model.resolution}")
+        try:
+            cell = model.grain.parse_zone(given[i])
+        except ValueError as exc:
+            _fail(np.array([i]), "zone", str(exc))
         clat, clon = h3.cell_to_latlng(cell)
         if not F.inside_nyc(np.array([clat]), np.array([clon]))[0]:
             _fail(np.array([i]), "zone", f"{given[i]!r} is outside New York City")
@@ -124,13 +122,13 @@ def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[
     stamps = _parse_datetimes(items)
     zones = _zones(items, model)
     days = stamps.astype("datetime64[D]")
-    blocks = ((stamps - days).astype(np.int64) // 60 // model.block_hours).astype(int)
+    blocks = model.grain.block_of_datetime(stamps)
     expected, source = model.expected(zones, days, blocks, item_weather=_item_weather(items))
     levels = model.levels(expected)
     p_one = p_at_least_one(expected)
     version = str(model.meta.get("model_version", "unknown"))
     day_strings = days.astype(str)
-    spans = [[b * model.block_hours, (b + 1) * model.block_hours] for b in range(24 // model.block_hours)]
+    spans = [list(span) for span in model.grain.spans]
     return [{"zone": z, "date": d, "block": spans[b], "expected_crashes": e, "risk_level": RISK_LEVELS[lv],
              "risk_index": lv, "p_at_least_one": p, "weather_source": s, "model_version": version, "stage": stage}
             for z, d, b, e, lv, p, s in zip(zones, day_strings.tolist(), blocks.tolist(), expected.tolist(),
@@ -139,7 +137,7 @@ def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[
 
 def metadata(model: CrashRiskModel, stage: str) -> dict:
     return {"model_version": str(model.meta.get("model_version", "unknown")), "stage": stage,
-            "zone_system": "h3", "zone_resolution": model.resolution,
-            "time_blocks": [list(b) for b in model.meta["time_blocks"]], "risk_levels": RISK_LEVELS,
+            "zone_system": "h3", "zone_resolution": model.grain.resolution,
+            "time_blocks": [list(span) for span in model.grain.spans], "risk_levels": RISK_LEVELS,
             "thresholds": model.thresholds, "training_window": model.meta["training_window"],
             "data_version": model.meta.get("data_version"), "metrics": model.meta.get("metrics")}

@@ -1,0 +1,97 @@
+"""The package layout holds: no import cycles, stages import only downward, steps are thin.
+
+Read from the source with `ast` (nothing is imported), so a violation fails in milliseconds.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "visionzero"
+# A module may import its own stage and the stages before it; visionzero/status.py sits above all.
+STAGES = ["platform", "data", "model", "evaluation", "serving", "rollout"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted((ROOT / PACKAGE).rglob("*.py"))}
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """Modules of `known` that `path` imports anywhere (top level, functions, TYPE_CHECKING)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import name`: name is a module when such a module exists, else an attribute.
+            found.update(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known
+                         else node.module for alias in node.names)
+    return found & known
+
+
+GRAPH = {name: imported_modules(path, set(MODULES)) - {name} for name, path in MODULES.items()}
+
+
+def stage_rank(module: str) -> int:
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if len(parts) > 1 and parts[1] in STAGES else len(STAGES)
+
+
+def find_cycle() -> list[str] | None:
+    """One import cycle as a path of modules, or None (depth-first search with colours)."""
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for target in sorted(GRAPH[module]):
+            if state.get(target) == "open":
+                return [*path[path.index(target):], target]
+            if target not in state and (cycle := visit(target, [*path, target])):
+                return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(GRAPH):
+        if module not in state and (cycle := visit(module, [module])):
+            return cycle
+    return None
+
+
+def test_the_layout_is_parsed() -> None:
+    assert {f"{PACKAGE}.{stage}" for stage in STAGES} <= set(MODULES)
+    assert f"{PACKAGE}.model.crash_risk" in GRAPH[f"{PACKAGE}.serving.requests"]
+
+
+def test_no_import_cycles() -> None:
+    assert find_cycle() is None, " -> ".join(find_cycle() or [])
+
+
+def test_stages_import_only_their_own_stage_or_lower_ones() -> None:
+    upward = [f"{source} imports {target}" for source, targets in sorted(GRAPH.items())
+              for target in sorted(targets)
+              if target != PACKAGE and stage_rank(target) > stage_rank(source)]
+    assert not upward, upward
+
+
+STEP_FILES = sorted(path for path in (ROOT / "steps").rglob("*.py") if path.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", STEP_FILES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_steps_call_their_stage_in_visionzero_directly(path: Path) -> None:
+    """A step is a thin wrapper: its logic comes from visionzero/<its stage>/, never via another
+    step, a pipeline or the service."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    roots = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    roots |= {node.module for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.module}
+    stage = path.parent.name
+    assert any(name.startswith(f"{PACKAGE}.{stage}.") for name in roots), roots
+    assert not [name for name in roots if name.split(".")[0] in {"steps", "pipelines", "service"}]

@@ -1,0 +1,68 @@
+"""The model's grain: an H3 zone at one resolution x a time block of a fixed number of hours.
+
+Training, evaluation and serving derive zones and blocks from one Grain so they cannot disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h3
+import numpy as np
+
+H3_RESOLUTIONS = range(16)
+
+
+@dataclass(frozen=True)
+class Grain:
+    resolution: int  # H3 resolution of a zone
+    block_hours: int  # length of a time block; blocks start at midnight
+
+    def __post_init__(self) -> None:
+        if self.resolution not in H3_RESOLUTIONS:
+            raise ValueError(f"resolution must be an H3 resolution 0..15, got {self.resolution}")
+        if self.block_hours not in range(1, 25) or 24 % self.block_hours:
+            raise ValueError(f"block_hours must divide 24, got {self.block_hours}")
+
+    @property
+    def n_blocks(self) -> int:
+        return 24 // self.block_hours
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """[start hour, end hour) of each block, in block order."""
+        return [(start, start + self.block_hours) for start in range(0, 24, self.block_hours)]
+
+    @property
+    def labels(self) -> list[str]:
+        """Readable block names ("04-08") for reports, in block order."""
+        return [f"{start:02d}-{end:02d}" for start, end in self.spans]
+
+    def block_of_minute(self, minutes: np.ndarray) -> np.ndarray:
+        """Block of each minute of the day (0..1439)."""
+        return (np.asarray(minutes) // 60 // self.block_hours).astype(int)
+
+    def block_of_datetime(self, stamps: np.ndarray) -> np.ndarray:
+        """Block of each local datetime64 (any unit): its minute of the day, then its block."""
+        minutes = np.asarray(stamps, dtype="datetime64[m]")
+        return self.block_of_minute((minutes - minutes.astype("datetime64[D]")).astype(np.int64))
+
+    def zones_of(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """H3 cell of each point (the one mapping used in training and serving); "" where a
+        coordinate is missing."""
+        lat = np.asarray(lat, dtype=float)
+        lon = np.asarray(lon, dtype=float)
+        ok = np.isfinite(lat) & np.isfinite(lon)
+        out = np.full(lat.shape, "", dtype=object)
+        out[ok] = [h3.latlng_to_cell(a, b, self.resolution) for a, b in zip(lat[ok], lon[ok])]
+        return out
+
+    def parse_zone(self, zone_id: str) -> str:
+        """The normalised H3 cell a client's zone id names; ValueError unless it is a cell at this
+        grain's resolution, since a zone of another size has no share in the model."""
+        cell = zone_id.strip().lower()
+        if not h3.is_valid_cell(cell):
+            raise ValueError(f"{zone_id!r} is not an H3 cell")
+        if h3.get_resolution(cell) != self.resolution:
+            raise ValueError(f"H3 resolution {h3.get_resolution(cell)}; this model uses "
+                             f"resolution {self.resolution}")
+        return cell
