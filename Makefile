@@ -1,4 +1,5 @@
-# Two commands a user needs: `make run` and `make test`. Both create or update .venv first.
+# Commands a user needs: `make run`, `make test` (both tiers) and `make check` (ruff + the fast tier).
+# Each creates or updates .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ export KERAS_BACKEND := jax
 export ZENML_ANALYTICS_OPT_IN := false
 export ZENML_ENABLE_RICH_TRACEBACK := false
 
-.PHONY: setup run test system-deps benchmark
+.PHONY: setup run test check lint system-deps benchmark
 
 setup: $(VENV)/.synced
 
@@ -29,6 +30,12 @@ run: setup
 
 test: setup system-deps
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+check: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 benchmark: setup
 	$(BIN)/python benchmarks/data_loader.py

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # integration tier: see pyproject.toml
+
 
 def test_arm64_bento_packages_have_aarch64_wheels() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_arm64_wheels.py")], capture_output=True,

@@ -63,6 +63,7 @@ def test_a_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str) 
         load_training_config(path)
 
 
+@pytest.mark.slow
 def test_run_refuses_a_bad_configuration_before_any_step(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("parameters: {decision: {hit_rate_tolerance: -1}}")

@@ -91,6 +91,7 @@ def test_without_staging_production_takes_everything(tmp_path: Path) -> None:
     assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "crash-risk-production", "port": 80, "weight": 100}]
 
 
+@pytest.mark.slow
 def test_render_k8s_command_uses_the_deployment_state(trained: dict, tmp_path: Path) -> None:
     subprocess.run([sys.executable, "run.py", "render-k8s", "--out", str(tmp_path / "k8s")], cwd=ROOT,
                    env=os.environ, check=True, capture_output=True)

@@ -15,6 +15,8 @@ from visionzero.model.crash_risk import CrashRiskModel, train, zone_slot_grid
 from visionzero.model.levels import assign_levels, level_thresholds
 from visionzero.model.tuning import make_tuner, volume_training_frame
 
+pytestmark = pytest.mark.slow  # integration tier: see pyproject.toml
+
 PARAMS = {"n_estimators": 100, "max_depth": 3, "learning_rate": 0.1}
 
 
@@ -86,11 +88,13 @@ def test_tuner_trials_never_shuffle_time(real_data, tmp_path: Path) -> None:
 
 def test_evaluation_scores_all_three_on_one_holdout(real_data, model: CrashRiskModel) -> None:
     prepared, train_days, holdout_days, _ = real_data
-    report = evaluate(prepared, train_days, holdout_days, model, model)
-    assert report["production"]["poisson_deviance"] == report["candidate"]["poisson_deviance"]
-    assert report["candidate"]["observed_total"] == report["baseline"]["observed_total"] > 0
-    assert 0 < report["candidate"]["hit_rate_at_5"] < report["candidate"]["hit_rate_at_10"] < 1
-    assert set(report["slices"]["borough"]["candidate"]) >= {"BROOKLYN", "QUEENS", "MANHATTAN"}
+    report = evaluate(prepared, train_days, holdout_days, model, model, production_version=1)
+    assert report.production.poisson_deviance == report.candidate.poisson_deviance
+    assert report.candidate.observed_total == report.baseline.observed_total > 0
+    assert 0 < report.candidate.hit_rate_at_5 < report.candidate.hit_rate_at_10 < 1
+    assert set(report.slices["borough"]["candidate"]) >= {"BROOKLYN", "QUEENS", "MANHATTAN"}
+    again = type(report).model_validate_json(report.model_dump_json())  # as ZenML stores it
+    assert again.candidate == report.candidate and again.production_version == 1
 
 
 def scores(dev: float, hit: float) -> dict:

@@ -1,10 +1,14 @@
 """The exploration notebook runs top to bottom on the bundled data (executed, not just present)."""
 from __future__ import annotations
 
+import pytest
+
 import nbformat
 from nbclient import NotebookClient
 
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # integration tier: see pyproject.toml
 
 
 def test_exploration_notebook_executes() -> None:

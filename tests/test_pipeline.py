@@ -1,12 +1,16 @@
 """The whole training pipeline, twice, in temporary ZenML/MLflow/BentoML/DVC stores; then `status --json`."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
 import sys
 
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # integration tier: see pyproject.toml
 
 
 def status() -> dict:

@@ -129,6 +129,7 @@ def assert_registry_stage(version: str) -> None:
     assert alias.tags["zenml_model_version"] == version
 
 
+@pytest.mark.slow
 def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
     production = str(challenger["production"]["model_version"])
     staging = str(challenger["staging"]["model_version"])

@@ -12,6 +12,8 @@ import requests
 
 from visionzero.model.levels import RISK_LEVELS
 
+pytestmark = pytest.mark.slow  # integration tier: see pyproject.toml
+
 POINT = {"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}
 
 

@@ -51,6 +51,7 @@ def test_clear_error_after_last_retry() -> None:
             client(server.url).fetch_since(date(2026, 4, 1))
 
 
+@pytest.mark.slow
 def test_loader_merges_api_rows_and_quarantines_bad_records(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     records = recorded_records()
@@ -77,6 +78,7 @@ def test_loader_merges_api_rows_and_quarantines_bad_records(tmp_path: Path,
     assert api_days.min() == pd.Timestamp("2025-04-01") and api_days.max() == pd.Timestamp("2026-05-02")
 
 
+@pytest.mark.slow
 def test_loader_falls_back_to_snapshot_when_api_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with LocalServer(make_handler([], ["500"] * 10, [])) as server:
         monkeypatch.setenv("SOCRATA_URL", server.url)

@@ -2,26 +2,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from visionzero.platform.settings import paths
 from visionzero.data.versioning import read_version
 
 
-def summary_path() -> Path:
-    """What the last data_loader run found."""
-    return paths().data_summary
-
-
 def save_data_summary(summary: dict) -> None:
-    summary_path().parent.mkdir(parents=True, exist_ok=True)
-    summary_path().write_text(json.dumps(summary, indent=2))
+    paths().data_summary.parent.mkdir(parents=True, exist_ok=True)
+    paths().data_summary.write_text(json.dumps(summary, indent=2))
 
 
 def data_status() -> dict | None:
-    if not summary_path().exists():
+    if not paths().data_summary.exists():
         return None
-    summary = json.loads(summary_path().read_text())
+    summary = json.loads(paths().data_summary.read_text())
     return {"version": read_version(paths().data_dir), "rows": summary["rows"],
             "complete_days": summary["complete_days"], "quarantined": summary["quarantined"],
             "source": summary["source"], "source_note": summary["source_note"],

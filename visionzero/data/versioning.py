@@ -32,7 +32,7 @@ def _ensure_remote(root: Path) -> None:
         conf["core"]["remote"] = "local"
 
 
-def version_data_dir(data_dir: Path, push: bool = True) -> str:
+def version_data_dir(data_dir: Path) -> str:
     """Track data_dir with DVC, push it, and return its md5 (the dataset version)."""
     from dvc.repo import Repo
 
@@ -42,11 +42,10 @@ def version_data_dir(data_dir: Path, push: bool = True) -> str:
     with Repo(str(root)) as repo:
         repo.scm_context.quiet = True  # the pipeline, not the user, runs `dvc add`: no git hints
         repo.add(str(data_dir))
-        if push:
-            try:
-                repo.push()
-            except Exception as exc:  # a failing remote must not lose the data or the run
-                log.warning("dvc push failed (%s); data stays in the local cache", exc)
+        try:
+            repo.push()
+        except Exception as exc:  # a failing remote must not lose the data or the run
+            log.warning("dvc push failed (%s); data stays in the local cache", exc)
     return read_version(data_dir)
 
 

@@ -12,7 +12,6 @@ from visionzero.data.schema import NYC_BOX
 
 WEATHER_FIELDS = ["prcp", "snow", "snwd", "tmax", "tmin", "awnd"]
 DAY_FEATURES = ["dow", "month", "is_holiday", "year_frac", "doy_sin", "doy_cos", *WEATHER_FIELDS]
-DAYTYPE_NAMES = ["weekday", "saturday", "sunday_or_holiday"]
 
 
 def inside_nyc(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:

@@ -31,10 +31,6 @@ class TuningConfig(BaseModel):
     cv_folds: int = Field(4, ge=2, description="TimeSeriesSplit folds over training days")
 
 
-def time_ordered_folds(n_splits: int) -> TimeSeriesSplit:
-    return TimeSeriesSplit(n_splits=n_splits)
-
-
 def volume_training_frame(prepared: Prepared, train_days: pd.DatetimeIndex
                           ) -> tuple[pd.DataFrame, np.ndarray, pd.DatetimeIndex]:
     """Training days in date order with their features and citywide geocoded volume."""
@@ -65,7 +61,7 @@ def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int, directory: Path
             objective=kt.Objective("score", "max"), max_trials=max_trials, seed=cfg.seed),
         hypermodel=lambda hp: build_regressor(hp, cfg.seed),
         scoring=make_scorer(mean_poisson_deviance, greater_is_better=False),
-        cv=time_ordered_folds(n_splits),
+        cv=TimeSeriesSplit(n_splits=n_splits),  # never KFold: it would shuffle time
         directory=str(directory), project_name="volume", overwrite=True,
     )
 
