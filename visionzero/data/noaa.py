@@ -6,9 +6,8 @@ import os
 from datetime import date
 
 import pandas as pd
-import requests
 
-from visionzero.data.http import RetryPolicy, get_json
+from visionzero.data.http import RetryPolicy, get_json, retrying_session
 
 log = logging.getLogger(__name__)
 STATION = "USW00094728"
@@ -34,7 +33,8 @@ def fetch_noaa(start: date, end: date, policy: RetryPolicy | None = None) -> pd.
               "endDate": end.isoformat(), "dataTypes": ",".join(WEATHER_COLUMNS),
               "units": "standard", "format": "json"}
     url = os.environ.get("NOAA_URL", NOAA_URL)
-    body = get_json(requests.Session(), url, params, {}, policy or RetryPolicy())
+    policy = policy or RetryPolicy()
+    body = get_json(retrying_session(policy), url, params, {}, policy)
     frame = pd.DataFrame([r for r in body if isinstance(r, dict)] if isinstance(body, list) else [])
     if frame.empty:
         return _typed(pd.DataFrame({"DATE": []}))

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from datetime import date
 
 import pandas as pd
-import requests
 
-from visionzero.data.http import RetryPolicy, SourceUnavailable, get_json
+from visionzero.data.http import RetryPolicy, SourceUnavailable, get_json, retrying_session
 from visionzero.data.schema import API_TO_CSV, CSV_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -45,12 +44,12 @@ def api_record_to_csv_row(record: dict) -> dict[str, str]:
 
 class SocrataClient:
     def __init__(self, url: str | None = None, page_size: int = 50_000, max_pages: int = 20,
-                 policy: RetryPolicy | None = None, session: requests.Session | None = None) -> None:
+                 policy: RetryPolicy | None = None) -> None:
         self.url = url or os.environ.get("SOCRATA_URL", DEFAULT_URL)
         self.page_size = page_size
         self.max_pages = max_pages
         self.policy = policy or RetryPolicy()
-        self.session = session or requests.Session()
+        self.session = retrying_session(self.policy)
 
     def _headers(self) -> dict[str, str]:
         token = os.environ.get("SOCRATA_APP_TOKEN")
