@@ -1,6 +1,7 @@
 """The BentoML prediction service: how risky is this place at this time?
 
-One Bento serves either role: VZ_STAGE (production|staging) and VZ_MODEL_TAG come from the environment.
+One Bento serves either role: VZ_STAGE (production|staging) comes from the environment; the model tag is
+the Bento argument `model_tag`, stored in the Bento at build time (visionzero/serving/bento_build.py).
 Features are computed by visionzero, the same code the training pipeline used.
 """
 from __future__ import annotations
@@ -22,17 +23,21 @@ import orjson
 from bentoml.exceptions import BadInput
 from fastapi import FastAPI
 from starlette.responses import Response
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from visionzero.model.crash_risk import CrashRiskModel
 from visionzero.serving.requests import MAX_ITEMS, InvalidItems, Item, Prediction, metadata, predict_items
 
-MODEL_TAG = os.environ.get("VZ_MODEL_TAG", "nyc_crash_risk:latest")
+
+class BentoArgs(BaseModel):
+    """Bento arguments: `bentoml serve <bento>` restores the ones stored at build time (CLI --arg only
+    applies to `bentoml serve service:CrashRisk` from a checkout)."""
+
+    model_tag: str = "nyc_crash_risk:latest"
+
+
+MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
 STAGE = os.environ.get("VZ_STAGE", "production")
-# Risk-level mix per stage, for the Grafana dashboard that compares production and staging.
-predictions_by_level = bentoml.metrics.Counter(
-    name="crash_risk_predictions", documentation="Predictions served, by stage and risk level",
-    labelnames=["stage", "risk_level"])
 # BentoML APIs answer POST only; the GET routes live in a small FastAPI app mounted on the service.
 read_routes = FastAPI(title="crash_risk read-only routes")
 
@@ -70,6 +75,11 @@ class CrashRisk:
 
     def __init__(self) -> None:
         self.model = CrashRiskModel.load(Path(self.model_ref.path))
+        # Risk-level mix per stage, for the Grafana dashboard that compares production and staging.
+        # Created here, once per worker, not at import: bento_build re-imports this module per build.
+        self.predictions_by_level = bentoml.metrics.Counter(
+            name="crash_risk_predictions", documentation="Predictions served, by stage and risk level",
+            labelnames=["stage", "risk_level"])
         # Everything loaded so far lives as long as the worker: keep it out of the garbage collector's
         # scans, which otherwise stall requests now and then (p99 at 32 connections).
         gc.collect()
@@ -88,7 +98,7 @@ class CrashRisk:
         except InvalidItems as exc:
             raise BadInput(str(exc)) from exc
         for level, count in Counter(p["risk_level"] for p in predictions).items():
-            predictions_by_level.labels(stage=STAGE, risk_level=level).inc(count)
+            self.predictions_by_level.labels(stage=STAGE, risk_level=level).inc(count)
         return Response(orjson.dumps({"predictions": predictions}), media_type="application/json")
 
     @read_routes.get("/metadata")

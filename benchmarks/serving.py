@@ -89,7 +89,7 @@ def main() -> None:
     import bentoml
 
     model_dir = bentoml.models.get(release["model_tag"]).path
-    env = {**os.environ, "VZ_STAGE": "production", "VZ_MODEL_TAG": release["model_tag"], "VZ_MODEL_DIR": model_dir,
+    env = {**os.environ, "VZ_STAGE": "production", "VZ_MODEL_DIR": model_dir,
            "BENTOML_DO_NOT_TRACK": "true", "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"

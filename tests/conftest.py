@@ -91,7 +91,7 @@ def served(trained: dict):  # noqa: ANN201
     """The production Bento under a real `bentoml serve` process on a free port."""
     release = trained["production"]
     port = free_port()
-    env = {**os.environ, "VZ_STAGE": "production", "VZ_MODEL_TAG": release["model_tag"]}
+    env = {**os.environ, "VZ_STAGE": "production"}
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", release["bento_tag"], "--host",
                                 "127.0.0.1", "--port", str(port)], env=env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

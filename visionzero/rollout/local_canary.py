@@ -116,7 +116,7 @@ class LocalCanary:
     def _start_backend(self, key: tuple[str, str, str]) -> Backend:
         stage, bento_tag, model_tag = key
         port = free_port()
-        env = {**os.environ, "VZ_STAGE": stage, "VZ_MODEL_TAG": model_tag, "BENTOML_DO_NOT_TRACK": "true"}
+        env = {**os.environ, "VZ_STAGE": stage, "BENTOML_DO_NOT_TRACK": "true"}
         log = open(self.workdir / f"{stage}-{port}.log", "w")
         process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
