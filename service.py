@@ -22,11 +22,19 @@ import bentoml
 import orjson
 from bentoml.exceptions import BadInput
 from fastapi import FastAPI
-from starlette.responses import Response
 from pydantic import BaseModel, Field
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visionzero.model.crash_risk import CrashRiskModel
-from visionzero.serving.requests import MAX_ITEMS, InvalidItems, Item, Prediction, metadata, predict_items
+from visionzero.serving.requests import (
+    MAX_ITEMS,
+    InvalidItems,
+    Item,
+    Prediction,
+    metadata,
+    predict_items,
+)
 
 
 class BentoArgs(BaseModel):
@@ -46,10 +54,10 @@ class RejectBrokenMultipart:
     """BentoML answers 500 to a multipart Content-Type without a boundary (found by schemathesis):
     reject it with 400 before it reaches the form parser. Pure ASGI, so other requests pay nothing."""
 
-    def __init__(self, app) -> None:  # noqa: ANN001 - any ASGI app
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             content_type = dict(scope["headers"]).get(b"content-type", b"").lower()
             if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
