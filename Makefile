@@ -7,7 +7,7 @@ export KERAS_BACKEND := jax
 export ZENML_ANALYTICS_OPT_IN := false
 export ZENML_ENABLE_RICH_TRACEBACK := false
 
-.PHONY: setup run test check lint system-deps benchmark
+.PHONY: setup run test check lint system-deps benchmark nginx-conf
 
 setup: $(VENV)/.synced
 
@@ -36,6 +36,11 @@ lint: setup
 
 check: lint
 	$(BIN)/python -m pytest -m "not slow"
+
+# The compose canary's nginx config comes from the local canary's template (tests check it is current).
+nginx-conf: setup
+	$(BIN)/python -c 'from visionzero.rollout.local_canary import render_container_nginx_conf as r; \
+	  print(r(), end="")' > container/nginx/canary.conf
 
 benchmark: setup
 	$(BIN)/python benchmarks/data_loader.py

@@ -1,6 +1,7 @@
 """The BentoML prediction service: how risky is this place at this time?
 
-One Bento serves either role: VZ_STAGE (production|staging) and VZ_MODEL_TAG come from the environment.
+One Bento serves either role: VZ_STAGE (production|staging) comes from the environment; the model tag is
+the Bento argument `model_tag`, stored in the Bento at build time (visionzero/serving/bento_build.py).
 Features are computed by visionzero, the same code the training pipeline used.
 """
 from __future__ import annotations
@@ -23,18 +24,31 @@ import bentoml
 import orjson
 from bentoml.exceptions import BadInput
 from fastapi import FastAPI
+from pydantic import BaseModel, Field
 from starlette.responses import Response
-from pydantic import Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visionzero.model.crash_risk import CrashRiskModel
-from visionzero.serving.requests import MAX_ITEMS, InvalidItems, Item, Prediction, metadata, predict_items
+from visionzero.serving.requests import (
+    MAX_ITEMS,
+    InvalidItems,
+    Item,
+    Prediction,
+    metadata,
+    predict_items,
+)
 
-MODEL_TAG = SETTINGS.vz_model_tag or f"{MODEL_NAME}:latest"
+
+
+class BentoArgs(BaseModel):
+    """Bento arguments: `bentoml serve <bento>` restores the ones stored at build time (CLI --arg only
+    applies to `bentoml serve service:CrashRisk` from a checkout)."""
+
+    model_tag: str = f"{MODEL_NAME}:latest"
+
+
+MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
 STAGE = SETTINGS.vz_stage
-# Risk-level mix per stage, for the Grafana dashboard that compares production and staging.
-predictions_by_level = bentoml.metrics.Counter(
-    name="crash_risk_predictions", documentation="Predictions served, by stage and risk level",
-    labelnames=["stage", "risk_level"])
 # BentoML APIs answer POST only; the GET routes live in a small FastAPI app mounted on the service.
 read_routes = FastAPI(title="crash_risk read-only routes")
 
@@ -43,10 +57,10 @@ class RejectBrokenMultipart:
     """BentoML answers 500 to a multipart Content-Type without a boundary (found by schemathesis):
     reject it with 400 before it reaches the form parser. Pure ASGI, so other requests pay nothing."""
 
-    def __init__(self, app) -> None:  # noqa: ANN001 - any ASGI app
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             content_type = dict(scope["headers"]).get(b"content-type", b"").lower()
             if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
@@ -72,6 +86,11 @@ class CrashRisk:
 
     def __init__(self) -> None:
         self.model = CrashRiskModel.load(Path(self.model_ref.path))
+        # Risk-level mix per stage, for the Grafana dashboard that compares production and staging.
+        # Created here, once per worker, not at import: bento_build re-imports this module per build.
+        self.predictions_by_level = bentoml.metrics.Counter(
+            name="crash_risk_predictions", documentation="Predictions served, by stage and risk level",
+            labelnames=["stage", "risk_level"])
         # Everything loaded so far lives as long as the worker: keep it out of the garbage collector's
         # scans, which otherwise stall requests now and then (p99 at 32 connections).
         gc.collect()
@@ -90,7 +109,7 @@ class CrashRisk:
         except InvalidItems as exc:
             raise BadInput(str(exc)) from exc
         for level, count in Counter(p["risk_level"] for p in predictions).items():
-            predictions_by_level.labels(stage=STAGE, risk_level=level).inc(count)
+            self.predictions_by_level.labels(stage=STAGE, risk_level=level).inc(count)
         return Response(orjson.dumps({"predictions": predictions}), media_type="application/json")
 
     @read_routes.get("/metadata")

@@ -59,7 +59,7 @@ def wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, flo
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                           url + "/predict"], capture_output=True, text=True, check=True).stdout
     def ms(label: str) -> float:
-        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE).groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": ms("50%"),
@@ -79,8 +79,8 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk")
 
-    from visionzero.rollout.deployment_state import read_state
     from visionzero.platform.settings import configure_environment
+    from visionzero.rollout.deployment_state import read_state
 
     configure_environment()
     release = read_state()["production"]
@@ -89,7 +89,7 @@ def main() -> None:
     import bentoml
 
     model_dir = bentoml.models.get(release["model_tag"]).path
-    env = {**os.environ, "VZ_STAGE": "production", "VZ_MODEL_TAG": release["model_tag"], "VZ_MODEL_DIR": model_dir,
+    env = {**os.environ, "VZ_STAGE": "production", "VZ_MODEL_DIR": model_dir,
            "BENTOML_DO_NOT_TRACK": "true", "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"

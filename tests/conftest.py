@@ -10,8 +10,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -32,16 +34,17 @@ for var in ("DISCORD_WEBHOOK_URL", "SOCRATA_APP_TOKEN", "MLFLOW_TRACKING_URI", "
     os.environ.pop(var, None)
 sys.path.insert(0, str(ROOT))
 
-from visionzero.platform.settings import configure_environment  # noqa: E402
+from visionzero.platform.settings import configure_environment
 
 configure_environment()
 
 
-def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001, ARG001
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(TMP, ignore_errors=True)
 
 
-from visionzero.rollout.local_canary import free_port, wait_http  # noqa: E402,F401 - shared with the tests
+# the tests import these two from here
+from visionzero.rollout.local_canary import free_port, wait_http
 
 
 class LocalServer:
@@ -53,7 +56,7 @@ class LocalServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -63,7 +66,7 @@ class LocalServer:
 
 
 @pytest.fixture(scope="session")
-def real_data():  # noqa: ANN201
+def real_data() -> tuple:
     """The bundled snapshot loaded offline, at the model's grain, with the configured time split."""
     from pipelines.training import load_training_config
     from visionzero.data.dataset import LoadConfig, build_dataset
@@ -86,11 +89,11 @@ def trained() -> dict:
 
 
 @pytest.fixture(scope="session")
-def served(trained: dict):  # noqa: ANN201
+def served(trained: dict) -> Iterator[str]:
     """The production Bento under a real `bentoml serve` process on a free port."""
     release = trained["production"]
     port = free_port()
-    env = {**os.environ, "VZ_STAGE": "production", "VZ_MODEL_TAG": release["model_tag"]}
+    env = {**os.environ, "VZ_STAGE": "production"}
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", release["bento_tag"], "--host",
                                 "127.0.0.1", "--port", str(port)], env=env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -7,6 +7,7 @@ import re
 import yaml
 
 from tests.conftest import ROOT
+from visionzero.rollout.local_canary import render_container_nginx_conf
 
 CONTAINER = ROOT / "container"
 
@@ -66,3 +67,8 @@ def test_grafana_compares_latency_errors_and_risk_mix_by_stage() -> None:
 def test_compose_canary_is_50_50() -> None:
     conf = (CONTAINER / "nginx" / "canary.conf").read_text()
     assert re.search(r"50% staging;\s*\* production;", conf)
+
+
+def test_compose_canary_is_rendered_from_the_local_canary_template() -> None:
+    assert (CONTAINER / "nginx" / "canary.conf").read_text() == render_container_nginx_conf(), \
+        "container/nginx/canary.conf is stale: run `make nginx-conf`"

@@ -6,9 +6,8 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-import requests
 
-from visionzero.data.http import RetryPolicy, get_json
+from visionzero.data.http import RetryPolicy, get_json, retrying_session
 from visionzero.platform.settings import settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,8 @@ def fetch_noaa(start: date, end: date, policy: RetryPolicy | None = None) -> pd.
     params = {"dataset": "daily-summaries", "stations": STATION, "startDate": start.isoformat(),
               "endDate": end.isoformat(), "dataTypes": ",".join(WEATHER_COLUMNS),
               "units": "standard", "format": "json"}
-    body = get_json(requests.Session(), settings().noaa_url, params, {}, policy or RetryPolicy())
+    policy = policy or RetryPolicy()
+    body = get_json(retrying_session(policy), settings().noaa_url, params, {}, policy)
     frame = pd.DataFrame([r for r in body if isinstance(r, dict)] if isinstance(body, list) else [])
     if frame.empty:
         return _typed(pd.DataFrame({"DATE": []}))

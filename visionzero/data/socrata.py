@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from datetime import date
 
 import pandas as pd
-import requests
 
-from visionzero.data.http import RetryPolicy, SourceUnavailable, get_json
+from visionzero.data.http import RetryPolicy, SourceUnavailable, get_json, retrying_session
 from visionzero.data.schema import API_TO_CSV, CSV_COLUMNS
 from visionzero.platform.settings import settings
 
@@ -44,12 +43,12 @@ def api_record_to_csv_row(record: dict) -> dict[str, str]:
 
 class SocrataClient:
     def __init__(self, page_size: int, max_pages: int, url: str | None = None,
-                 policy: RetryPolicy | None = None, session: requests.Session | None = None) -> None:
+                 policy: RetryPolicy | None = None) -> None:
         self.url = url or settings().socrata_url
         self.page_size = page_size
         self.max_pages = max_pages
         self.policy = policy or RetryPolicy()
-        self.session = session or requests.Session()
+        self.session = retrying_session(self.policy)
 
     def _headers(self) -> dict[str, str]:
         token = settings().socrata_app_token

@@ -8,9 +8,9 @@ from sklearn.metrics import cohen_kappa_score
 
 from visionzero.model.crash_risk import CrashRiskModel, Prepared, zone_slot_grid
 from visionzero.model.grain import Grain
+from visionzero.model.deviance import poisson_deviance
 from visionzero.model.levels import assign_levels
 
-MU_FLOOR = 1e-4  # a zero forecast would make the deviance infinite for any crash; floor every predictor alike
 METRIC_KEYS = ["poisson_deviance", "hit_rate_at_10", "hit_rate_at_5", "pai_at_10", "qwk"]
 
 
@@ -74,13 +74,6 @@ def holdout_frame(prepared: Prepared, zones: list[str], holdout_days: pd.Datetim
     grid = grid.merge(observed, on=["date", "zone", "block"], how="left").fillna({"count": 0})
     outside = float(observed["count"].sum() - grid["count"].sum())
     return grid, outside
-
-
-def poisson_deviance(y: np.ndarray, mu: np.ndarray) -> float:
-    mu = np.maximum(mu, MU_FLOOR)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        term = np.where(y > 0, y * np.log(y / mu), 0.0)
-    return float(np.mean(2 * (term - (y - mu))))
 
 
 def hit_rate(grid: pd.DataFrame, predicted: np.ndarray, k: float, outside: float = 0.0) -> float:

@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from sklearn.metrics import make_scorer, mean_poisson_deviance
+from sklearn.metrics import make_scorer
 from sklearn.model_selection import TimeSeriesSplit
 
 from visionzero.model import features as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.model.crash_risk import ModelConfig, Prepared, volume_features
+from visionzero.model.deviance import poisson_deviance
+
+if TYPE_CHECKING:
+    import keras_tuner as kt
 
 
 class TuningConfig(BaseModel):
@@ -40,7 +45,7 @@ def volume_training_frame(prepared: Prepared, train_days: pd.DatetimeIndex
     return X, days["volume"].to_numpy(), pd.DatetimeIndex(days["date"])
 
 
-def build_regressor(hp, seed: int) -> xgb.XGBRegressor:  # noqa: ANN001 - keras_tuner.HyperParameters
+def build_regressor(hp: kt.HyperParameters, seed: int) -> xgb.XGBRegressor:
     return xgb.XGBRegressor(
         objective="count:poisson", random_state=seed, n_jobs=2,
         n_estimators=hp.Int("n_estimators", 50, 600, step=50),
@@ -53,14 +58,15 @@ def build_regressor(hp, seed: int) -> xgb.XGBRegressor:  # noqa: ANN001 - keras_
     )
 
 
-def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int, directory: Path):  # noqa: ANN201
+def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int, directory: Path
+               ) -> kt.SklearnTuner:
     import keras_tuner as kt
 
     return kt.SklearnTuner(
         oracle=kt.oracles.BayesianOptimizationOracle(
             objective=kt.Objective("score", "max"), max_trials=max_trials, seed=cfg.seed),
         hypermodel=lambda hp: build_regressor(hp, cfg.seed),
-        scoring=make_scorer(mean_poisson_deviance, greater_is_better=False),
+        scoring=make_scorer(poisson_deviance, greater_is_better=False),
         cv=TimeSeriesSplit(n_splits=n_splits),  # never KFold: it would shuffle time
         directory=str(directory), project_name="volume", overwrite=True,
     )

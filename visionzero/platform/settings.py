@@ -61,8 +61,6 @@ class Settings(BaseSettings):
     vz_k8s_gateway: str = Field("public-gateway", description="Gateway API parent of the route")
     vz_stage: Literal["production", "staging"] = Field(
         "production", description="role of one Bento process (set by `serve` and the manifests)")
-    vz_model_tag: str | None = Field(
-        None, description="serve another model than the one the Bento was built with")
     vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
     vz_access_log: bool = Field(False, description="BentoML access log")
     vz_metrics: bool = Field(True, description="Prometheus `/metrics`")

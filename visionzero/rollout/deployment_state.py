@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
+
+from filelock import FileLock
 
 from visionzero.platform.settings import paths
 
@@ -48,19 +49,18 @@ def locked_state(path: Path | None = None) -> Iterator[dict]:
     """Read-modify-write under an exclusive lock; the new state is written only if the block succeeds."""
     path = path or state_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.with_suffix(".lock")):
         state = read_state(path)
         before = json.dumps(state, sort_keys=True)
         yield state
         if json.dumps(state, sort_keys=True) != before:
-            state["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            state["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
             _write_atomic(path, state)
 
 
 def _event(state: dict, event: str, **details: object) -> None:
     state["history"] = (state.get("history") or [])[-49:] + [
-        {"event": event, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **details}]
+        {"event": event, "at": datetime.now(UTC).isoformat(timespec="seconds"), **details}]
 
 
 def apply_decision(state: dict, action: str, release: dict) -> str:

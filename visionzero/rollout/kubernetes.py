@@ -51,7 +51,7 @@ def render(state: dict, out_dir: Path) -> list[Path]:
         if not release:
             continue
         values = {**base, "STAGE": stage, "MODEL_VERSION": str(release["model_version"]),
-                  "MODEL_TAG": release["model_tag"], "IMAGE": image_for(release["bento_tag"], conf["REGISTRY"])}
+                  "IMAGE": image_for(release["bento_tag"], conf["REGISTRY"])}
         for template in PER_STAGE:
             docs += [(f"{template[:-5]}-{stage}", d) for d in _render(template, values)]
     docs += [("networkpolicy", d) for d in _render("networkpolicy.yaml", base)]
@@ -78,7 +78,7 @@ def render(state: dict, out_dir: Path) -> list[Path]:
 def docker_available() -> bool:
     if not shutil.which("docker"):
         return False
-    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    return subprocess.run(["docker", "info"], check=False, capture_output=True).returncode == 0
 
 
 def containerize_and_push(release: dict, registry: str) -> dict[str, str]:
@@ -102,7 +102,8 @@ def apply(manifest_dir: Path) -> str:
         raise RuntimeError("KUBECONFIG is not set: manifests rendered but not applied")
     if not shutil.which("kubectl"):
         raise RuntimeError("kubectl is not installed: manifests rendered but not applied")
-    out = subprocess.run(["kubectl", "apply", "-f", str(manifest_dir)], capture_output=True, text=True)
+    out = subprocess.run(["kubectl", "apply", "-f", str(manifest_dir)], check=False,
+                         capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"kubectl apply failed: {out.stderr[-1000:]}")
     return out.stdout

@@ -18,7 +18,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionzero.rollout.deployment_state import read_state
+import jinja2
+
+from visionzero.rollout.deployment_state import CANARY_WEIGHT, read_state
+
+NGINX_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("visionzero.rollout"), undefined=jinja2.StrictUndefined,
+    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
 
 
 def free_port() -> int:
@@ -68,39 +74,24 @@ def wanted(state: dict) -> dict[str, tuple[str, str, str]]:
             for stage in ("production", "staging") if state.get(stage)}
 
 
+def render_nginx_canary(upstreams: dict[str, str], weight: int, listen: str,
+                        workdir: Path | None = None) -> str:
+    """The canary template; a whole config with `workdir`, else a conf.d file (compose)."""
+    return NGINX_TEMPLATES.get_template("nginx_canary.conf.j2").render(
+        upstreams=upstreams, weight=weight, listen=listen, workdir=workdir,
+        run_as_root=os.geteuid() == 0)
+
+
 def nginx_conf(port: int, backends: dict[str, Backend], weight: int, workdir: Path) -> str:
-    split = (f"{weight}% staging;\n        * production;" if "staging" in backends and weight
-             else "* production;")
-    upstreams = "\n".join(
-        f"    upstream {stage} {{ server 127.0.0.1:{b.port}; keepalive 64; }}" for stage, b in backends.items())
-    temp = "\n".join(f"    {kind}_temp_path {workdir}/tmp/{kind};"
-                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    return f"""{user}daemon off;
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-{temp}
-    client_max_body_size 32m;
-{upstreams}
-    split_clients "${{request_id}}" $vz_stage {{
-        {split}
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://$vz_stage;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_read_timeout 60s;
-            add_header X-VZ-Stage $vz_stage always;
-        }}
-    }}
-}}
-"""
+    """The local canary's nginx config: the backends on 127.0.0.1, staging at `weight` percent."""
+    upstreams = {stage: f"127.0.0.1:{b.port}" for stage, b in backends.items()}
+    return render_nginx_canary(upstreams, weight, f"127.0.0.1:{port}", workdir)
+
+
+def render_container_nginx_conf() -> str:
+    """container/nginx/canary.conf: the compose services behind the default canary weight."""
+    upstreams = {stage: f"crash-risk-{stage}:3000" for stage in ("production", "staging")}
+    return render_nginx_canary(upstreams, CANARY_WEIGHT, "80")
 
 
 class LocalCanary:
@@ -116,11 +107,12 @@ class LocalCanary:
     def _start_backend(self, key: tuple[str, str, str]) -> Backend:
         stage, bento_tag, model_tag = key
         port = free_port()
-        env = {**os.environ, "VZ_STAGE": stage, "VZ_MODEL_TAG": model_tag, "BENTOML_DO_NOT_TRACK": "true"}
-        log = open(self.workdir / f"{stage}-{port}.log", "w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "VZ_STAGE": stage, "BENTOML_DO_NOT_TRACK": "true"}
+        with open(self.workdir / f"{stage}-{port}.log", "w") as log:  # the child keeps its own copy
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1",
+                 "--port", str(port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return Backend(stage, bento_tag, model_tag, port, process)
 
     def _wait_ready(self, backend: Backend) -> None:
@@ -158,7 +150,7 @@ class LocalCanary:
         retired = [b for stage, b in self.backends.items() if stage not in target or stage in fresh]
         self.backends = {stage: fresh.get(stage) or self.backends[stage] for stage in target}
         conf = self.workdir / "nginx.conf"
-        conf.write_text(nginx_conf(self.port, self.backends, int(state.get("canary_weight", 50)), self.workdir))
+        conf.write_text(nginx_conf(self.port, self.backends, int(state.get("canary_weight", CANARY_WEIGHT)), self.workdir))
         if self.nginx is None:
             self.nginx = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(self.workdir)],
                                           start_new_session=True)

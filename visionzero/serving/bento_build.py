@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -43,15 +40,12 @@ def save_model(model_dir: Path, model_version: int, metrics: dict | None, data_v
 
 
 def build_bento(model_tag: str, bentofile: str, platform: str | None = None) -> str:
-    """`bentoml build` in a subprocess (the service reads VZ_MODEL_TAG when it is imported); returns the tag."""
-    cmd = [sys.executable, "-m", "bentoml", "build", "-f", bentofile, "--output", "tag"]
-    if platform:
-        cmd += ["--platform", platform]
-    env = {**os.environ, "VZ_MODEL_TAG": model_tag, "BENTOML_DO_NOT_TRACK": "true"}
-    out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"bentoml build -f {bentofile} failed:\n{out.stderr[-2000:]}")
-    tags = [line.split("__tag__:", 1)[1].strip() for line in out.stdout.splitlines() if "__tag__:" in line]
-    if not tags:
-        raise RuntimeError(f"bentoml build printed no tag:\n{out.stdout[-1000:]}")
-    return tags[-1]
+    """Build a Bento in-process; the model tag is stored as the Bento argument service.py reads."""
+    import bentoml
+
+    bento = bentoml.bentos.build_bentofile(
+        str(REPO_ROOT / bentofile), build_ctx=str(REPO_ROOT), platform=platform,
+        args={"model_tag": model_tag},
+        reload=True,  # re-import service.py: its model reference is read from the arguments at import
+    )
+    return str(bento.tag)
