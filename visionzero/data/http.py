@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -64,7 +65,8 @@ def get_json(
             last_error = f"{type(exc).__name__}: {str(exc)[:160]}"
         if attempt < policy.max_attempts:
             wait = min(wait, policy.max_wait_seconds)
-            log.warning("GET %s failed (%s); retry %d/%d in %.1fs",
-                        url, last_error, attempt, policy.max_attempts - 1, wait)
+            # DEBUG: a retry that succeeds is no news; the final failure is reported by the caller
+            log.debug("GET %s failed (%s); retry %d/%d in %.1fs",
+                      url, last_error, attempt, policy.max_attempts - 1, wait)
             sleep(wait)
     raise SourceUnavailable(f"{url} failed after {policy.max_attempts} attempts: {last_error}")
