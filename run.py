@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from visionzero.platform.output import configure_output
 from visionzero.platform.settings import REPO_ROOT, configure_environment, settings
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "training.yaml"
@@ -21,13 +22,14 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "training.yaml"
 def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
     """Without a sub-command: run the training pipeline."""
     configure_environment()
-    logging.getLogger("dvc").setLevel(logging.WARNING)
+    configure_output()
     if ctx.invoked_subcommand not in ("dashboard", "render-k8s", "config"):
         from visionzero.platform.stack import ensure_local_server
 
         ensure_local_server()
     if ctx.invoked_subcommand is None:
         train(offline, config_path)
+        echo_training_summary()
 
 
 def train(offline: bool, config_path: Path) -> None:
@@ -66,18 +68,26 @@ def show_config(ctx: click.Context) -> None:
     click.echo(yaml.safe_dump({"parameters": params.model_dump()}, sort_keys=False).rstrip())
 
 
+def echo_training_summary() -> None:
+    """Close a training run with its decision, what serves now and the command to run next."""
+    from visionzero.rollout.deployment_state import read_state
+    from visionzero.status import last_training_outputs, training_summary
+
+    decision, deployment = last_training_outputs()
+    click.echo("\n" + training_summary(decision, deployment, read_state()))
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
     """What the project holds now: data version, models, deployments."""
-    from visionzero.status import collect_status
+    from visionzero.status import collect_status, format_status
 
     state = collect_status()
     if as_json:
         click.echo(json.dumps(state, indent=2, default=str))
     else:
-        for section, value in state.items():
-            click.echo(f"{section}: {json.dumps(value, default=str)}")
+        click.echo(format_status(state))
 
 
 @cli.command()
@@ -115,8 +125,8 @@ def serve(port: int) -> None:
     import signal
     import tempfile
 
-    from visionzero.rollout.local_canary import LocalCanary
     from visionzero.rollout.deployment_state import state_path
+    from visionzero.rollout.local_canary import LocalCanary
 
     canary = LocalCanary(port, state_path(), Path(tempfile.mkdtemp(prefix="vz-serve-")))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -134,9 +144,9 @@ def serve(port: int) -> None:
 
 
 def _rollout_command(kind: str) -> None:
-    from visionzero.rollout.alerts import build_message, send
-    from visionzero.rollout.actions import promote_or_rollback
     from visionzero.platform.stack import ensure_stack
+    from visionzero.rollout.actions import promote_or_rollback
+    from visionzero.rollout.alerts import build_message, send
 
     ensure_stack()
     result = promote_or_rollback(kind, settings().vz_deploy_target)
@@ -173,18 +183,58 @@ def render_k8s(out_dir: Path) -> None:
 
 @cli.command()
 @click.option("--port", default=8237, show_default=True)
-def dashboard(port: int) -> None:
-    """Start the local ZenML server and dashboard, and print its URL."""
+@click.option("--stop", is_flag=True, help="Stop the local server (back to the local store).")
+def dashboard(port: int, stop: bool) -> None:
+    """Start the local ZenML server and dashboard, and print its URL (or stop it)."""
     import subprocess
 
+    zenml = str(Path(sys.executable).parent / "zenml")
+    if stop:  # run with the project's ZENML_CONFIG_PATH, set by cli(): a bare `zenml` has another
+        sys.exit(subprocess.call([zenml, "logout", "--local"]))
     from visionzero.platform.stack import ensure_stack
 
     ensure_stack()
-    zenml = str(Path(sys.executable).parent / "zenml")
     code = subprocess.call([zenml, "login", "--local", "--port", str(port)])
     if code == 0:
-        click.echo(f"ZenML dashboard: http://127.0.0.1:{port}  (stop it with `zenml logout --local`)")
+        click.echo(f"ZenML dashboard: http://127.0.0.1:{port}/projects/default/runs  "
+                   "(stop it with `python run.py dashboard --stop`)")
     sys.exit(code)
+
+
+@cli.command("mlflow-ui")
+@click.option("--port", default=5000, show_default=True, help="Port on 127.0.0.1.")
+def mlflow_ui(port: int) -> None:
+    """The MLflow UI on the project's tracking store (trials, metrics, registry) until Ctrl-C."""
+    import signal
+    import subprocess
+
+    from visionzero.platform.output import MLFLOW_UI_WARNINGS
+    from visionzero.platform.registry import mlflow_tracking_uri
+    from visionzero.platform.stack import ensure_stack
+
+    ensure_stack()
+    uri = mlflow_tracking_uri()
+    if not uri.startswith(("sqlite:", "file:")):
+        click.echo(f"The MLflow tracker logs to {uri}: open its UI there.")
+        return
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    # One worker is plenty for one user and starts fastest. Own process group: we stop mlflow and
+    # its worker together on Ctrl-C or SIGTERM.
+    proc = subprocess.Popen([mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], start_new_session=True,
+                            env={**os.environ, "PYTHONWARNINGS": MLFLOW_UI_WARNINGS})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    click.echo(f"MLflow UI on http://127.0.0.1:{port}  ({uri}); Ctrl-C stops it.")
+    try:
+        sys.exit(proc.wait())  # mlflow exiting by itself (e.g. port taken) keeps its exit code
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+            click.echo("stopped")
 
 
 if __name__ == "__main__":

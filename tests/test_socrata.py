@@ -1,7 +1,8 @@
 """The Socrata client and the loader against a real local server speaking the recorded SODA format."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+import logging
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -46,9 +47,9 @@ def test_retries_then_succeeds(failure: str) -> None:
 
 
 def test_clear_error_after_last_retry() -> None:
-    with LocalServer(make_handler(recorded_records(), ["500"] * 5, [])) as server:
-        with pytest.raises(SourceUnavailable, match="failed after 3 attempts: HTTP 500"):
-            client(server.url).fetch_since(date(2026, 4, 1))
+    with (LocalServer(make_handler(recorded_records(), ["500"] * 5, [])) as server,
+          pytest.raises(SourceUnavailable, match="failed after 3 attempts: HTTP 500")):
+        client(server.url).fetch_since(date(2026, 4, 1))
 
 
 @pytest.mark.slow
@@ -61,9 +62,9 @@ def test_loader_merges_api_rows_and_quarantines_bad_records(tmp_path: Path,
         monkeypatch.setenv("SOCRATA_URL", server.url)
         monkeypatch.setenv("NOAA_URL", server.url + "/noaa")  # answers [] -> no new weather, no invention
         summary = build_dataset(tmp_path / "data", LoadConfig(page_size=4, backoff_seconds=0.01),
-                                now=datetime(2026, 6, 1, tzinfo=timezone.utc))
+                                now=datetime(2026, 6, 1, tzinfo=UTC))
         again = build_dataset(tmp_path / "data", LoadConfig(page_size=4, backoff_seconds=0.01),
-                              now=datetime(2026, 6, 1, tzinfo=timezone.utc))
+                              now=datetime(2026, 6, 1, tzinfo=UTC))
     # the re-fetched overlap replaces its earlier copy; the malformed record stays quarantined
     assert len(pd.read_parquet(tmp_path / "data" / "api_rows.parquet")) == 6
     assert again.quarantined == summary.quarantined and again.rows == summary.rows
@@ -79,9 +80,14 @@ def test_loader_merges_api_rows_and_quarantines_bad_records(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_loader_falls_back_to_snapshot_when_api_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loader_falls_back_to_snapshot_when_api_is_down(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="visionzero.data")
     with LocalServer(make_handler([], ["500"] * 10, [])) as server:
         monkeypatch.setenv("SOCRATA_URL", server.url)
         summary = build_dataset(tmp_path / "data", LoadConfig(max_attempts=2, backoff_seconds=0.01))
     assert summary.source == "snapshot" and "API unreachable" in summary.source_note
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "API unreachable, using the bundled snapshot" in warnings[0]
     assert summary.rows == 351_052 and summary.complete_days == 632

@@ -1,10 +1,10 @@
-"""`run.py status --json`: one machine-readable view of data, models and deployments."""
+"""`run.py status` and the closing summary of `run.py`: data, models and deployments at a glance."""
 from __future__ import annotations
 
 import json
 
-from visionzero.platform.settings import paths
 from visionzero.data.versioning import read_version
+from visionzero.platform.settings import paths
 
 
 def save_data_summary(summary: dict) -> None:
@@ -39,3 +39,90 @@ def collect_status() -> dict:
     deployments = {k: state.get(k) for k in ("production", "staging", "previous_production",
                                               "canary_weight", "updated_at")}
     return {"data": data_status(), "models": models_status(), "deployments": deployments}
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+            for row in rows]
+
+
+def _span(value: object) -> str:
+    return " .. ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value or "-")
+
+
+def _traffic(state: dict, stage: str) -> str:
+    """The share of requests a stage takes: staging its canary weight, production the rest."""
+    if not state.get(stage):
+        return "-"
+    weight = int(state.get("canary_weight") or 0) if state.get("staging") else 0
+    return f"{weight if stage == 'staging' else 100 - weight}%"
+
+
+def format_status(status: dict) -> str:
+    """`run.py status` for people: the same content as --json, as three short tables."""
+    lines = ["Data"]
+    data = status.get("data")
+    if data:
+        quarantined = ", ".join(f"{k} {v}" for k, v in (data.get("quarantined") or {}).items())
+        lines += _table([["version", str(data.get("version") or "-")],
+                         ["rows", f"{data['rows']} crashes, {data['complete_days']} complete days"],
+                         ["dates", f"{data['first_date']} .. {data['last_date']}"],
+                         ["source", f"{data['source']} ({data['source_note']})"],
+                         ["quarantined", quarantined or "none"]])
+    else:
+        lines.append("  none yet: `python run.py` loads it")
+    lines += ["", "Models (ZenML stages)"]
+    rows = [["stage", "version", "deviance", "hit@10%", "data version",
+             "training window"]]
+    for stage, model in (status.get("models") or {}).items():
+        metrics = (model or {}).get("metrics") or {}
+        rows.append([stage] + ([str(model["version"]),
+                                f"{metrics.get('poisson_deviance', float('nan')):.4f}",
+                                f"{metrics.get('hit_rate_at_10', float('nan')):.4f}",
+                                str(model.get("data_version") or "-"),
+                                _span(model.get("training_window"))] if model else ["-"]))
+    lines += _table(rows)
+    deployments = status.get("deployments") or {}
+    lines += ["", f"Deployments (updated {deployments.get('updated_at') or 'never'})"]
+    rows = [["stage", "model version", "bento", "traffic"]]
+    for stage in ("production", "staging", "previous_production"):
+        release = deployments.get(stage)
+        rows.append([stage] + ([str(release["model_version"]), release["bento_tag"],
+                                _traffic(deployments, stage)] if release else ["-"]))
+    lines += _table(rows)
+    return "\n".join(lines)
+
+
+def training_summary(decision: dict, deployment: dict, state: dict, port: int = 3000) -> str:
+    """The closing lines of `python run.py`: what was decided, what serves now, what to run next."""
+    version, action = decision.get("model_version"), decision.get("action")
+    verdict = (decision.get("reasons") or ["-"])[-1]
+    lines = [f"Decision for model version {version}: {action} ({verdict})",
+             f"Deployment: {deployment.get('summary', 'no change')}"]
+    serving = [f"{stage} v{state[stage]['model_version']} ({state[stage]['bento_tag']}, "
+               f"{_traffic(state, stage)} of traffic)"
+               for stage in ("production", "staging") if state.get(stage)]
+    lines.append("Serving now: " + ("; ".join(serving) or "nothing (no production model yet)"))
+    rollout = deployment.get("rollout") or {}
+    if not state.get("production"):
+        lines.append("Next: python run.py report   (why this model was not deployed)")
+    elif rollout.get("target") == "kubernetes" and rollout.get("apply_error"):
+        lines.append(f"Next: kubectl apply -f {rollout['manifests']}   ({rollout['apply_error']})")
+    elif rollout.get("target") == "kubernetes":
+        lines.append(f"Next: python run.py status   (applied from {rollout['manifests']})")
+    else:
+        lines.append(f"Next: python run.py serve --port {port}")
+    if state.get("staging"):
+        lines.append("Then: python run.py promote   (or python run.py rollback)")
+    return "\n".join(lines)
+
+
+def last_training_outputs() -> tuple[dict, dict]:
+    """(decision, deployment) of the newest training run, read back from its artifacts."""
+    from zenml.client import Client
+
+    run = Client().list_pipeline_runs(pipeline_name="training_pipeline", sort_by="desc:created",
+                                      size=1).items[0]
+    return (run.steps["trigger_decision"].outputs["decision"][0].load(),
+            run.steps["deployer"].outputs["deployment"][0].load())

@@ -19,8 +19,8 @@ def data_loader(config: LoadConfig) -> Annotated[DatasetRef, "dataset"]:
     data_dir = paths().data_dir
     summary = build_dataset(data_dir, config)
     summary = summary.model_copy(update={"version": version_data_dir(data_dir)})
-    logger.info("Loaded %d crash rows (%s); quarantined %s; %d complete days; data version %s",
-                summary.rows, summary.source_note, summary.quarantined or "none",
+    logger.info("Loaded %d crash rows (source: %s); quarantined %s; %d complete days; "
+                "data version %s", summary.rows, summary.source, summary.quarantined or "none",
                 summary.complete_days, summary.version)
     save_data_summary(summary.model_dump())
     log_metadata(metadata={"data": summary.model_dump()})

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -107,7 +107,7 @@ def _read_kept(path: Path, columns: list[str]) -> pd.DataFrame:
 def build_dataset(data_dir: Path, cfg: LoadConfig, snapshot_dir: Path = SNAPSHOT_DIR,
                   now: datetime | None = None) -> DatasetSummary:
     """Write crashes, complete days, weather and quarantine under data_dir; return the summary."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     data_dir.mkdir(parents=True, exist_ok=True)
     raw = read_snapshot_raw(snapshot_dir)
     typed, quarantine = validate(raw, "snapshot")
@@ -119,6 +119,7 @@ def build_dataset(data_dir: Path, cfg: LoadConfig, snapshot_dir: Path = SNAPSHOT
                          .query("source == 'api'") if (data_dir / COMPLETE_DAYS).exists()
                          else complete.iloc[0:0])
     source, note, new_rows = "snapshot", "offline: bundled snapshot only", 0
+    level = logging.INFO
     if not cfg.offline:
         newest = max(typed["crash_date"].max(), pd.to_datetime(api_raw["CRASH DATE"],
                      format="%m/%d/%Y", errors="coerce").max() if len(api_raw) else pd.NaT)
@@ -132,9 +133,9 @@ def build_dataset(data_dir: Path, cfg: LoadConfig, snapshot_dir: Path = SNAPSHOT
             if fetched_all:
                 previous_api_days = pd.concat(
                     [previous_api_days, api_complete_days(since, now.date(), cfg.settle_days)])
-        except SourceUnavailable as exc:
-            note = f"API unreachable, using the bundled snapshot ({exc})"
-    log.info("data source: %s", note)
+        except SourceUnavailable as exc:  # the only line about it: retries log at DEBUG
+            note, level = f"API unreachable, using the bundled snapshot ({exc})", logging.WARNING
+    log.log(level, "data source: %s", note)
 
     if len(api_raw):
         api_typed, api_quarantine = validate(api_raw, "api")

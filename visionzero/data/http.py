@@ -87,7 +87,8 @@ def get_json(
             last_error = f"malformed JSON body ({exc})"
         if attempt < policy.max_attempts:
             wait = min(policy.backoff_seconds * 2 ** (attempt - 1), policy.max_wait_seconds)
-            log.warning("GET %s: %s; retry %d/%d in %.1fs",
-                        url, last_error, attempt, policy.max_attempts - 1, wait)
+            # DEBUG: a retry that succeeds is no news; the final failure is reported by the caller
+            log.debug("GET %s: %s; retry %d/%d in %.1fs",
+                      url, last_error, attempt, policy.max_attempts - 1, wait)
             time.sleep(wait)
     raise SourceUnavailable(f"{url} failed after {policy.max_attempts} attempts: {last_error}")

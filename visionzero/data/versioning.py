@@ -33,19 +33,24 @@ def _ensure_remote(root: Path) -> None:
 
 
 def version_data_dir(data_dir: Path) -> str:
-    """Track data_dir with DVC, push it, and return its md5 (the dataset version)."""
+    """Track data_dir with DVC, push it, and return its md5 (the dataset version).
+
+    DVC's own INFO notes (e.g. "Initialized DVC repository.") are for its CLI users, so they are
+    muted here; importing dvc resets its loggers to INFO, hence the context manager."""
+    from dvc.logger import set_loggers_level
     from dvc.repo import Repo
 
     root = data_dir.parent
-    _ensure_repo(root)
-    _ensure_remote(root)
-    with Repo(str(root)) as repo:
-        repo.scm_context.quiet = True  # the pipeline, not the user, runs `dvc add`: no git hints
-        repo.add(str(data_dir))
-        try:
-            repo.push()
-        except Exception as exc:  # a failing remote must not lose the data or the run
-            log.warning("dvc push failed (%s); data stays in the local cache", exc)
+    with set_loggers_level(logging.WARNING):
+        _ensure_repo(root)
+        _ensure_remote(root)
+        with Repo(str(root)) as repo:
+            repo.scm_context.quiet = True  # the pipeline, not the user, runs `dvc add`: no hints
+            repo.add(str(data_dir))
+            try:
+                repo.push()
+            except Exception as exc:  # noqa: BLE001 - a failing remote must not lose the data
+                log.warning("dvc push failed (%s); data stays in the local cache", exc)
     return read_version(data_dir)
 
 

@@ -5,6 +5,7 @@ after its training fold (keras-tuner's default KFold would shuffle time).
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,11 @@ from visionzero.model.deviance import poisson_deviance
 
 if TYPE_CHECKING:
     import keras_tuner as kt
+
+if TYPE_CHECKING:  # keras_tuner loads Keras and jax: imported only where a search runs
+    import keras_tuner as kt
+
+log = logging.getLogger(__name__)
 
 
 class TuningConfig(BaseModel):
@@ -58,11 +64,28 @@ def build_regressor(hp: kt.HyperParameters, seed: int) -> xgb.XGBRegressor:
     )
 
 
-def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int, directory: Path
-               ) -> kt.SklearnTuner:
+def trial_line(trial_id: str, params: dict, poisson_deviance: float | None) -> str:
+    """One log line per trial, in place of keras-tuner's two tables per trial."""
+    values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in params.items())
+    score = f"{poisson_deviance:.3f}" if poisson_deviance is not None else "failed"
+    return f"trial {trial_id}: CV Poisson deviance {score} | {values}"
+
+
+def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int,
+               directory: Path) -> kt.SklearnTuner:
     import keras_tuner as kt
 
-    return kt.SklearnTuner(
+    class OneLineTuner(kt.SklearnTuner):
+        """keras-tuner's display off (oracle verbose 0); each finished trial logs one line."""
+
+        def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
+            super().on_trial_end(trial)
+            done = self.oracle.get_trial(trial.trial_id)
+            score = -float(done.score) if done.score is not None else None
+            log.info(trial_line(done.trial_id, dict(done.hyperparameters.values), score))
+
+    tuner = OneLineTuner(
         oracle=kt.oracles.BayesianOptimizationOracle(
             objective=kt.Objective("score", "max"), max_trials=max_trials, seed=cfg.seed),
         hypermodel=lambda hp: build_regressor(hp, cfg.seed),
@@ -70,6 +93,8 @@ def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int, directory: Path
         cv=TimeSeriesSplit(n_splits=n_splits),  # never KFold: it would shuffle time
         directory=str(directory), project_name="volume", overwrite=True,
     )
+    tuner.oracle.verbose = 0  # SklearnTuner.run_trial takes no `verbose`: search() cannot pass it
+    return tuner
 
 
 def search(prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, tuning: TuningConfig,

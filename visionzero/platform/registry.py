@@ -28,11 +28,18 @@ def load_stage_model(stage: str) -> tuple[Any, Path] | None:
     return (version, Path(artifact.load())) if artifact is not None else None
 
 
-def _mlflow_client() -> Any:
-    import mlflow
+def mlflow_tracking_uri() -> str:
+    """Where the stack's MLflow tracker logs: MLFLOW_TRACKING_URI when set, else ZenML's local
+    SQLite store inside the artifact store (`sqlite:///.../mlflow.db`)."""
     from zenml.client import Client
 
-    mlflow.set_tracking_uri(Client().active_stack.experiment_tracker.get_tracking_uri())
+    return Client().active_stack.experiment_tracker.get_tracking_uri()
+
+
+def _mlflow_client() -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
     return mlflow.MlflowClient()
 
 

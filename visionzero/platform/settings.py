@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
     vz_access_log: bool = Field(False, description="BentoML access log")
     vz_metrics: bool = Field(True, description="Prometheus `/metrics`")
+    no_color: str | None = Field(None, description="any value: no colour codes in the output "
+                                 "(no-color.org); off a terminal there are none anyway")
     vz_tracing: bool = Field(False, description="OpenTelemetry tracing of `/predict` (costs "
                              "throughput: see Serving)")
 
