@@ -1,4 +1,5 @@
 """Vision Zero Risk command line: train, inspect, serve, promote and roll back."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "training.yaml"
 
 @click.group(invoke_without_command=True)
 @click.option("--offline", is_flag=True, help="Never touch the network: use the bundled snapshot.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=DEFAULT_CONFIG, show_default=True, help="Pipeline run configuration (YAML).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="Pipeline run configuration (YAML).",
+)
 @click.pass_context
 def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
     """Without a sub-command: run the training pipeline."""
@@ -46,9 +53,13 @@ def train(offline: bool, config_path: Path) -> None:
 
         forbid_network()
     ensure_stack()
-    training_pipeline(data=params.data.model_copy(update={"offline": offline or params.data.offline}),
-                      model=params.model, tuning=params.tuning, decision=params.decision,
-                      deploy_target=settings().vz_deploy_target)
+    training_pipeline(
+        data=params.data.model_copy(update={"offline": offline or params.data.offline}),
+        model=params.model,
+        tuning=params.tuning,
+        decision=params.decision,
+        deploy_target=settings().vz_deploy_target,
+    )
 
 
 @cli.command("config")
@@ -103,10 +114,19 @@ def report() -> None:
     version = Client().get_model_version(MODEL_NAME)
     meta = version.run_metadata
     calibration = meta.get("calibration_ratio") or {}
-    rows = [(f"new model v{version.number}", meta.get("metrics"), calibration.get("candidate")),
-            ("production on the same holdout", meta.get("production_metrics_same_holdout"),
-             calibration.get("production")),
-            ("historical average (zone x weekday x block)", meta.get("baseline_metrics"), calibration.get("baseline"))]
+    rows = [
+        (f"new model v{version.number}", meta.get("metrics"), calibration.get("candidate")),
+        (
+            "production on the same holdout",
+            meta.get("production_metrics_same_holdout"),
+            calibration.get("production"),
+        ),
+        (
+            "historical average (zone x weekday x block)",
+            meta.get("baseline_metrics"),
+            calibration.get("baseline"),
+        ),
+    ]
     click.echo(f"holdout {meta.get('holdout_window')}, data {meta.get('data_version')}")
     click.echo("| model | " + " | ".join(METRIC_KEYS) + " | predicted/observed crashes |")
     click.echo("|---" * (len(METRIC_KEYS) + 2) + "|")
@@ -152,9 +172,18 @@ def _rollout_command(kind: str) -> None:
     result = promote_or_rollback(kind, settings().vz_deploy_target)
     if result["changed"]:
         production = result["state"]["production"]
-        send(build_message(kind, f"Crash-risk model: {kind}",
-                           {"production version": production["model_version"],
-                            "bento": production["bento_tag"], "staging": "none"}, [result["summary"]]))
+        send(
+            build_message(
+                kind,
+                f"Crash-risk model: {kind}",
+                {
+                    "production version": production["model_version"],
+                    "bento": production["bento_tag"],
+                    "staging": "none",
+                },
+                [result["summary"]],
+            )
+        )
     click.echo(json.dumps({k: v for k, v in result.items() if k != "state"}, default=str))
 
 
@@ -196,8 +225,10 @@ def dashboard(port: int, stop: bool) -> None:
     ensure_stack()
     code = subprocess.call([zenml, "login", "--local", "--port", str(port)])
     if code == 0:
-        click.echo(f"ZenML dashboard: http://127.0.0.1:{port}/projects/default/runs  "
-                   "(stop it with `python run.py dashboard --stop`)")
+        click.echo(
+            f"ZenML dashboard: http://127.0.0.1:{port}/projects/default/runs  "
+            "(stop it with `python run.py dashboard --stop`)"
+        )
     sys.exit(code)
 
 
@@ -220,9 +251,22 @@ def mlflow_ui(port: int) -> None:
     mlflow = str(Path(sys.executable).parent / "mlflow")
     # One worker is plenty for one user and starts fastest. Own process group: we stop mlflow and
     # its worker together on Ctrl-C or SIGTERM.
-    proc = subprocess.Popen([mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], start_new_session=True,
-                            env={**os.environ, "PYTHONWARNINGS": MLFLOW_UI_WARNINGS})
+    proc = subprocess.Popen(
+        [
+            mlflow,
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        start_new_session=True,
+        env={**os.environ, "PYTHONWARNINGS": MLFLOW_UI_WARNINGS},
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     click.echo(f"MLflow UI on http://127.0.0.1:{port}  ({uri}); Ctrl-C stops it.")

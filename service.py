@@ -4,6 +4,7 @@ One Bento serves either role: VZ_STAGE (production|staging) comes from the envir
 the Bento argument `model_tag`, stored in the Bento at build time (visionzero/serving/bento_build.py).
 Features are computed by visionzero, the same code the training pipeline used.
 """
+
 from __future__ import annotations
 
 import gc
@@ -39,7 +40,6 @@ from visionzero.serving.requests import (
 )
 
 
-
 class BentoArgs(BaseModel):
     """Bento arguments: `bentoml serve <bento>` restores the ones stored at build time (CLI --arg only
     applies to `bentoml serve service:CrashRisk` from a checkout)."""
@@ -65,8 +65,13 @@ class RejectBrokenMultipart:
             content_type = dict(scope["headers"]).get(b"content-type", b"").lower()
             if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
                 body = b'{"error": "Content-Type: multipart body without a boundary; send application/json"}'
-                await send({"type": "http.response.start", "status": 400,
-                            "headers": [(b"content-type", b"application/json")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -89,8 +94,10 @@ class CrashRisk:
         # Risk-level mix per stage, for the Grafana dashboard that compares production and staging.
         # Created here, once per worker, not at import: bento_build re-imports this module per build.
         self.predictions_by_level = bentoml.metrics.Counter(
-            name="crash_risk_predictions", documentation="Predictions served, by stage and risk level",
-            labelnames=["stage", "risk_level"])
+            name="crash_risk_predictions",
+            documentation="Predictions served, by stage and risk level",
+            labelnames=["stage", "risk_level"],
+        )
         # Everything loaded so far lives as long as the worker: keep it out of the garbage collector's
         # scans, which otherwise stall requests now and then (p99 at 32 connections).
         gc.collect()

@@ -1,4 +1,5 @@
 """The plain FastAPI + uvicorn reference for benchmarks/serving.py: same model, same feature code, no BentoML."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@ printing the wall time of each step.
 
 Run: .venv/bin/python benchmarks/pipeline.py
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TMP = Path(tempfile.mkdtemp(prefix="vz-bench-"))
-os.environ.update({"VZ_HOME": str(TMP / "home"), "VZ_DATA_DIR": str(TMP / "project" / "data"),
-                   "ZENML_CONFIG_PATH": str(TMP / "home" / "zenml"), "BENTOML_HOME": str(TMP / "home" / "bentoml")})
+os.environ.update(
+    {
+        "VZ_HOME": str(TMP / "home"),
+        "VZ_DATA_DIR": str(TMP / "project" / "data"),
+        "ZENML_CONFIG_PATH": str(TMP / "home" / "zenml"),
+        "BENTOML_HOME": str(TMP / "home" / "bentoml"),
+    }
+)
 for var in ("DISCORD_WEBHOOK_URL", "MLFLOW_TRACKING_URI", "ZENML_STORE_URL", "KUBECONFIG"):
     os.environ.pop(var, None)
 sys.path.insert(0, str(ROOT))
@@ -37,7 +44,9 @@ def main() -> None:
     for name, step in run.steps.items():
         seconds = (step.end_time - step.start_time).total_seconds()
         print(f"  {name:<18} {seconds:7.2f} s")
-    print(f"  {'total (wall)':<18} {total:7.2f} s  (including ZenML stack set-up and imports after start)")
+    print(
+        f"  {'total (wall)':<18} {total:7.2f} s  (including ZenML stack set-up and imports after start)"
+    )
     shutil.rmtree(TMP, ignore_errors=True)
 
 

@@ -3,6 +3,7 @@
 Needs a trained production model (`make run`) and wrk (Debian package `wrk`).
 Run: .venv/bin/python benchmarks/serving.py [--seconds 15] [--connections 32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 BODY = {"items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]}
-BIG = {"items": [{"latitude": 40.55 + (i % 100) * 0.003, "longitude": -73.95,
-                  "datetime": f"2025-02-{1 + i % 28:02d}T{i % 24:02d}:00"} for i in range(10_000)]}
+BIG = {
+    "items": [
+        {
+            "latitude": 40.55 + (i % 100) * 0.003,
+            "longitude": -73.95,
+            "datetime": f"2025-02-{1 + i % 28:02d}T{i % 24:02d}:00",
+        }
+        for i in range(10_000)
+    ]
+}
 
 
 def free_port() -> int:
@@ -47,7 +56,9 @@ def wait_ready(url: str, timeout: float = 120) -> None:
 
 def post(url: str, body: dict) -> float:
     data = json.dumps(body).encode()
-    request = urllib.request.Request(url + "/predict", data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + "/predict", data=data, headers={"Content-Type": "application/json"}
+    )
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=60) as response:
         response.read()
@@ -56,19 +67,44 @@ def post(url: str, body: dict) -> float:
 
 
 def wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-                          url + "/predict"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url + "/predict",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
     def ms(label: str) -> float:
         value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE).groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": ms("50%"),
-            "p99_ms": ms("99%"), "non_2xx": int(errors.group(1)) if errors else 0}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
 
 
 def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def main() -> None:
@@ -89,17 +125,49 @@ def main() -> None:
     import bentoml
 
     model_dir = bentoml.models.get(release["model_tag"]).path
-    env = {**os.environ, "VZ_STAGE": "production", "VZ_MODEL_DIR": model_dir,
-           "BENTOML_DO_NOT_TRACK": "true", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "VZ_STAGE": "production",
+        "VZ_MODEL_DIR": model_dir,
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PYTHONPATH": str(ROOT),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
-        script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                          f"wrk.body = [[{json.dumps(BODY)}]]\n")
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [[{json.dumps(BODY)}]]\n"
+        )
         results = {}
         for name, cmd in (
-            ("bentoml", [sys.executable, "-m", "bentoml", "serve", release["bento_tag"], "--port", "{port}"]),
-            ("fastapi", [sys.executable, "-m", "uvicorn", "benchmarks.fastapi_reference:app", "--workers", "2",
-                         "--port", "{port}", "--log-level", "warning", "--no-access-log"]),
+            (
+                "bentoml",
+                [
+                    sys.executable,
+                    "-m",
+                    "bentoml",
+                    "serve",
+                    release["bento_tag"],
+                    "--port",
+                    "{port}",
+                ],
+            ),
+            (
+                "fastapi",
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "benchmarks.fastapi_reference:app",
+                    "--workers",
+                    "2",
+                    "--port",
+                    "{port}",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+            ),
         ):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
@@ -110,17 +178,27 @@ def main() -> None:
                     post(url, BODY)
                 post(url, BIG)
                 results[name] = wrk(url, args.seconds, args.connections, script)
-                results[name]["10k_items_ms"] = 1000 * statistics.median(post(url, BIG) for _ in range(5))
+                results[name]["10k_items_ms"] = 1000 * statistics.median(
+                    post(url, BIG) for _ in range(5)
+                )
             finally:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=30)
-    print(f"\nmachine: {os.cpu_count()} cores; wrk -t2 -c{args.connections} -d{args.seconds}s, one-item requests; "
-          f"model {release['model_tag']}")
-    print(f"{'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}{'10k items ms':>15}")
+    print(
+        f"\nmachine: {os.cpu_count()} cores; wrk -t2 -c{args.connections} -d{args.seconds}s, one-item requests; "
+        f"model {release['model_tag']}"
+    )
+    print(
+        f"{'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}{'10k items ms':>15}"
+    )
     for name, r in results.items():
-        print(f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>10}"
-              f"{r['10k_items_ms']:>15.1f}")
-    print(f"throughput ratio bentoml/fastapi: {results['bentoml']['rps'] / results['fastapi']['rps']:.2f}")
+        print(
+            f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>10}"
+            f"{r['10k_items_ms']:>15.1f}"
+        )
+    print(
+        f"throughput ratio bentoml/fastapi: {results['bentoml']['rps'] / results['fastapi']['rps']:.2f}"
+    )
 
 
 if __name__ == "__main__":

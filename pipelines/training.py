@@ -3,6 +3,7 @@
 `TrainingParameters` is the schema of configs/training.yaml: `run.py` validates the file against it
 before any step runs, so a misspelt or out-of-range key fails at once with the key's name.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,43 +59,54 @@ def load_training_config(path: Path) -> TrainingParameters:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        raise InvalidConfig(f"{path}: {key}: {first['msg']}"
-                            + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1
-                               else "")) from exc
+        raise InvalidConfig(
+            f"{path}: {key}: {first['msg']}"
+            + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")
+        ) from exc
 
 
 def alert_failure(exception: BaseException) -> None:
     """Pipeline failure hook: the on-call hears about it the same way as about deploys."""
-    send(build_message("failure", "Crash-risk training pipeline failed",
-                       {"error": f"{type(exception).__name__}: {str(exception)[:500]}"}))
+    send(
+        build_message(
+            "failure",
+            "Crash-risk training pipeline failed",
+            {"error": f"{type(exception).__name__}: {str(exception)[:500]}"},
+        )
+    )
 
 
 MODEL_CARD = Model(
     name=MODEL_NAME,
     description="Expected crashes per H3 zone and time block in New York City, with one of five "
-                "risk levels (Safe .. Dangerous): citywide daily volume (XGBoost, Poisson) times a "
-                "recency-weighted, shrunk share of where and when crashes happen.",
+    "risk levels (Safe .. Dangerous): citywide daily volume (XGBoost, Poisson) times a "
+    "recency-weighted, shrunk share of where and when crashes happen.",
     audience="NYPD and NYC DOT traffic analysts, Vision Zero planners, dispatchers.",
     use_cases="Ranking places and times by expected crashes for patrol, outreach and street "
-              "design priorities; a risk level for a place and time on request.",
+    "design priorities; a risk level for a place and time on request.",
     limitations="Trained on NYC Open Data collisions (h9gi-nx95) on complete days only: the "
-                "bundled snapshot is a union of partial snapshots, biased outside those days. "
-                "Geocoding improved over time; 0:00 is partly an unknown-time placeholder; no "
-                "recorded weather after 2024-03 (monthly climatology instead). A neighbourhood-"
-                "scale zone (H3 resolution 7) says nothing about a single intersection.",
+    "bundled snapshot is a union of partial snapshots, biased outside those days. "
+    "Geocoding improved over time; 0:00 is partly an unknown-time placeholder; no "
+    "recorded weather after 2024-03 (monthly climatology instead). A neighbourhood-"
+    "scale zone (H3 resolution 7) says nothing about a single intersection.",
     trade_offs="Levels are quintiles of predicted rates, not of outcomes (most slots see no "
-               "crash). Deviance and calibration beat the historical average clearly; the "
-               "ranking edge (hit@10%) is thin. Metrics of each version are in its metadata.",
+    "crash). Deviance and calibration beat the historical average clearly; the "
+    "ranking edge (hit@10%) is thin. Metrics of each version are in its metadata.",
     ethics="Reported crashes reflect reporting and enforcement patterns; a risk level must not "
-           "be read as a judgement of the people who live or drive there.",
+    "be read as a judgement of the people who live or drive there.",
     license="Apache-2.0",
     tags=["visionzero", "nyc", "crash-risk"],
 )
 
 
 @pipeline(enable_cache=False, on_failure=alert_failure, model=MODEL_CARD)
-def training_pipeline(data: LoadConfig, model: ModelConfig, tuning: TuningConfig,
-                      decision: DecisionRule, deploy_target: Literal["local", "kubernetes"]) -> None:
+def training_pipeline(
+    data: LoadConfig,
+    model: ModelConfig,
+    tuning: TuningConfig,
+    decision: DecisionRule,
+    deploy_target: Literal["local", "kubernetes"],
+) -> None:
     dataset = data_loader(data)
     best_params = hp_tuner(dataset, model, tuning)
     crash_model = trainer(dataset, best_params, model)

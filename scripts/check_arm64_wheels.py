@@ -3,6 +3,7 @@
 Downloads nothing into the project: pip fetches the wheels into a temporary folder and throws them away.
 Exit 0 when all have wheels, 1 when one does not, 2 (with the reason) when the package index is unreachable.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -25,8 +26,11 @@ def index_reachable() -> str | None:
 
 
 def locked_requirements() -> list[str]:
-    return [line.split(";")[0].strip() for line in LOCK.read_text().splitlines()
-            if line.strip() and not line.startswith(("#", " ", "-"))]
+    return [
+        line.split(";")[0].strip()
+        for line in LOCK.read_text().splitlines()
+        if line.strip() and not line.startswith(("#", " ", "-"))
+    ]
 
 
 def main() -> int:
@@ -39,9 +43,26 @@ def main() -> int:
     missing = []
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", *platform_args,
-             "--python-version", "3.11", "--implementation", "cp", "-d", tmp, *requirements],
-            capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                *platform_args,
+                "--python-version",
+                "3.11",
+                "--implementation",
+                "cp",
+                "-d",
+                tmp,
+                *requirements,
+            ],
+            capture_output=True,
+            text=True,
+        )
         have = {p.name.split("-")[0].lower().replace("_", "-") for p in Path(tmp).glob("*.whl")}
     for requirement in requirements:
         name = requirement.split("==")[0].lower().replace("_", "-").replace(".", "-")

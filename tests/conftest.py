@@ -2,6 +2,7 @@
 
 The environment is set at import time, before ZenML is imported, because ZenML reads its config path once.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,18 +20,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TMP = Path(tempfile.mkdtemp(prefix="vz-tests-"))
-os.environ.update({
-    "VZ_HOME": str(TMP / "home"),
-    "VZ_DATA_DIR": str(TMP / "project" / "data"),
-    "ZENML_CONFIG_PATH": str(TMP / "home" / "zenml"),
-    "BENTOML_HOME": str(TMP / "home" / "bentoml"),
-    "ZENML_ANALYTICS_OPT_IN": "false",
-    "BENTOML_DO_NOT_TRACK": "true",
-    "KERAS_BACKEND": "jax",
-    "DVC_NO_ANALYTICS": "1",
-})
-for var in ("DISCORD_WEBHOOK_URL", "SOCRATA_APP_TOKEN", "MLFLOW_TRACKING_URI", "ZENML_STORE_URL", "KUBECONFIG",
-            "VZ_DEPLOY_TARGET"):
+os.environ.update(
+    {
+        "VZ_HOME": str(TMP / "home"),
+        "VZ_DATA_DIR": str(TMP / "project" / "data"),
+        "ZENML_CONFIG_PATH": str(TMP / "home" / "zenml"),
+        "BENTOML_HOME": str(TMP / "home" / "bentoml"),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "KERAS_BACKEND": "jax",
+        "DVC_NO_ANALYTICS": "1",
+    }
+)
+for var in (
+    "DISCORD_WEBHOOK_URL",
+    "SOCRATA_APP_TOKEN",
+    "MLFLOW_TRACKING_URI",
+    "ZENML_STORE_URL",
+    "KUBECONFIG",
+    "VZ_DEPLOY_TARGET",
+):
     os.environ.pop(var, None)
 sys.path.insert(0, str(ROOT))
 
@@ -94,9 +103,24 @@ def served(trained: dict) -> Iterator[str]:
     release = trained["production"]
     port = free_port()
     env = {**os.environ, "VZ_STAGE": "production"}
-    process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", release["bento_tag"], "--host",
-                                "127.0.0.1", "--port", str(port)], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            release["bento_tag"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/readyz", process=process)

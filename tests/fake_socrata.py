@@ -3,6 +3,7 @@
 It honours $where (crash_date >= '...'), $order, $limit and $offset, and can be scripted to answer the
 next requests with a 429 + Retry-After, a 500, a hang (timeout) or a malformed page.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ from urllib.parse import parse_qs, urlparse
 SAMPLE = Path(__file__).resolve().parent.parent / "snapshot" / "socrata_sample.json"
 
 
-def make_handler(records: list, script: list[str], seen: list[dict], hang_seconds: float = 2.0
-                 ) -> type[BaseHTTPRequestHandler]:
+def make_handler(
+    records: list, script: list[str], seen: list[dict], hang_seconds: float = 2.0
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
@@ -31,7 +33,9 @@ def make_handler(records: list, script: list[str], seen: list[dict], hang_second
             self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if urlparse(self.path).path.startswith("/noaa"):  # NOAA has nothing after the bundled file
+            if urlparse(self.path).path.startswith(
+                "/noaa"
+            ):  # NOAA has nothing after the bundled file
                 return self._send(200, b"[]")
             query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
             seen.append({**query, "X-App-Token": self.headers.get("X-App-Token")})
@@ -45,15 +49,26 @@ def make_handler(records: list, script: list[str], seen: list[dict], hang_second
                 return self._send(200, b"[]")
             if action == "malformed":
                 return self._send(200, b'[{"crash_date": "2026-04-02T00:00')
-            rows = [r for r in records if isinstance(r, dict)] + [r for r in records if not isinstance(r, dict)]
+            rows = [r for r in records if isinstance(r, dict)] + [
+                r for r in records if not isinstance(r, dict)
+            ]
             match = re.search(r"crash_date >= '([^']+)'", query.get("$where", ""))
             if match:
-                rows = [r for r in rows if not isinstance(r, dict) or r.get("crash_date", "") >= match.group(1)]
+                rows = [
+                    r
+                    for r in rows
+                    if not isinstance(r, dict) or r.get("crash_date", "") >= match.group(1)
+                ]
             if query.get("$order") == "crash_date,collision_id":
-                rows.sort(key=lambda r: (r.get("crash_date", ""), int(r.get("collision_id", 0)))
-                          if isinstance(r, dict) else ("~", 0))
+                rows.sort(
+                    key=lambda r: (
+                        (r.get("crash_date", ""), int(r.get("collision_id", 0)))
+                        if isinstance(r, dict)
+                        else ("~", 0)
+                    )
+                )
             offset, limit = int(query.get("$offset", 0)), int(query.get("$limit", 1000))
-            return self._send(200, json.dumps(rows[offset:offset + limit]).encode())
+            return self._send(200, json.dumps(rows[offset : offset + limit]).encode())
 
     return Handler
 

@@ -1,4 +1,5 @@
 """Discord alerts against a real local server that behaves like a Discord webhook."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from tests.conftest import LocalServer
-from visionzero.rollout.alerts import DeliveryPolicy, build_message, send
 from visionzero.platform.settings import paths
+from visionzero.rollout.alerts import DeliveryPolicy, build_message, send
 
 
 def discord_like(script: list[str], received: list[dict]) -> type[BaseHTTPRequestHandler]:
@@ -27,8 +28,13 @@ def discord_like(script: list[str], received: list[dict]) -> type[BaseHTTPReques
             payload = b""
             if action == "429":
                 payload = b'{"message": "You are being rate limited.", "retry_after": 0.2, "global": false}'
-            elif status == 204 and "wait=true" in self.path.lower():  # Discord returns the message it created
-                status, payload = 200, json.dumps({"id": "1", "type": 0, "embeds": body["embeds"]}).encode()
+            elif (
+                status == 204 and "wait=true" in self.path.lower()
+            ):  # Discord returns the message it created
+                status, payload = (
+                    200,
+                    json.dumps({"id": "1", "type": 0, "embeds": body["embeds"]}).encode(),
+                )
             elif status == 500:
                 payload = b'{"message": "500: Internal Server Error", "code": 0}'
             self.send_response(status)
@@ -40,8 +46,12 @@ def discord_like(script: list[str], received: list[dict]) -> type[BaseHTTPReques
     return Handler
 
 
-MESSAGE = build_message("staging", "Crash-risk model v7: decision staging",
-                        {"model version": 7, "bento": "crash_risk:abc"}, ["challenger wins"])
+MESSAGE = build_message(
+    "staging",
+    "Crash-risk model v7: decision staging",
+    {"model version": 7, "bento": "crash_risk:abc"},
+    ["challenger wins"],
+)
 POLICY = DeliveryPolicy(timeout_seconds=1.0, max_attempts=3, max_retry_after_seconds=1.0)
 
 
@@ -69,10 +79,12 @@ def test_429_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(received) == 2 and waits == [0.2]
 
 
-@pytest.mark.parametrize("script,expected", [(["500"] * 3, "failed: HTTP 500"),
-                                             (["hang"] * 3, "failed: ReadTimeout")])
-def test_failing_webhook_never_raises_and_keeps_the_message(monkeypatch: pytest.MonkeyPatch, script: list[str],
-                                                           expected: str) -> None:
+@pytest.mark.parametrize(
+    "script,expected", [(["500"] * 3, "failed: HTTP 500"), (["hang"] * 3, "failed: ReadTimeout")]
+)
+def test_failing_webhook_never_raises_and_keeps_the_message(
+    monkeypatch: pytest.MonkeyPatch, script: list[str], expected: str
+) -> None:
     before = len(outbox_lines())
     with LocalServer(discord_like(list(script), [])) as server:
         monkeypatch.setenv("DISCORD_WEBHOOK_URL", server.url + "/api/webhooks/1/secret-token")
@@ -82,8 +94,9 @@ def test_failing_webhook_never_raises_and_keeps_the_message(monkeypatch: pytest.
     assert "secret-token" not in paths().outbox.read_text()  # the webhook URL is a secret
 
 
-def test_without_webhook_the_message_goes_to_the_outbox(monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_without_webhook_the_message_goes_to_the_outbox(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.delenv("DISCORD_WEBHOOK_URL", raising=False)
     assert send(MESSAGE, POLICY) == "outbox"
     assert outbox_lines()[-1]["title"] == MESSAGE["title"]

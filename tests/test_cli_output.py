@@ -1,4 +1,5 @@
 """What run.py prints: one line per trial, plain text off a terminal, no harmless notices."""
+
 from __future__ import annotations
 
 import io
@@ -69,21 +70,28 @@ def test_only_the_exact_harmless_notices_are_dropped() -> None:
 def test_api_retries_are_quiet_and_the_failure_is_raised(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="visionzero.data.http")
     policy = RetryPolicy(max_attempts=3, backoff_seconds=0.01)
-    with (LocalServer(make_handler([], ["500"] * 5, [])) as server,
-          pytest.raises(SourceUnavailable, match="failed after 3 attempts")):
+    with (
+        LocalServer(make_handler([], ["500"] * 5, [])) as server,
+        pytest.raises(SourceUnavailable, match="failed after 3 attempts"),
+    ):
         get_json(requests.Session(), server.url, {}, {}, policy)
-    loud = [r for r in caplog.records if r.levelno >= logging.WARNING
-            and r.name.startswith(("visionzero", "urllib3"))]
+    loud = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith(("visionzero", "urllib3"))
+    ]
     assert loud == []  # a retry that succeeds is no news; the caller reports the final failure
 
 
-def test_tuner_logs_one_line_per_trial(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                       capsys: pytest.CaptureFixture) -> None:
+def test_tuner_logs_one_line_per_trial(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
     from visionzero.model.crash_risk import ModelConfig
     from visionzero.model.tuning import make_tuner, trial_line
 
     assert trial_line("03", {"max_depth": 3, "learning_rate": 0.048297}, 30.5527) == (
-        "trial 03: CV Poisson deviance 30.553 | max_depth=3 learning_rate=0.0483")
+        "trial 03: CV Poisson deviance 30.553 | max_depth=3 learning_rate=0.0483"
+    )
     caplog.set_level(logging.INFO, logger="visionzero.model.tuning")
     rng = np.random.default_rng(0)
     X, y = rng.random((60, 3), dtype=np.float32), rng.poisson(5, 60)
@@ -94,14 +102,18 @@ def test_tuner_logs_one_line_per_trial(tmp_path: Path, caplog: pytest.LogCapture
 
 
 def test_training_summary_first_production() -> None:
-    decision = {"model_version": 1, "action": "production",
-                "reasons": ["...", ("no production model: the first deployable model "
-                                    "becomes production")]}
+    decision = {
+        "model_version": 1,
+        "action": "production",
+        "reasons": ["...", ("no production model: the first deployable model becomes production")],
+    }
     deployment = {"summary": "production: model 1 (crash_risk:aaa)", "rollout": {"target": "local"}}
     state = {"production": RELEASE_1, "staging": None, "canary_weight": 50}
     assert training_summary(decision, deployment, state).splitlines() == [
-        ("Decision for model version 1: production (no production model: the first deployable "
-         "model becomes production)"),
+        (
+            "Decision for model version 1: production (no production model: the first deployable "
+            "model becomes production)"
+        ),
         "Deployment: production: model 1 (crash_risk:aaa)",
         "Serving now: production v1 (crash_risk:aaa, 100% of traffic)",
         "Next: python run.py serve --port 3000",
@@ -114,32 +126,56 @@ def test_training_summary_canary_and_nothing_deployed() -> None:
     text = training_summary(decision, {"summary": "staging: model 2 (crash_risk:bbb)"}, state)
     assert "production v1 (crash_risk:aaa, 50% of traffic); staging v2 (crash_risk:bbb, 50%" in text
     assert text.endswith("Then: python run.py promote   (or python run.py rollback)")
-    none = training_summary({"model_version": 1, "action": "none", "reasons": ["not deployable"]},
-                            {"summary": "no change"}, {"production": None, "staging": None})
+    none = training_summary(
+        {"model_version": 1, "action": "none", "reasons": ["not deployable"]},
+        {"summary": "no change"},
+        {"production": None, "staging": None},
+    )
     assert "Serving now: nothing (no production model yet)" in none
     assert none.endswith("Next: python run.py report   (why this model was not deployed)")
 
 
 def test_training_summary_kubernetes_apply_failed() -> None:
-    rollout = {"target": "kubernetes", "manifests": "/x/k8s",
-               "apply_error": "KUBECONFIG is not set"}
-    text = training_summary({"model_version": 1, "action": "production", "reasons": ["r"]},
-                            {"summary": "production", "rollout": rollout},
-                            {"production": RELEASE_1, "staging": None})
+    rollout = {
+        "target": "kubernetes",
+        "manifests": "/x/k8s",
+        "apply_error": "KUBECONFIG is not set",
+    }
+    text = training_summary(
+        {"model_version": 1, "action": "production", "reasons": ["r"]},
+        {"summary": "production", "rollout": rollout},
+        {"production": RELEASE_1, "staging": None},
+    )
     assert text.endswith("Next: kubectl apply -f /x/k8s   (KUBECONFIG is not set)")
 
 
 STATUS = {
-    "data": {"version": "abc.dir", "rows": 10, "complete_days": 2, "quarantined": {"counts": 1},
-             "source": "snapshot", "source_note": "offline", "first_date": "2024-01-01",
-             "last_date": "2024-01-02"},
-    "models": {"production": {"version": 1, "metrics": {"poisson_deviance": 0.52471,
-                                                        "hit_rate_at_10": 0.29693},
-                              "data_version": "abc.dir",
-                              "training_window": ["2013-01-01", "2024-03-31"]},
-               "staging": None},
-    "deployments": {"production": RELEASE_1, "staging": RELEASE_2, "previous_production": None,
-                    "canary_weight": 50, "updated_at": "2026-01-01T00:00:00+00:00"},
+    "data": {
+        "version": "abc.dir",
+        "rows": 10,
+        "complete_days": 2,
+        "quarantined": {"counts": 1},
+        "source": "snapshot",
+        "source_note": "offline",
+        "first_date": "2024-01-01",
+        "last_date": "2024-01-02",
+    },
+    "models": {
+        "production": {
+            "version": 1,
+            "metrics": {"poisson_deviance": 0.52471, "hit_rate_at_10": 0.29693},
+            "data_version": "abc.dir",
+            "training_window": ["2013-01-01", "2024-03-31"],
+        },
+        "staging": None,
+    },
+    "deployments": {
+        "production": RELEASE_1,
+        "staging": RELEASE_2,
+        "previous_production": None,
+        "canary_weight": 50,
+        "updated_at": "2026-01-01T00:00:00+00:00",
+    },
 }
 
 
@@ -147,13 +183,22 @@ def test_format_status_tables() -> None:
     lines = format_status(STATUS).splitlines()
     assert lines[0] == "Data" and "  quarantined  counts 1" in lines
     production = next(line for line in lines if line.startswith("  production  1"))
-    assert production.split() == ["production", "1", "0.5247", "0.2969", "abc.dir", "2013-01-01",
-                                  "..", "2024-03-31"]
+    assert production.split() == [
+        "production",
+        "1",
+        "0.5247",
+        "0.2969",
+        "abc.dir",
+        "2013-01-01",
+        "..",
+        "2024-03-31",
+    ]
     assert "  staging     -" in lines
     assert "Deployments (updated 2026-01-01T00:00:00+00:00)" in lines
     assert [line.split()[-1] for line in lines[-3:-1]] == ["50%", "50%"]
     assert format_status({"data": None, "models": {}, "deployments": {}}).startswith(
-        "Data\n  none yet: `python run.py` loads it")
+        "Data\n  none yet: `python run.py` loads it"
+    )
 
 
 def test_status_command_text_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,20 +210,29 @@ def test_status_command_text_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_dashboard_stop_runs_zenml_logout_with_the_project_config(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls: list[tuple[list[str], str]] = []
-    monkeypatch.setattr(subprocess, "call", lambda args: calls.append(
-        (args, run.os.environ["ZENML_CONFIG_PATH"])) or 0)
+    monkeypatch.setattr(
+        subprocess,
+        "call",
+        lambda args: calls.append((args, run.os.environ["ZENML_CONFIG_PATH"])) or 0,
+    )
     result = CliRunner().invoke(run.cli, ["dashboard", "--stop"])
     assert result.exit_code == 0
-    assert calls == [([str(Path(sys.executable).parent / "zenml"), "logout", "--local"],
-                      run.os.environ["ZENML_CONFIG_PATH"])]
+    assert calls == [
+        (
+            [str(Path(sys.executable).parent / "zenml"), "logout", "--local"],
+            run.os.environ["ZENML_CONFIG_PATH"],
+        )
+    ]
 
 
 def test_mlflow_ui_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("visionzero.platform.stack.ensure_stack", lambda: None)
-    monkeypatch.setattr("visionzero.platform.registry.mlflow_tracking_uri",
-                        lambda: "http://mlflow.example:5000")
+    monkeypatch.setattr(
+        "visionzero.platform.registry.mlflow_tracking_uri", lambda: "http://mlflow.example:5000"
+    )
     remote = CliRunner().invoke(run.cli, ["mlflow-ui"])
     assert remote.exit_code == 0 and "open its UI there" in remote.output
 
@@ -196,11 +250,21 @@ def test_mlflow_ui_command(monkeypatch: pytest.MonkeyPatch) -> None:
         def poll(self) -> int:
             return 0
 
-    monkeypatch.setattr("visionzero.platform.registry.mlflow_tracking_uri",
-                        lambda: "sqlite:////tmp/x/mlflow.db")
+    monkeypatch.setattr(
+        "visionzero.platform.registry.mlflow_tracking_uri", lambda: "sqlite:////tmp/x/mlflow.db"
+    )
     monkeypatch.setattr(subprocess, "Popen", Finished)
     monkeypatch.setattr("signal.signal", lambda *_: None)
     local = CliRunner().invoke(run.cli, ["mlflow-ui", "--port", "5001"])
     assert local.exit_code == 0 and "http://127.0.0.1:5001" in local.output
-    assert started[0][1:] == ["ui", "--backend-store-uri", "sqlite:////tmp/x/mlflow.db", "--host",
-                              "127.0.0.1", "--port", "5001", "--workers", "1"]
+    assert started[0][1:] == [
+        "ui",
+        "--backend-store-uri",
+        "sqlite:////tmp/x/mlflow.db",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5001",
+        "--workers",
+        "1",
+    ]

@@ -1,4 +1,5 @@
 """Settings and run configuration: one typed source, documented, validated before anything runs."""
+
 from __future__ import annotations
 
 import re
@@ -17,18 +18,22 @@ def test_readme_configuration_table_is_generated_from_the_settings() -> None:
     block = re.search(r"<!-- settings-table -->\n(.*?)\n<!-- /settings-table -->", readme, re.S)
     assert block, "README.md lost its generated settings table markers"
     assert block.group(1) == environment_table(), (
-        "README's table is stale: paste `python -m visionzero.platform.settings` between the markers")
+        "README's table is stale: paste `python -m visionzero.platform.settings` between the markers"
+    )
 
 
 def test_no_module_reads_the_environment_outside_the_settings() -> None:
     """Variables are read in one place; the others only set what libraries read themselves."""
     readers = re.compile(r"os\.environ\.get|os\.environ\[|os\.getenv")
-    offenders = [str(path.relative_to(REPO_ROOT))
-                 for folder in ("visionzero", "steps", "pipelines")
-                 for path in (REPO_ROOT / folder).rglob("*.py")
-                 if path.name != "settings.py" and readers.search(path.read_text())]
-    offenders += [name for name in ("run.py", "service.py")
-                  if readers.search((REPO_ROOT / name).read_text())]
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for folder in ("visionzero", "steps", "pipelines")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        if path.name != "settings.py" and readers.search(path.read_text())
+    ]
+    offenders += [
+        name for name in ("run.py", "service.py") if readers.search((REPO_ROOT / name).read_text())
+    ]
     assert offenders == []
 
 
@@ -50,12 +55,15 @@ def test_the_shipped_configuration_is_valid() -> None:
     assert load_training_config(REPO_ROOT / "configs" / "training.yaml") == TrainingParameters()
 
 
-@pytest.mark.parametrize(("text", "key"), [
-    ("parameters: {model: {resolutoin: 8}}", "parameters.model.resolutoin"),
-    ("parameters: {model: {resolution: 99}}", "parameters.model.resolution"),
-    ("parameters: {tuning: {max_trials: many}}", "parameters.tuning.max_trials"),
-    ("steps: {}", "steps"),
-])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("parameters: {model: {resolutoin: 8}}", "parameters.model.resolutoin"),
+        ("parameters: {model: {resolution: 99}}", "parameters.model.resolution"),
+        ("parameters: {tuning: {max_trials: many}}", "parameters.tuning.max_trials"),
+        ("steps: {}", "steps"),
+    ],
+)
 def test_a_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(text)
@@ -67,8 +75,13 @@ def test_a_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str) 
 def test_run_refuses_a_bad_configuration_before_any_step(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("parameters: {decision: {hit_rate_tolerance: -1}}")
-    out = subprocess.run([sys.executable, "run.py", "--offline", "--config", str(path)],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "run.py", "--offline", "--config", str(path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "parameters.decision.hit_rate_tolerance" in out.stderr
     assert "Pipeline run" not in out.stdout + out.stderr

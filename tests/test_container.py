@@ -1,4 +1,5 @@
 """The team compose set-up cannot run here (no Docker engine): its files are parsed and cross-checked."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,22 @@ def compose() -> dict:
 
 def test_compose_has_the_team_services() -> None:
     services = compose()["services"]
-    assert {"zenml", "mlflow", "postgres", "minio", "minio-buckets", "prometheus", "grafana",
-            "crash-risk-production", "crash-risk-staging", "canary"} <= set(services)
-    assert "postgresql://" in services["mlflow"]["command"] and "s3://mlflow" in services["mlflow"]["command"]
+    assert {
+        "zenml",
+        "mlflow",
+        "postgres",
+        "minio",
+        "minio-buckets",
+        "prometheus",
+        "grafana",
+        "crash-risk-production",
+        "crash-risk-staging",
+        "canary",
+    } <= set(services)
+    assert (
+        "postgresql://" in services["mlflow"]["command"]
+        and "s3://mlflow" in services["mlflow"]["command"]
+    )
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "local/dvc" in services["minio-buckets"]["entrypoint"]  # MinIO is the DVC remote too
     assert services["crash-risk-production"]["environment"]["VZ_STAGE"] == "production"
@@ -46,18 +60,25 @@ def test_prometheus_scrapes_both_bentos() -> None:
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
     targets = {c["labels"]["stage"]: c["targets"][0] for c in job["static_configs"]}
-    assert targets == {"production": "crash-risk-production:3000", "staging": "crash-risk-staging:3000"}
+    assert targets == {
+        "production": "crash-risk-production:3000",
+        "staging": "crash-risk-staging:3000",
+    }
     services = compose()["services"]
     assert all(t.split(":")[0] in services for t in targets.values())
 
 
 def test_grafana_compares_latency_errors_and_risk_mix_by_stage() -> None:
-    datasource = yaml.safe_load((CONTAINER / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    datasource = yaml.safe_load(
+        (CONTAINER / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     dashboard = json.loads((CONTAINER / "grafana/dashboards/crash_risk_canary.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert all("by (stage" in e for e in exprs)
-    assert any("histogram_quantile(0.99" in e and "request_duration_seconds_bucket" in e for e in exprs)
+    assert any(
+        "histogram_quantile(0.99" in e and "request_duration_seconds_bucket" in e for e in exprs
+    )
     assert any('http_response_code=~"5.."' in e for e in exprs)
     assert any("crash_risk_predictions_total" in e and "risk_level" in e for e in exprs)
     for expr in exprs:
@@ -70,5 +91,6 @@ def test_compose_canary_is_50_50() -> None:
 
 
 def test_compose_canary_is_rendered_from_the_local_canary_template() -> None:
-    assert (CONTAINER / "nginx" / "canary.conf").read_text() == render_container_nginx_conf(), \
+    assert (CONTAINER / "nginx" / "canary.conf").read_text() == render_container_nginx_conf(), (
         "container/nginx/canary.conf is stale: run `make nginx-conf`"
+    )

@@ -1,4 +1,5 @@
 """The one Poisson deviance shared by tuning and evaluation, against values computed by hand."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The model's grain: block arithmetic, zone mapping and zone checks on hand-picked values."""
+
 from __future__ import annotations
 
 from dataclasses import FrozenInstanceError
@@ -23,8 +24,16 @@ def test_four_hour_blocks() -> None:
 
 
 def test_other_block_lengths() -> None:
-    assert Grain(7, 3).labels == ["00-03", "03-06", "06-09", "09-12", "12-15", "15-18", "18-21",
-                                  "21-24"]
+    assert Grain(7, 3).labels == [
+        "00-03",
+        "03-06",
+        "06-09",
+        "09-12",
+        "12-15",
+        "15-18",
+        "18-21",
+        "21-24",
+    ]
     assert Grain(7, 24).spans == [(0, 24)]
     assert Grain(7, 1).n_blocks == 24 and Grain(7, 1).spans[-1] == (23, 24)
 
@@ -38,8 +47,16 @@ def test_block_of_minute_at_the_edges() -> None:
 
 @pytest.mark.parametrize("unit", ["m", "s", "ns"])
 def test_block_of_datetime_in_any_unit(unit: str) -> None:
-    stamps = np.array(["2025-02-03T08:30", "2025-02-03T07:59", "2025-02-03T20:00",
-                       "2025-02-03T23:59", "1969-12-31T23:30"], dtype=f"datetime64[{unit}]")
+    stamps = np.array(
+        [
+            "2025-02-03T08:30",
+            "2025-02-03T07:59",
+            "2025-02-03T20:00",
+            "2025-02-03T23:59",
+            "1969-12-31T23:30",
+        ],
+        dtype=f"datetime64[{unit}]",
+    )
     assert Grain(7, 4).block_of_datetime(stamps).tolist() == [2, 1, 5, 5, 5]
 
 
@@ -81,9 +98,11 @@ def test_parse_zone_checks_the_resolution() -> None:
 
 def test_config_and_saved_model_metadata_give_the_grain() -> None:
     assert ModelConfig(resolution=8, block_hours=6).grain == Grain(8, 6)
-    shares = ShareTable(zones=[], p_block=np.zeros((3, 6)), p_zone=np.zeros((0, 6, 3)),
-                        unknown_zone_share=0.0)
+    shares = ShareTable(
+        zones=[], p_block=np.zeros((3, 6)), p_zone=np.zeros((0, 6, 3)), unknown_zone_share=0.0
+    )
     # The saved-model metadata keys (zone_resolution, block_hours) are unchanged.
-    model = CrashRiskModel(booster=xgb.Booster(), shares=shares,
-                           meta={"zone_resolution": 7, "block_hours": 4})
+    model = CrashRiskModel(
+        booster=xgb.Booster(), shares=shares, meta={"zone_resolution": 7, "block_hours": 4}
+    )
     assert model.grain == Grain(7, 4)

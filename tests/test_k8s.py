@@ -1,4 +1,5 @@
 """Rendered Kubernetes manifests: schema-valid offline, and the canary holds 50/50 in both forms."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,12 @@ K8S_VERSION = "1.33.0"
 
 
 def release(version: int) -> dict:
-    return {"model_version": version, "model_tag": f"nyc_crash_risk:m{version}", "bento_tag": f"crash_risk:b{version}",
-            "arm64_bento_tag": f"crash_risk_arm64:a{version}"}
+    return {
+        "model_version": version,
+        "model_tag": f"nyc_crash_risk:m{version}",
+        "bento_tag": f"crash_risk:b{version}",
+        "arm64_bento_tag": f"crash_risk_arm64:a{version}",
+    }
 
 
 def load(out_dir: Path) -> list[dict]:
@@ -31,7 +36,12 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 @pytest.fixture
 def canary_docs(tmp_path: Path) -> list[dict]:
-    state = {"production": release(1), "staging": release(2), "previous_production": None, "canary_weight": 50}
+    state = {
+        "production": release(1),
+        "staging": release(2),
+        "previous_production": None,
+        "canary_weight": 50,
+    }
     render(state, tmp_path / "out")
     return load(tmp_path / "out")
 
@@ -42,9 +52,21 @@ def test_every_core_manifest_validates(canary_docs: list[dict]) -> None:
             continue  # a CRD: checked by test_httproute_splits_50_50
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     kinds = sorted(d["kind"] for d in canary_docs)
-    assert kinds == sorted(["Namespace", "Deployment", "Deployment", "Service", "Service",
-                            "HorizontalPodAutoscaler", "HorizontalPodAutoscaler", "NetworkPolicy",
-                            "Ingress", "Ingress", "HTTPRoute"])
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "Deployment",
+            "Deployment",
+            "Service",
+            "Service",
+            "HorizontalPodAutoscaler",
+            "HorizontalPodAutoscaler",
+            "NetworkPolicy",
+            "Ingress",
+            "Ingress",
+            "HTTPRoute",
+        ]
+    )
 
 
 def test_deployments_are_probed_limited_and_non_root(canary_docs: list[dict]) -> None:
@@ -58,13 +80,18 @@ def test_deployments_are_probed_limited_and_non_root(canary_docs: list[dict]) ->
         stage = deployment["metadata"]["labels"]["stage"]
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["VZ_STAGE"] == stage
-        assert container["image"] == f"localhost:5000/visionzero/crash-risk:b{1 if stage == 'production' else 2}"
+        assert (
+            container["image"]
+            == f"localhost:5000/visionzero/crash-risk:b{1 if stage == 'production' else 2}"
+        )
 
 
 def test_canary_ingress_takes_50_percent_on_the_same_host_and_path(canary_docs: list[dict]) -> None:
     main, canary = sorted(by_kind(canary_docs, "Ingress"), key=lambda d: d["metadata"]["name"])
-    assert canary["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/canary": "true",
-                                                 "nginx.ingress.kubernetes.io/canary-weight": "50"}
+    assert canary["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/canary": "true",
+        "nginx.ingress.kubernetes.io/canary-weight": "50",
+    }
     assert "annotations" not in main["metadata"]
     assert main["spec"]["rules"][0]["host"] == canary["spec"]["rules"][0]["host"]
     main_path = main["spec"]["rules"][0]["http"]["paths"][0]
@@ -88,27 +115,43 @@ def test_without_staging_production_takes_everything(tmp_path: Path) -> None:
     docs = load(tmp_path / "out")
     assert len(by_kind(docs, "Ingress")) == 1 and len(by_kind(docs, "Deployment")) == 1
     (route,) = by_kind(docs, "HTTPRoute")
-    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "crash-risk-production", "port": 80, "weight": 100}]
+    assert route["spec"]["rules"][0]["backendRefs"] == [
+        {"name": "crash-risk-production", "port": 80, "weight": 100}
+    ]
 
 
 @pytest.mark.slow
 def test_render_k8s_command_uses_the_deployment_state(trained: dict, tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "run.py", "render-k8s", "--out", str(tmp_path / "k8s")], cwd=ROOT,
-                   env=os.environ, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "run.py", "render-k8s", "--out", str(tmp_path / "k8s")],
+        cwd=ROOT,
+        env=os.environ,
+        check=True,
+        capture_output=True,
+    )
     docs = load(tmp_path / "k8s")
-    images = {d["spec"]["template"]["spec"]["containers"][0]["image"] for d in by_kind(docs, "Deployment")}
-    assert images == {f"localhost:5000/visionzero/crash-risk:{trained['production']['bento_tag'].split(':')[1]}"}
+    images = {
+        d["spec"]["template"]["spec"]["containers"][0]["image"] for d in by_kind(docs, "Deployment")
+    }
+    assert images == {
+        f"localhost:5000/visionzero/crash-risk:{trained['production']['bento_tag'].split(':')[1]}"
+    }
 
 
 def test_kubernetes_target_without_docker_or_cluster_leaves_manifests_ready(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from visionzero.rollout import actions as rollout
     from visionzero.rollout import kubernetes
 
     monkeypatch.setenv("VZ_HOME", str(tmp_path))
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    monkeypatch.setattr(kubernetes, "docker_available", lambda: False)  # no engine on these machines
-    result = rollout.roll_out({"production": release(1), "staging": release(2), "canary_weight": 50}, "kubernetes")
+    monkeypatch.setattr(
+        kubernetes, "docker_available", lambda: False
+    )  # no engine on these machines
+    result = rollout.roll_out(
+        {"production": release(1), "staging": release(2), "canary_weight": 50}, "kubernetes"
+    )
     assert "no Docker engine" in result["images_error"]
     assert "KUBECONFIG is not set" in result["apply_error"]
     assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 11

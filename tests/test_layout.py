@@ -2,6 +2,7 @@
 
 Read from the source with `ast` (nothing is imported), so a violation fails in milliseconds.
 """
+
 from __future__ import annotations
 
 import ast
@@ -31,8 +32,12 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # `from pkg import name`: name is a module when such a module exists, else an attribute.
-            found.update(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known
-                         else node.module for alias in node.names)
+            found.update(
+                f"{node.module}.{alias.name}"
+                if f"{node.module}.{alias.name}" in known
+                else node.module
+                for alias in node.names
+            )
     return found & known
 
 
@@ -52,7 +57,7 @@ def find_cycle() -> list[str] | None:
         state[module] = "open"
         for target in sorted(GRAPH[module]):
             if state.get(target) == "open":
-                return [*path[path.index(target):], target]
+                return [*path[path.index(target) :], target]
             if target not in state and (cycle := visit(target, [*path, target])):
                 return cycle
         state[module] = "done"
@@ -74,9 +79,12 @@ def test_no_import_cycles() -> None:
 
 
 def test_stages_import_only_their_own_stage_or_lower_ones() -> None:
-    upward = [f"{source} imports {target}" for source, targets in sorted(GRAPH.items())
-              for target in sorted(targets)
-              if target != PACKAGE and stage_rank(target) > stage_rank(source)]
+    upward = [
+        f"{source} imports {target}"
+        for source, targets in sorted(GRAPH.items())
+        for target in sorted(targets)
+        if target != PACKAGE and stage_rank(target) > stage_rank(source)
+    ]
     assert not upward, upward
 
 
@@ -88,10 +96,15 @@ def test_steps_call_their_stage_in_visionzero_directly(path: Path) -> None:
     """A step is a thin wrapper: its logic comes from visionzero/<its stage>/, never via another
     step, a pipeline or the service."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    roots = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for alias in node.names}
-    roots |= {node.module for node in ast.walk(tree)
-              if isinstance(node, ast.ImportFrom) and node.module}
+    roots = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    roots |= {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     stage = path.parent.name
     assert any(name.startswith(f"{PACKAGE}.{stage}.") for name in roots), roots
     assert not [name for name in roots if name.split(".")[0] in {"steps", "pipelines", "service"}]

@@ -1,4 +1,5 @@
 """Metrics, risk levels and the deploy rule on small inputs whose answers are worked out by hand."""
+
 from __future__ import annotations
 
 import math
@@ -16,15 +17,17 @@ DAY = pd.Timestamp("2025-01-06")
 
 def slot_grid(counts_by_block: list[list[int]]) -> pd.DataFrame:
     """One day; zones z0, z1, ... in grid order, one block per list of counts."""
-    rows = [{"date": DAY, "zone": f"z{zone}", "block": block, "count": count}
-            for block, counts in enumerate(counts_by_block) for zone, count in enumerate(counts)]
+    rows = [
+        {"date": DAY, "zone": f"z{zone}", "block": block, "count": count}
+        for block, counts in enumerate(counts_by_block)
+        for zone, count in enumerate(counts)
+    ]
     return pd.DataFrame(rows)
 
 
 # Block 0: 10 zone-slots holding 4 crashes; the riskiest forecast (0.9) is z1, which had 2.
 # Block 1: 10 zone-slots holding 5 crashes, every forecast equal (0.5).
-GRID = slot_grid([[0, 2, 0, 0, 1, 0, 0, 0, 1, 0],
-                  [1, 0, 0, 4, 0, 0, 0, 0, 0, 0]])
+GRID = slot_grid([[0, 2, 0, 0, 1, 0, 0, 0, 1, 0], [1, 0, 0, 4, 0, 0, 0, 0, 0, 0]])
 PREDICTED = np.array([0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.05] + [0.5] * 10)
 
 
@@ -67,7 +70,8 @@ def test_poisson_deviance() -> None:
     # y = [0, 2], mu = [1, 1]: unit deviances 2 * (0 - (0 - 1)) = 2 and 2 * (2 ln 2 - 1);
     # their mean is 2 ln 2.
     assert poisson_deviance(np.array([0.0, 2.0]), np.array([1.0, 1.0])) == pytest.approx(
-        2 * math.log(2))
+        2 * math.log(2)
+    )
     # A zero forecast is floored at 1e-4: y = 0 gives 2 * 1e-4, not 0.
     assert poisson_deviance(np.array([0.0]), np.array([0.0])) == pytest.approx(2e-4)
 
@@ -76,7 +80,8 @@ def test_level_thresholds_are_quintiles_of_the_predictions() -> None:
     # Five values 0..4: the q-quantile sits at position 4q (linear interpolation), so the cuts are
     # 0.8, 1.6, 2.4 and 3.2.
     assert level_thresholds(np.array([0.0, 1.0, 2.0, 3.0, 4.0])) == pytest.approx(
-        [0.8, 1.6, 2.4, 3.2])
+        [0.8, 1.6, 2.4, 3.2]
+    )
 
 
 def test_level_thresholds_that_do_not_increase_raise() -> None:
@@ -106,8 +111,9 @@ def scores(deviance: float, hit: float) -> dict:
 
 
 def test_a_candidate_worse_than_the_baseline_is_not_deployable() -> None:
-    decision = decide({"candidate": scores(0.60, 0.31), "baseline": BASELINE, "production": None},
-                      RULE)
+    decision = decide(
+        {"candidate": scores(0.60, 0.31), "baseline": BASELINE, "production": None}, RULE
+    )
     assert (decision.action, decision.deployable) == ("none", False)
     assert "deviance 0.6000 vs baseline 0.5500: not better" in decision.reasons
     assert "hit@10% 0.3100 vs baseline 0.2950: better" in decision.reasons
@@ -120,17 +126,22 @@ def test_equal_to_the_baseline_is_not_better() -> None:
 
 
 def test_the_first_deployable_model_becomes_production() -> None:
-    decision = decide({"candidate": scores(0.50, 0.31), "baseline": BASELINE, "production": None},
-                      RULE)
+    decision = decide(
+        {"candidate": scores(0.50, 0.31), "baseline": BASELINE, "production": None}, RULE
+    )
     assert (decision.action, decision.deployable) == ("production", True)
-    assert decision.reasons[:2] == ["deviance 0.5000 vs baseline 0.5500: better",
-                                    "hit@10% 0.3100 vs baseline 0.2950: better"]
+    assert decision.reasons[:2] == [
+        "deviance 0.5000 vs baseline 0.5500: better",
+        "hit@10% 0.3100 vs baseline 0.2950: better",
+    ]
 
 
 def test_a_challenger_that_wins_by_the_margin_goes_to_staging() -> None:
     # Production deviance 0.50 needs <= 0.50 x (1 - 0.005) = 0.4975; 0.49 wins. Hit 0.31 >= 0.305.
-    decision = decide({"candidate": scores(0.49, 0.31), "baseline": BASELINE,
-                       "production": scores(0.50, 0.31)}, RULE)
+    decision = decide(
+        {"candidate": scores(0.49, 0.31), "baseline": BASELINE, "production": scores(0.50, 0.31)},
+        RULE,
+    )
     assert (decision.action, decision.deployable) == ("staging", True)
     assert "deviance 0.4900 vs production 0.5000 (needs <= 0.4975): wins" in decision.reasons
     assert "hit@10% 0.3100 vs production 0.3100 (tolerance 0.005): kept" in decision.reasons
@@ -139,25 +150,31 @@ def test_a_challenger_that_wins_by_the_margin_goes_to_staging() -> None:
 def test_exactly_the_margin_and_exactly_the_tolerance_still_win() -> None:
     production = scores(0.50, 0.31)
     candidate = scores(0.50 * (1 - 0.005), 0.31 - 0.005)  # 0.4975 and 0.305, computed as the rule
-    decision = decide({"candidate": candidate, "baseline": BASELINE, "production": production},
-                      RULE)
+    decision = decide(
+        {"candidate": candidate, "baseline": BASELINE, "production": production}, RULE
+    )
     assert decision.action == "staging"
 
 
 def test_a_challenger_below_the_margin_changes_nothing() -> None:
     # 0.499 > 0.4975: a 0.2% improvement is not the required 0.5%.
-    decision = decide({"candidate": scores(0.499, 0.31), "baseline": BASELINE,
-                       "production": scores(0.50, 0.31)}, RULE)
+    decision = decide(
+        {"candidate": scores(0.499, 0.31), "baseline": BASELINE, "production": scores(0.50, 0.31)},
+        RULE,
+    )
     assert (decision.action, decision.deployable) == ("none", True)
-    assert ("deviance 0.4990 vs production 0.5000 (needs <= 0.4975): does not win"
-            in decision.reasons)
+    assert (
+        "deviance 0.4990 vs production 0.5000 (needs <= 0.4975): does not win" in decision.reasons
+    )
     assert decision.reasons[-1] == "challenger loses: production stays, nothing changes"
 
 
 def test_a_challenger_losing_more_than_the_hit_tolerance_changes_nothing() -> None:
     # Deviance 0.45 wins, but hit 0.30 < 0.31 - 0.005 = 0.305.
-    decision = decide({"candidate": scores(0.45, 0.30), "baseline": BASELINE,
-                       "production": scores(0.50, 0.31)}, RULE)
+    decision = decide(
+        {"candidate": scores(0.45, 0.30), "baseline": BASELINE, "production": scores(0.50, 0.31)},
+        RULE,
+    )
     assert (decision.action, decision.deployable) == ("none", True)
     assert "deviance 0.4500 vs production 0.5000 (needs <= 0.4975): wins" in decision.reasons
     assert "hit@10% 0.3000 vs production 0.3100 (tolerance 0.005): lost" in decision.reasons

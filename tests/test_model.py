@@ -1,4 +1,5 @@
 """The model on the real bundled data: no leakage, ordered levels, faithful save/load, time-ordered tuning."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -37,12 +38,23 @@ def test_no_history_feature_sees_a_holdout_date(real_data, model: CrashRiskModel
     # Scramble everything known about the holdout period: crashes, day volumes and weather.
     scrambled = replace(
         prepared,
-        slots=prepared.slots.assign(count=np.where(prepared.slots["date"].isin(holdout_days),
-                                                   prepared.slots["count"] * 7 + 3, prepared.slots["count"])),
-        days=prepared.days.assign(volume=np.where(prepared.days["date"].isin(holdout_days), 10_000,
-                                                  prepared.days["volume"])),
-        weather=prepared.weather.assign(prcp=np.where(prepared.weather["date"] > train_days.max(), 9.9,
-                                                      prepared.weather["prcp"])),
+        slots=prepared.slots.assign(
+            count=np.where(
+                prepared.slots["date"].isin(holdout_days),
+                prepared.slots["count"] * 7 + 3,
+                prepared.slots["count"],
+            )
+        ),
+        days=prepared.days.assign(
+            volume=np.where(
+                prepared.days["date"].isin(holdout_days), 10_000, prepared.days["volume"]
+            )
+        ),
+        weather=prepared.weather.assign(
+            prcp=np.where(
+                prepared.weather["date"] > train_days.max(), 9.9, prepared.weather["prcp"]
+            )
+        ),
     )
     other = train(scrambled, train_days, PARAMS, cfg, "test-version")
     assert other.thresholds == model.thresholds
@@ -65,7 +77,9 @@ def test_level_thresholds_increase(model: CrashRiskModel) -> None:
         level_thresholds(np.zeros(100))
 
 
-def test_save_load_gives_identical_predictions(model: CrashRiskModel, real_data, tmp_path: Path) -> None:
+def test_save_load_gives_identical_predictions(
+    model: CrashRiskModel, real_data, tmp_path: Path
+) -> None:
     _, _, holdout_days, _ = real_data
     loaded = CrashRiskModel.load(model.save(tmp_path / "model"))
     assert (tmp_path / "model" / "volume.json").exists()  # XGBoost's native JSON, no pickle
@@ -73,7 +87,10 @@ def test_save_load_gives_identical_predictions(model: CrashRiskModel, real_data,
     grid = zone_slot_grid(model.shares.zones, holdout_days[:5], model.grain)
     args = (grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]), grid["block"].to_numpy())
     np.testing.assert_array_equal(loaded.expected(*args)[0], model.expected(*args)[0])
-    assert loaded.thresholds == model.thresholds and loaded.meta["training_window"] == model.meta["training_window"]
+    assert (
+        loaded.thresholds == model.thresholds
+        and loaded.meta["training_window"] == model.meta["training_window"]
+    )
 
 
 def test_tuner_trials_never_shuffle_time(real_data, tmp_path: Path) -> None:
@@ -101,16 +118,23 @@ def scores(dev: float, hit: float) -> dict:
     return {"poisson_deviance": dev, "hit_rate_at_10": hit}
 
 
-@pytest.mark.parametrize("candidate,production,action,deployable", [
-    (scores(0.60, 0.31), None, "none", False),          # worse deviance than the baseline
-    (scores(0.50, 0.29), None, "none", False),          # worse hit@10% than the baseline
-    (scores(0.50, 0.31), None, "production", True),     # first deployable model
-    (scores(0.49, 0.31), scores(0.50, 0.31), "staging", True),   # beats production by >= 0.5%
-    (scores(0.499, 0.31), scores(0.50, 0.31), "none", True),     # improvement below the margin
-    (scores(0.45, 0.30), scores(0.50, 0.31), "none", True),      # loses more than the hit tolerance
-])
-def test_decision_rule_branches(candidate: dict, production: dict | None, action: str, deployable: bool) -> None:
+@pytest.mark.parametrize(
+    "candidate,production,action,deployable",
+    [
+        (scores(0.60, 0.31), None, "none", False),  # worse deviance than the baseline
+        (scores(0.50, 0.29), None, "none", False),  # worse hit@10% than the baseline
+        (scores(0.50, 0.31), None, "production", True),  # first deployable model
+        (scores(0.49, 0.31), scores(0.50, 0.31), "staging", True),  # beats production by >= 0.5%
+        (scores(0.499, 0.31), scores(0.50, 0.31), "none", True),  # improvement below the margin
+        (scores(0.45, 0.30), scores(0.50, 0.31), "none", True),  # loses more than the hit tolerance
+    ],
+)
+def test_decision_rule_branches(
+    candidate: dict, production: dict | None, action: str, deployable: bool
+) -> None:
     report = {"candidate": candidate, "baseline": scores(0.55, 0.295), "production": production}
-    decision = decide(report, DecisionRule(min_deviance_improvement=0.005, hit_rate_tolerance=0.005))
+    decision = decide(
+        report, DecisionRule(min_deviance_improvement=0.005, hit_rate_tolerance=0.005)
+    )
     assert (decision.action, decision.deployable) == (action, deployable)
     assert len(decision.reasons) >= 3

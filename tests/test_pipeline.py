@@ -1,12 +1,13 @@
 """The whole training pipeline, twice, in temporary ZenML/MLflow/BentoML/DVC stores; then `status --json`."""
-from __future__ import annotations
 
-import pytest
+from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -14,8 +15,14 @@ pytestmark = pytest.mark.slow  # integration tier: see pyproject.toml
 
 
 def status() -> dict:
-    out = subprocess.run([sys.executable, "run.py", "status", "--json"], cwd=ROOT, env=os.environ,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "run.py", "status", "--json"],
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -27,7 +34,13 @@ def test_first_run_makes_a_production_model(trained: dict) -> None:
     assert data["version"].endswith(".dir")
     production = state["models"]["production"]
     assert production["data_version"] == data["version"]
-    assert set(production["metrics"]) == {"poisson_deviance", "hit_rate_at_10", "hit_rate_at_5", "pai_at_10", "qwk"}
+    assert set(production["metrics"]) == {
+        "poisson_deviance",
+        "hit_rate_at_10",
+        "hit_rate_at_5",
+        "pai_at_10",
+        "qwk",
+    }
     assert set(production["baseline_metrics"]) == set(production["metrics"])
     assert production["training_window"][0] < production["training_window"][1]
     assert trained["production"]["bento_tag"].startswith("crash_risk:")
@@ -50,5 +63,8 @@ def test_second_run_compares_with_production_on_the_same_holdout(trained: dict) 
     assert any("vs production" in reason for reason in decision["reasons"])
     same_holdout = latest.run_metadata["production_metrics_same_holdout"]
     assert same_holdout["poisson_deviance"] > 0
-    outbox = [json.loads(line) for line in (ROOT / os.environ["VZ_HOME"] / "outbox.jsonl").read_text().splitlines()]
+    outbox = [
+        json.loads(line)
+        for line in (ROOT / os.environ["VZ_HOME"] / "outbox.jsonl").read_text().splitlines()
+    ]
     assert len(outbox) >= 2 and outbox[-1]["title"].startswith(f"Crash-risk model v{latest.number}")

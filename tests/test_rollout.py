@@ -1,4 +1,5 @@
 """Rollout: the deployment state machine, and two real Bentos behind the real nginx (canary, promote, rollback)."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,12 @@ POINT = {"items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "202
 
 
 def release(version: int) -> dict:
-    return {"model_version": version, "model_tag": f"m:{version}", "bento_tag": f"b:{version}",
-            "arm64_bento_tag": f"a:{version}"}
+    return {
+        "model_version": version,
+        "model_tag": f"m:{version}",
+        "bento_tag": f"b:{version}",
+        "arm64_bento_tag": f"a:{version}",
+    }
 
 
 def test_state_machine(tmp_path: Path) -> None:
@@ -43,7 +48,11 @@ def test_state_machine(tmp_path: Path) -> None:
         assert deployment.rollback(state)["model_version"] == 1
         assert deployment.rollback(state) is None
     assert [e["event"] for e in deployment.read_state(path)["history"]] == [
-        "deploy_production", "deploy_staging", "promote", "rollback"]
+        "deploy_production",
+        "deploy_staging",
+        "promote",
+        "rollback",
+    ]
 
 
 def test_concurrent_promotes_promote_once(tmp_path: Path) -> None:
@@ -85,8 +94,10 @@ def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from run import DEFAULT_CONFIG, train
 
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    config["parameters"] = {"model": {"share_halflife_days": 365},
-                            "decision": {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0}}
+    config["parameters"] = {
+        "model": {"share_halflife_days": 365},
+        "decision": {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0},
+    }
     path = tmp_path_factory.mktemp("config") / "challenger.yaml"
     path.write_text(yaml.safe_dump(config))
     train(offline=True, config_path=path)
@@ -114,8 +125,14 @@ def wait_until_only(url: str, version: str, timeout: float = 180.0) -> None:
 
 
 def cli(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=os.environ, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -135,8 +152,15 @@ def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
     staging = str(challenger["staging"]["model_version"])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    serve = subprocess.Popen([sys.executable, "run.py", "serve", "--port", str(port)], cwd=ROOT, env=os.environ,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    serve = subprocess.Popen(
+        [sys.executable, "run.py", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=os.environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_http(url + "/readyz", timeout=180, process=serve)
         session = requests.Session()
@@ -158,11 +182,16 @@ def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
         wait_until_only(url, production)
         assert Counter(ask(url, session) for _ in range(200)) == {("production", production): 200}
 
-        outbox = [json.loads(line) for line in (Path(os.environ["VZ_HOME"]) / "outbox.jsonl").read_text().splitlines()]
+        outbox = [
+            json.loads(line)
+            for line in (Path(os.environ["VZ_HOME"]) / "outbox.jsonl").read_text().splitlines()
+        ]
         assert [m["kind"] for m in outbox[-2:]] == ["promote", "rollback"]
     finally:
         os.killpg(serve.pid, signal.SIGINT)
         output, _ = serve.communicate(timeout=60)
     assert "stopped" in output
-    nginx = subprocess.run(["pgrep", "-f", "nginx.*vz-serve"], capture_output=True, text=True).stdout
+    nginx = subprocess.run(
+        ["pgrep", "-f", "nginx.*vz-serve"], capture_output=True, text=True
+    ).stdout
     assert not nginx.strip(), "nginx outlived serve"

@@ -1,4 +1,5 @@
 """The production Bento under a real `bentoml serve` process, exercised over HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,18 @@ POINT = {"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:
 
 def predict(url: str, body: object) -> requests.Response:
     data = body if isinstance(body, str) else json.dumps(body)
-    return requests.post(url + "/predict", data=data, headers={"Content-Type": "application/json"}, timeout=60)
+    return requests.post(
+        url + "/predict", data=data, headers={"Content-Type": "application/json"}, timeout=60
+    )
 
 
 def test_single_prediction_follows_the_contract(served: str, trained: dict) -> None:
     response = predict(served, {"items": [POINT]})
     assert response.status_code == 200
     (item,) = response.json()["predictions"]
-    assert item["zone"].startswith("87") and item["date"] == "2025-02-03" and item["block"] == [8, 12]
+    assert (
+        item["zone"].startswith("87") and item["date"] == "2025-02-03" and item["block"] == [8, 12]
+    )
     assert item["risk_level"] == RISK_LEVELS[item["risk_index"]]
     assert 0 < item["p_at_least_one"] < 1 and item["expected_crashes"] > 0
     assert item["weather_source"] == "climatology"
@@ -36,9 +41,17 @@ def test_single_prediction_follows_the_contract(served: str, trained: dict) -> N
 
 def test_batch_keeps_item_order_and_zone_input(served: str) -> None:
     first = predict(served, {"items": [POINT]}).json()["predictions"][0]
-    items = [POINT, {"zone": first["zone"], "datetime": "2025-02-03T08:59"},
-             {**POINT, "datetime": "2025-02-03T20:00", "precipitation": 1.5, "temperature_max": 35,
-              "temperature_min": 28}]
+    items = [
+        POINT,
+        {"zone": first["zone"], "datetime": "2025-02-03T08:59"},
+        {
+            **POINT,
+            "datetime": "2025-02-03T20:00",
+            "precipitation": 1.5,
+            "temperature_max": 35,
+            "temperature_min": 28,
+        },
+    ]
     predictions = predict(served, {"items": items}).json()["predictions"]
     assert [p["block"] for p in predictions] == [[8, 12], [8, 12], [20, 24]]
     assert predictions[1]["expected_crashes"] == pytest.approx(first["expected_crashes"])
@@ -54,22 +67,31 @@ def test_metadata(served: str, trained: dict) -> None:
     assert set(meta["metrics"]) >= {"poisson_deviance", "hit_rate_at_10"}
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"items": [{"latitude": 40.7, "datetime": "2025-02-03T08:30"}]}, "longitude"),
-    ({"items": [{"longitude": -74.0, "datetime": "2025-02-03T08:30"}]}, "latitude"),
-    ({"items": [{"latitude": 40.7, "longitude": -74.0}]}, "datetime"),
-    ({"items": [{**POINT, "latitude": 41.5}]}, "latitude"),
-    ({"items": [{**POINT, "datetime": "2025-02-30T08:30"}]}, "datetime"),
-    ({"items": [{**POINT, "datetime": "tomorrow"}]}, "datetime"),
-    ({"items": [{"zone": "not-a-cell", "datetime": "2025-02-03T08:30"}]}, "zone"),
-    ({"items": [{"zone": "8a2a1072b59ffff", "datetime": "2025-02-03T08:30"}]}, "zone"),  # resolution 10
-    ({"items": [{"zone": "87283472bffffff", "datetime": "2025-02-03T08:30"}]}, "zone"),  # San Francisco
-    ({"items": [{**POINT, "latitude": "north"}]}, "latitude"),
-    ({"items": [{**POINT, "precipitation": -1}]}, "precipitation"),
-    ({"items": [POINT] * 10_001}, "items"),
-    ({"things": []}, "items"),
-    ('{"items": [', ""),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"items": [{"latitude": 40.7, "datetime": "2025-02-03T08:30"}]}, "longitude"),
+        ({"items": [{"longitude": -74.0, "datetime": "2025-02-03T08:30"}]}, "latitude"),
+        ({"items": [{"latitude": 40.7, "longitude": -74.0}]}, "datetime"),
+        ({"items": [{**POINT, "latitude": 41.5}]}, "latitude"),
+        ({"items": [{**POINT, "datetime": "2025-02-30T08:30"}]}, "datetime"),
+        ({"items": [{**POINT, "datetime": "tomorrow"}]}, "datetime"),
+        ({"items": [{"zone": "not-a-cell", "datetime": "2025-02-03T08:30"}]}, "zone"),
+        (
+            {"items": [{"zone": "8a2a1072b59ffff", "datetime": "2025-02-03T08:30"}]},
+            "zone",
+        ),  # resolution 10
+        (
+            {"items": [{"zone": "87283472bffffff", "datetime": "2025-02-03T08:30"}]},
+            "zone",
+        ),  # San Francisco
+        ({"items": [{**POINT, "latitude": "north"}]}, "latitude"),
+        ({"items": [{**POINT, "precipitation": -1}]}, "precipitation"),
+        ({"items": [POINT] * 10_001}, "items"),
+        ({"things": []}, "items"),
+        ('{"items": [', ""),
+    ],
+)
 def test_bad_input_is_a_400_naming_the_field(served: str, body: object, field: str) -> None:
     response = predict(served, body)
     assert response.status_code == 400, response.text
@@ -77,8 +99,14 @@ def test_bad_input_is_a_400_naming_the_field(served: str, body: object, field: s
 
 
 def test_ten_thousand_items(served: str) -> None:
-    items = [{**POINT, "latitude": 40.55 + (i % 100) * 0.003, "datetime": f"2025-02-{1 + i % 28:02d}T{i % 24:02d}:00"}
-             for i in range(10_000)]
+    items = [
+        {
+            **POINT,
+            "latitude": 40.55 + (i % 100) * 0.003,
+            "datetime": f"2025-02-{1 + i % 28:02d}T{i % 24:02d}:00",
+        }
+        for i in range(10_000)
+    ]
     started = time.perf_counter()
     response = predict(served, {"items": items})
     elapsed = time.perf_counter() - started
@@ -97,7 +125,24 @@ def test_builtin_endpoints(served: str) -> None:
 
 def test_openapi_fuzzing_finds_no_server_error(served: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", served + "/docs.json", "--checks", "not_a_server_error",
-         "--max-examples", "60", "--request-timeout", "30", "--phases", "examples,coverage,fuzzing"],
-        capture_output=True, text=True, timeout=600, cwd=os.environ["VZ_HOME"])  # its cache stays out of the repo
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            served + "/docs.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "60",
+            "--request-timeout",
+            "30",
+            "--phases",
+            "examples,coverage,fuzzing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.environ["VZ_HOME"],
+    )  # its cache stays out of the repo
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

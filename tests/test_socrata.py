@@ -1,4 +1,5 @@
 """The Socrata client and the loader against a real local server speaking the recorded SODA format."""
+
 from __future__ import annotations
 
 import logging
@@ -32,10 +33,14 @@ def test_pages_in_order_and_maps_fields(monkeypatch: pytest.MonkeyPatch) -> None
     assert seen[0]["$where"] == "crash_date >= '2026-04-01T00:00:00.000'"
     assert seen[0]["X-App-Token"] == "token-from-env"
     rows = result.rows
-    assert sorted(rows["COLLISION_ID"].astype(int)) == sorted(int(r["collision_id"]) for r in recorded_records())
+    assert sorted(rows["COLLISION_ID"].astype(int)) == sorted(
+        int(r["collision_id"]) for r in recorded_records()
+    )
     first = rows[rows["COLLISION_ID"] == "4889976"].iloc[0]
     assert first["CRASH DATE"] == "04/02/2026" and first["CRASH TIME"] == "7:45"
-    assert first["VEHICLE TYPE CODE 1"] == "Sedan" and first["BOROUGH"] == ""  # absent field -> empty
+    assert (
+        first["VEHICLE TYPE CODE 1"] == "Sedan" and first["BOROUGH"] == ""
+    )  # absent field -> empty
 
 
 @pytest.mark.parametrize("failure", ["429", "500", "hang", "malformed"])
@@ -47,24 +52,35 @@ def test_retries_then_succeeds(failure: str) -> None:
 
 
 def test_clear_error_after_last_retry() -> None:
-    with (LocalServer(make_handler(recorded_records(), ["500"] * 5, [])) as server,
-          pytest.raises(SourceUnavailable, match="failed after 3 attempts: HTTP 500")):
+    with (
+        LocalServer(make_handler(recorded_records(), ["500"] * 5, [])) as server,
+        pytest.raises(SourceUnavailable, match="failed after 3 attempts: HTTP 500"),
+    ):
         client(server.url).fetch_since(date(2026, 4, 1))
 
 
 @pytest.mark.slow
-def test_loader_merges_api_rows_and_quarantines_bad_records(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loader_merges_api_rows_and_quarantines_bad_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     records = recorded_records()
     broken = dict(records[0], collision_id="4889977", number_of_persons_injured="-2")
     records = records + [broken, "not an object"]
     with LocalServer(make_handler(records, ["429"], [])) as server:
         monkeypatch.setenv("SOCRATA_URL", server.url)
-        monkeypatch.setenv("NOAA_URL", server.url + "/noaa")  # answers [] -> no new weather, no invention
-        summary = build_dataset(tmp_path / "data", LoadConfig(page_size=4, backoff_seconds=0.01),
-                                now=datetime(2026, 6, 1, tzinfo=UTC))
-        again = build_dataset(tmp_path / "data", LoadConfig(page_size=4, backoff_seconds=0.01),
-                              now=datetime(2026, 6, 1, tzinfo=UTC))
+        monkeypatch.setenv(
+            "NOAA_URL", server.url + "/noaa"
+        )  # answers [] -> no new weather, no invention
+        summary = build_dataset(
+            tmp_path / "data",
+            LoadConfig(page_size=4, backoff_seconds=0.01),
+            now=datetime(2026, 6, 1, tzinfo=UTC),
+        )
+        again = build_dataset(
+            tmp_path / "data",
+            LoadConfig(page_size=4, backoff_seconds=0.01),
+            now=datetime(2026, 6, 1, tzinfo=UTC),
+        )
     # the re-fetched overlap replaces its earlier copy; the malformed record stays quarantined
     assert len(pd.read_parquet(tmp_path / "data" / "api_rows.parquet")) == 6
     assert again.quarantined == summary.quarantined and again.rows == summary.rows
@@ -76,13 +92,15 @@ def test_loader_merges_api_rows_and_quarantines_bad_records(tmp_path: Path,
     complete = pd.read_csv(tmp_path / "data" / "complete_days.csv", parse_dates=["date"])
     api_days = complete[complete["source"] == "api"]["date"]
     # fetched from 2025-04-01 (newest held) on 2026-06-01 with 30 settle days: complete to 2026-05-02
-    assert api_days.min() == pd.Timestamp("2025-04-01") and api_days.max() == pd.Timestamp("2026-05-02")
+    assert api_days.min() == pd.Timestamp("2025-04-01") and api_days.max() == pd.Timestamp(
+        "2026-05-02"
+    )
 
 
 @pytest.mark.slow
-def test_loader_falls_back_to_snapshot_when_api_is_down(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_loader_falls_back_to_snapshot_when_api_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="visionzero.data")
     with LocalServer(make_handler([], ["500"] * 10, [])) as server:
         monkeypatch.setenv("SOCRATA_URL", server.url)

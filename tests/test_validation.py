@@ -1,4 +1,5 @@
 """Validation and quarantine, pinned on rows built by hand in the CSV export's format."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -9,9 +10,17 @@ from visionzero.data.validation import dedupe, validate
 
 def row(**values: str) -> dict[str, str]:
     base = {col: "" for col in CSV_COLUMNS}
-    base.update({"CRASH DATE": "03/15/2023", "CRASH TIME": "8:05", "LATITUDE": "40.7128",
-                 "LONGITUDE": "-74.0060", "COLLISION_ID": "4610001", "BOROUGH": "manhattan",
-                 "NUMBER OF PERSONS INJURED": "1"})
+    base.update(
+        {
+            "CRASH DATE": "03/15/2023",
+            "CRASH TIME": "8:05",
+            "LATITUDE": "40.7128",
+            "LONGITUDE": "-74.0060",
+            "COLLISION_ID": "4610001",
+            "BOROUGH": "manhattan",
+            "NUMBER OF PERSONS INJURED": "1",
+        }
+    )
     base.update(values)
     return base
 
@@ -40,14 +49,23 @@ def test_each_reason_is_quarantined_with_its_name() -> None:
     typed, quarantine = validate(pd.DataFrame(rows), "api")
     assert len(typed) == 1 and len(quarantine) == 7
     assert quarantine["reason"].value_counts().to_dict() == {
-        "collision_id": 2, "crash_date": 1, "crash_time": 1, "coordinates": 1, "counts": 2}
+        "collision_id": 2,
+        "crash_date": 1,
+        "crash_time": 1,
+        "coordinates": 1,
+        "counts": 2,
+    }
     assert set(quarantine["source"]) == {"api"}
     assert len(typed) + len(quarantine) == len(rows)  # nothing dropped silently
 
 
 def test_placeholder_and_outside_coordinates_are_kept_but_not_geocoded() -> None:
-    rows = [{**row(), "LATITUDE": "0", "LONGITUDE": "0"}, {**row(), "LATITUDE": "42.0"},
-            {**row(), "LATITUDE": "", "LONGITUDE": ""}, {**row(), "CRASH TIME": ""}]
+    rows = [
+        {**row(), "LATITUDE": "0", "LONGITUDE": "0"},
+        {**row(), "LATITUDE": "42.0"},
+        {**row(), "LATITUDE": "", "LONGITUDE": ""},
+        {**row(), "CRASH TIME": ""},
+    ]
     typed, quarantine = validate(pd.DataFrame(rows), "snapshot")
     assert quarantine.empty
     assert typed["geocoded"].tolist() == [False, False, False, True]

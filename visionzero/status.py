@@ -1,4 +1,5 @@
 """`run.py status` and the closing summary of `run.py`: data, models and deployments at a glance."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,16 @@ def data_status() -> dict | None:
     if not paths().data_summary.exists():
         return None
     summary = json.loads(paths().data_summary.read_text())
-    return {"version": read_version(paths().data_dir), "rows": summary["rows"],
-            "complete_days": summary["complete_days"], "quarantined": summary["quarantined"],
-            "source": summary["source"], "source_note": summary["source_note"],
-            "first_date": summary["first_date"], "last_date": summary["last_date"]}
+    return {
+        "version": read_version(paths().data_dir),
+        "rows": summary["rows"],
+        "complete_days": summary["complete_days"],
+        "quarantined": summary["quarantined"],
+        "source": summary["source"],
+        "source_note": summary["source_note"],
+        "first_date": summary["first_date"],
+        "last_date": summary["last_date"],
+    }
 
 
 def models_status() -> dict:
@@ -36,15 +43,18 @@ def collect_status() -> dict:
     from visionzero.rollout.deployment_state import read_state
 
     state = read_state()
-    deployments = {k: state.get(k) for k in ("production", "staging", "previous_production",
-                                              "canary_weight", "updated_at")}
+    deployments = {
+        k: state.get(k)
+        for k in ("production", "staging", "previous_production", "canary_weight", "updated_at")
+    }
     return {"data": data_status(), "models": models_status(), "deployments": deployments}
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
-    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-            for row in rows]
+    return [
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows
+    ]
 
 
 def _span(value: object) -> str:
@@ -65,31 +75,49 @@ def format_status(status: dict) -> str:
     data = status.get("data")
     if data:
         quarantined = ", ".join(f"{k} {v}" for k, v in (data.get("quarantined") or {}).items())
-        lines += _table([["version", str(data.get("version") or "-")],
-                         ["rows", f"{data['rows']} crashes, {data['complete_days']} complete days"],
-                         ["dates", f"{data['first_date']} .. {data['last_date']}"],
-                         ["source", f"{data['source']} ({data['source_note']})"],
-                         ["quarantined", quarantined or "none"]])
+        lines += _table(
+            [
+                ["version", str(data.get("version") or "-")],
+                ["rows", f"{data['rows']} crashes, {data['complete_days']} complete days"],
+                ["dates", f"{data['first_date']} .. {data['last_date']}"],
+                ["source", f"{data['source']} ({data['source_note']})"],
+                ["quarantined", quarantined or "none"],
+            ]
+        )
     else:
         lines.append("  none yet: `python run.py` loads it")
     lines += ["", "Models (ZenML stages)"]
-    rows = [["stage", "version", "deviance", "hit@10%", "data version",
-             "training window"]]
+    rows = [["stage", "version", "deviance", "hit@10%", "data version", "training window"]]
     for stage, model in (status.get("models") or {}).items():
         metrics = (model or {}).get("metrics") or {}
-        rows.append([stage] + ([str(model["version"]),
-                                f"{metrics.get('poisson_deviance', float('nan')):.4f}",
-                                f"{metrics.get('hit_rate_at_10', float('nan')):.4f}",
-                                str(model.get("data_version") or "-"),
-                                _span(model.get("training_window"))] if model else ["-"]))
+        rows.append(
+            [stage]
+            + (
+                [
+                    str(model["version"]),
+                    f"{metrics.get('poisson_deviance', float('nan')):.4f}",
+                    f"{metrics.get('hit_rate_at_10', float('nan')):.4f}",
+                    str(model.get("data_version") or "-"),
+                    _span(model.get("training_window")),
+                ]
+                if model
+                else ["-"]
+            )
+        )
     lines += _table(rows)
     deployments = status.get("deployments") or {}
     lines += ["", f"Deployments (updated {deployments.get('updated_at') or 'never'})"]
     rows = [["stage", "model version", "bento", "traffic"]]
     for stage in ("production", "staging", "previous_production"):
         release = deployments.get(stage)
-        rows.append([stage] + ([str(release["model_version"]), release["bento_tag"],
-                                _traffic(deployments, stage)] if release else ["-"]))
+        rows.append(
+            [stage]
+            + (
+                [str(release["model_version"]), release["bento_tag"], _traffic(deployments, stage)]
+                if release
+                else ["-"]
+            )
+        )
     lines += _table(rows)
     return "\n".join(lines)
 
@@ -98,11 +126,16 @@ def training_summary(decision: dict, deployment: dict, state: dict, port: int = 
     """The closing lines of `python run.py`: what was decided, what serves now, what to run next."""
     version, action = decision.get("model_version"), decision.get("action")
     verdict = (decision.get("reasons") or ["-"])[-1]
-    lines = [f"Decision for model version {version}: {action} ({verdict})",
-             f"Deployment: {deployment.get('summary', 'no change')}"]
-    serving = [f"{stage} v{state[stage]['model_version']} ({state[stage]['bento_tag']}, "
-               f"{_traffic(state, stage)} of traffic)"
-               for stage in ("production", "staging") if state.get(stage)]
+    lines = [
+        f"Decision for model version {version}: {action} ({verdict})",
+        f"Deployment: {deployment.get('summary', 'no change')}",
+    ]
+    serving = [
+        f"{stage} v{state[stage]['model_version']} ({state[stage]['bento_tag']}, "
+        f"{_traffic(state, stage)} of traffic)"
+        for stage in ("production", "staging")
+        if state.get(stage)
+    ]
     lines.append("Serving now: " + ("; ".join(serving) or "nothing (no production model yet)"))
     rollout = deployment.get("rollout") or {}
     if not state.get("production"):
@@ -122,7 +155,12 @@ def last_training_outputs() -> tuple[dict, dict]:
     """(decision, deployment) of the newest training run, read back from its artifacts."""
     from zenml.client import Client
 
-    run = Client().list_pipeline_runs(pipeline_name="training_pipeline", sort_by="desc:created",
-                                      size=1).items[0]
-    return (run.steps["trigger_decision"].outputs["decision"][0].load(),
-            run.steps["deployer"].outputs["deployment"][0].load())
+    run = (
+        Client()
+        .list_pipeline_runs(pipeline_name="training_pipeline", sort_by="desc:created", size=1)
+        .items[0]
+    )
+    return (
+        run.steps["trigger_decision"].outputs["decision"][0].load(),
+        run.steps["deployer"].outputs["deployment"][0].load(),
+    )

@@ -1,4 +1,5 @@
 """data_loader: snapshot + Socrata API rows -> validated, DVC-versioned dataset under data/."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -19,9 +20,14 @@ def data_loader(config: LoadConfig) -> Annotated[DatasetRef, "dataset"]:
     data_dir = paths().data_dir
     summary = build_dataset(data_dir, config)
     summary = summary.model_copy(update={"version": version_data_dir(data_dir)})
-    logger.info("Loaded %d crash rows (source: %s); quarantined %s; %d complete days; "
-                "data version %s", summary.rows, summary.source, summary.quarantined or "none",
-                summary.complete_days, summary.version)
+    logger.info(
+        "Loaded %d crash rows (source: %s); quarantined %s; %d complete days; data version %s",
+        summary.rows,
+        summary.source,
+        summary.quarantined or "none",
+        summary.complete_days,
+        summary.version,
+    )
     save_data_summary(summary.model_dump())
     log_metadata(metadata={"data": summary.model_dump()})
     return DatasetRef(data_dir=str(data_dir), **summary.model_dump())

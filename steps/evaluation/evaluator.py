@@ -1,4 +1,5 @@
 """evaluator: new model vs the production model vs the historical average, on one time-ordered holdout."""
+
 from __future__ import annotations
 
 import tempfile
@@ -22,16 +23,27 @@ logger = get_logger(__name__)
 
 
 @step(experiment_tracker=TRACKER_NAME)
-def evaluator(dataset: DatasetRef, crash_model: Path, model: ModelConfig
-              ) -> tuple[Annotated[EvaluationReport, "evaluation_report"],
-                         Annotated[HTMLString, "evaluation_visualization"]]:
+def evaluator(
+    dataset: DatasetRef, crash_model: Path, model: ModelConfig
+) -> tuple[
+    Annotated[EvaluationReport, "evaluation_report"],
+    Annotated[HTMLString, "evaluation_visualization"],
+]:
     prepared, train_days, holdout_days = load_split(dataset.data_dir, model)
     production = load_stage_model("production")
-    report = evaluate(prepared, train_days, holdout_days, CrashRiskModel.load(crash_model),
-                      CrashRiskModel.load(production[1]) if production else None,
-                      production[0].number if production else None)
-    roles = {"candidate": report.candidate, "baseline": report.baseline,
-             "production": report.production}
+    report = evaluate(
+        prepared,
+        train_days,
+        holdout_days,
+        CrashRiskModel.load(crash_model),
+        CrashRiskModel.load(production[1]) if production else None,
+        production[0].number if production else None,
+    )
+    roles = {
+        "candidate": report.candidate,
+        "baseline": report.baseline,
+        "production": report.production,
+    }
     for role, scores in roles.items():
         if scores is not None:
             mlflow.log_metrics({f"{role}_{k}": v for k, v in scores.model_dump().items()})
@@ -41,11 +53,14 @@ def evaluator(dataset: DatasetRef, crash_model: Path, model: ModelConfig
         (out / "evaluation.json").write_text(report.model_dump_json(indent=2))
         page = report_html(report, write_plots(report, out))
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
-    metadata = {"metrics": report.candidate.headline(),
-                "baseline_metrics": report.baseline.headline(),
-                "holdout_window": report.holdout_window,
-                "calibration_ratio": {role: scores.calibration_ratio
-                                      for role, scores in roles.items() if scores is not None}}
+    metadata = {
+        "metrics": report.candidate.headline(),
+        "baseline_metrics": report.baseline.headline(),
+        "holdout_window": report.holdout_window,
+        "calibration_ratio": {
+            role: scores.calibration_ratio for role, scores in roles.items() if scores is not None
+        },
+    }
     if report.production is not None:
         metadata["production_metrics_same_holdout"] = report.production.headline()
     log_metadata(metadata=metadata, infer_model=True)

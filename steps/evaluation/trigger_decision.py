@@ -1,4 +1,5 @@
 """trigger_decision: apply the logged deploy rule and move stages in the Model Control Plane."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -16,12 +17,16 @@ logger = get_logger(__name__)
 
 
 @step(experiment_tracker=TRACKER_NAME)
-def trigger_decision(evaluation_report: EvaluationReport, rule: DecisionRule
-                     ) -> Annotated[Decision, "decision"]:
+def trigger_decision(
+    evaluation_report: EvaluationReport, rule: DecisionRule
+) -> Annotated[Decision, "decision"]:
     model_version = get_step_context().model_version
-    decision = decide(evaluation_report.model_dump(), rule).model_copy(update={
-        "model_version": model_version.number,
-        "production_version": evaluation_report.production_version})
+    decision = decide(evaluation_report.model_dump(), rule).model_copy(
+        update={
+            "model_version": model_version.number,
+            "production_version": evaluation_report.production_version,
+        }
+    )
     if decision.action in ("production", "staging"):
         set_stage(model_version.id, decision.action)
         set_mlflow_alias(decision.action, model_version.number)

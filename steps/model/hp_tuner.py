@@ -1,4 +1,5 @@
 """hp_tuner: keras-tuner Bayesian search over the volume model, time-ordered CV, every trial in MLflow."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -18,8 +19,9 @@ logger = get_logger(__name__)
 
 
 @step(experiment_tracker=TRACKER_NAME)
-def hp_tuner(dataset: DatasetRef, model: ModelConfig, tuning: TuningConfig
-             ) -> Annotated[dict, "best_params"]:
+def hp_tuner(
+    dataset: DatasetRef, model: ModelConfig, tuning: TuningConfig
+) -> Annotated[dict, "best_params"]:
     prepared, train_days, _ = load_split(dataset.data_dir, model)
     best, trials = search(prepared, train_days, model, tuning, paths().tuner_dir)
     for trial in trials:
@@ -28,8 +30,16 @@ def hp_tuner(dataset: DatasetRef, model: ModelConfig, tuning: TuningConfig
             if trial["poisson_deviance"] is not None:
                 mlflow.log_metric("cv_poisson_deviance", trial["poisson_deviance"])
     best_score = min(t["poisson_deviance"] for t in trials if t["poisson_deviance"] is not None)
-    logger.info("hp_tuner: %d trials, best CV Poisson deviance %.3f with %s",
-                len(trials), best_score, best)
-    log_metadata(metadata={"tuning": {"trials": len(trials), "best_cv_poisson_deviance": best_score,
-                                      "best_params": best}})
+    logger.info(
+        "hp_tuner: %d trials, best CV Poisson deviance %.3f with %s", len(trials), best_score, best
+    )
+    log_metadata(
+        metadata={
+            "tuning": {
+                "trials": len(trials),
+                "best_cv_poisson_deviance": best_score,
+                "best_params": best,
+            }
+        }
+    )
     return best

@@ -1,4 +1,5 @@
 """trainer: fit the two-stage model on training days and save it in XGBoost's native format + JSON."""
+
 from __future__ import annotations
 
 import tempfile
@@ -20,8 +21,9 @@ logger = get_logger(__name__)
 
 
 @step(experiment_tracker=TRACKER_NAME)
-def trainer(dataset: DatasetRef, best_params: dict, model: ModelConfig
-            ) -> Annotated[Path, ArtifactConfig(name=MODEL_ARTIFACT, artifact_type=ArtifactType.MODEL)]:
+def trainer(
+    dataset: DatasetRef, best_params: dict, model: ModelConfig
+) -> Annotated[Path, ArtifactConfig(name=MODEL_ARTIFACT, artifact_type=ArtifactType.MODEL)]:
     prepared, train_days, _ = load_split(dataset.data_dir, model)
     crash_model = train(prepared, train_days, best_params, model, dataset.version)
     out = crash_model.save(Path(tempfile.mkdtemp(prefix="crash_model_")))
@@ -29,12 +31,23 @@ def trainer(dataset: DatasetRef, best_params: dict, model: ModelConfig
     mlflow.log_params(model.model_dump())
     mlflow.log_artifacts(str(out), artifact_path="model")
     active = mlflow.active_run()
-    register_mlflow_version(active.info.run_id, f"{active.info.artifact_uri}/model",
-                            get_step_context().model_version.number)
-    logger.info("trainer: window %s, %d zones, level thresholds %s",
-                crash_model.meta["training_window"], len(crash_model.shares.zones),
-                [round(t, 4) for t in crash_model.thresholds])
-    log_metadata(metadata={"training_window": crash_model.meta["training_window"],
-                           "data_version": dataset.version, "thresholds": crash_model.thresholds},
-                 infer_model=True)
+    register_mlflow_version(
+        active.info.run_id,
+        f"{active.info.artifact_uri}/model",
+        get_step_context().model_version.number,
+    )
+    logger.info(
+        "trainer: window %s, %d zones, level thresholds %s",
+        crash_model.meta["training_window"],
+        len(crash_model.shares.zones),
+        [round(t, 4) for t in crash_model.thresholds],
+    )
+    log_metadata(
+        metadata={
+            "training_window": crash_model.meta["training_window"],
+            "data_version": dataset.version,
+            "thresholds": crash_model.thresholds,
+        },
+        infer_model=True,
+    )
     return out

@@ -1,4 +1,5 @@
 """deployer: record the decision in the deployment state, then roll it out on the configured target."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -14,8 +15,9 @@ logger = get_logger(__name__)
 
 
 @step
-def deployer(decision: Decision, release: Release | None, target: str
-             ) -> Annotated[Deployment, "deployment"]:
+def deployer(
+    decision: Decision, release: Release | None, target: str
+) -> Annotated[Deployment, "deployment"]:
     result = deploy(decision.action, release, target)
     logger.info("deployer: %s", result.summary)
     log_metadata(metadata={"deployment": result.model_dump(exclude={"state"})})

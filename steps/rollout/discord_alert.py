@@ -1,4 +1,5 @@
 """discord_alert: one message per deploy decision; delivery problems never fail the pipeline."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -16,21 +17,27 @@ def _fmt(scores: Scores | None) -> str:
 
 
 @step
-def discord_alert(decision: Decision, evaluation_report: EvaluationReport, deployment: Deployment
-                  ) -> Annotated[str, "alert_delivery"]:
+def discord_alert(
+    decision: Decision, evaluation_report: EvaluationReport, deployment: Deployment
+) -> Annotated[str, "alert_delivery"]:
     deployed = decision.action in ("production", "staging")
     message = build_message(
         decision.action if deployed else "none",
         f"Crash-risk model v{decision.model_version}: decision {decision.action}",
-        {"model version": decision.model_version,
-         "production version": decision.production_version or "-",
-         "stage": decision.action, "deployment": deployment.summary,
-         "bento": (deployment.state.get(decision.action) or {}).get("bento_tag", "-")
-         if deployed else "-",
-         "new model": _fmt(evaluation_report.candidate),
-         "production (same holdout)": _fmt(evaluation_report.production),
-         "historical baseline": _fmt(evaluation_report.baseline)},
-        decision.reasons)
+        {
+            "model version": decision.model_version,
+            "production version": decision.production_version or "-",
+            "stage": decision.action,
+            "deployment": deployment.summary,
+            "bento": (deployment.state.get(decision.action) or {}).get("bento_tag", "-")
+            if deployed
+            else "-",
+            "new model": _fmt(evaluation_report.candidate),
+            "production (same holdout)": _fmt(evaluation_report.production),
+            "historical baseline": _fmt(evaluation_report.baseline),
+        },
+        decision.reasons,
+    )
     delivery = send(message)
     log_metadata(metadata={"alert_delivery": delivery})
     return delivery

@@ -1,4 +1,5 @@
 """bento_builder: model into the Bento store, then the server Bento and the arm64 Bento for a Pi 5."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,18 +17,23 @@ logger = get_logger(__name__)
 
 
 @step
-def bento_builder(crash_model: Path, evaluation_report: EvaluationReport, decision: Decision,
-                  dataset: DatasetRef) -> Annotated[Release | None, "release"]:
+def bento_builder(
+    crash_model: Path, evaluation_report: EvaluationReport, decision: Decision, dataset: DatasetRef
+) -> Annotated[Release | None, "release"]:
     """Builds only for a model that will be deployed; a losing challenger changes nothing."""
     if decision.action == "none":
         logger.info("bento_builder: decision is 'none', no Bento built")
         return None
     version = get_step_context().model_version.number
-    model_tag = save_model(crash_model, version, evaluation_report.candidate.headline(),
-                           dataset.version)
-    release = Release(model_version=version, model_tag=model_tag,
-                      bento_tag=build_bento(model_tag, "bentofile.yaml"),
-                      arm64_bento_tag=build_bento(model_tag, "bentofile.arm64.yaml", ARM64_PLATFORM))
+    model_tag = save_model(
+        crash_model, version, evaluation_report.candidate.headline(), dataset.version
+    )
+    release = Release(
+        model_version=version,
+        model_tag=model_tag,
+        bento_tag=build_bento(model_tag, "bentofile.yaml"),
+        arm64_bento_tag=build_bento(model_tag, "bentofile.arm64.yaml", ARM64_PLATFORM),
+    )
     logger.info("bento_builder: %s", release)
     log_metadata(metadata={"bentos": release.model_dump()}, infer_model=True)
     return release

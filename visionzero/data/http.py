@@ -1,5 +1,6 @@
 """One retrying GET shared by the Socrata and NOAA clients: urllib3's Retry does backoff and
 Retry-After, this module adds timeouts and one clear final error."""
+
 from __future__ import annotations
 
 import logging
@@ -33,9 +34,12 @@ class RetryPolicy:
     def retry(self) -> Retry:
         """urllib3 Retry for idempotent GETs: 429/5xx, connection errors and read timeouts."""
         return Retry(
-            total=self.max_attempts - 1, allowed_methods={"GET"},
-            status_forcelist=RETRYABLE_STATUS, backoff_factor=self.backoff_seconds,
-            backoff_max=self.max_wait_seconds, retry_after_max=int(self.max_wait_seconds),
+            total=self.max_attempts - 1,
+            allowed_methods={"GET"},
+            status_forcelist=RETRYABLE_STATUS,
+            backoff_factor=self.backoff_seconds,
+            backoff_max=self.max_wait_seconds,
+            retry_after_max=int(self.max_wait_seconds),
             respect_retry_after_header=True,
             raise_on_status=False,  # hand back the last answer so the final error can name it
         )
@@ -74,13 +78,16 @@ def get_json(
             response = session.get(url, params=params, headers=headers, timeout=timeout)
         except requests.RequestException as exc:
             raise SourceUnavailable(
-                f"{url} failed after {policy.max_attempts} attempts: {_failure(exc)}") from exc
+                f"{url} failed after {policy.max_attempts} attempts: {_failure(exc)}"
+            ) from exc
         if response.status_code in RETRYABLE_STATUS:
             raise SourceUnavailable(
-                f"{url} failed after {policy.max_attempts} attempts: HTTP {response.status_code}")
+                f"{url} failed after {policy.max_attempts} attempts: HTTP {response.status_code}"
+            )
         if response.status_code >= 400:
             raise SourceUnavailable(
-                f"{url} answered HTTP {response.status_code}: {response.text[:200]}")
+                f"{url} answered HTTP {response.status_code}: {response.text[:200]}"
+            )
         try:
             return response.json()
         except ValueError as exc:
@@ -88,7 +95,13 @@ def get_json(
         if attempt < policy.max_attempts:
             wait = min(policy.backoff_seconds * 2 ** (attempt - 1), policy.max_wait_seconds)
             # DEBUG: a retry that succeeds is no news; the final failure is reported by the caller
-            log.debug("GET %s: %s; retry %d/%d in %.1fs",
-                      url, last_error, attempt, policy.max_attempts - 1, wait)
+            log.debug(
+                "GET %s: %s; retry %d/%d in %.1fs",
+                url,
+                last_error,
+                attempt,
+                policy.max_attempts - 1,
+                wait,
+            )
             time.sleep(wait)
     raise SourceUnavailable(f"{url} failed after {policy.max_attempts} attempts: {last_error}")

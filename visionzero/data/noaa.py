@@ -1,4 +1,5 @@
 """Central Park daily weather (NOAA GHCN-Daily, station USW00094728): bundled file plus NOAA's web service."""
+
 from __future__ import annotations
 
 import logging
@@ -29,9 +30,15 @@ def read_bundled(path: Path) -> pd.DataFrame:
 
 def fetch_noaa(start: date, end: date, policy: RetryPolicy | None = None) -> pd.DataFrame:
     """Daily summaries from NOAA's access-data service; values as published, gaps left as NaN."""
-    params = {"dataset": "daily-summaries", "stations": STATION, "startDate": start.isoformat(),
-              "endDate": end.isoformat(), "dataTypes": ",".join(WEATHER_COLUMNS),
-              "units": "standard", "format": "json"}
+    params = {
+        "dataset": "daily-summaries",
+        "stations": STATION,
+        "startDate": start.isoformat(),
+        "endDate": end.isoformat(),
+        "dataTypes": ",".join(WEATHER_COLUMNS),
+        "units": "standard",
+        "format": "json",
+    }
     policy = policy or RetryPolicy()
     body = get_json(retrying_session(policy), settings().noaa_url, params, {}, policy)
     frame = pd.DataFrame([r for r in body if isinstance(r, dict)] if isinstance(body, list) else [])

@@ -2,6 +2,7 @@
 
 Paging is ordered by (crash_date, collision_id): without an order Socrata pages overlap and lose rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ class FetchResult:
     rows: pd.DataFrame  # canonical CSV columns, every value a string ("" when the API left it out)
     malformed: list[dict] = field(default_factory=list)  # records that were not JSON objects
     pages: int = 0
-    complete: bool = False  # True when paging ended on a short page (every row since `since` received)
+    complete: bool = (
+        False  # True when paging ended on a short page (every row since `since` received)
+    )
 
 
 def api_record_to_csv_row(record: dict) -> dict[str, str]:
@@ -42,8 +45,13 @@ def api_record_to_csv_row(record: dict) -> dict[str, str]:
 
 
 class SocrataClient:
-    def __init__(self, page_size: int, max_pages: int, url: str | None = None,
-                 policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        page_size: int,
+        max_pages: int,
+        url: str | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self.url = url or settings().socrata_url
         self.page_size = page_size
         self.max_pages = max_pages
@@ -61,11 +69,17 @@ class SocrataClient:
         malformed: list[dict] = []
         result = FetchResult(rows=pd.DataFrame(columns=CSV_COLUMNS))
         for page in range(self.max_pages):
-            params = {"$where": where, "$order": "crash_date,collision_id",
-                      "$limit": self.page_size, "$offset": page * self.page_size}
+            params = {
+                "$where": where,
+                "$order": "crash_date,collision_id",
+                "$limit": self.page_size,
+                "$offset": page * self.page_size,
+            }
             body = get_json(self.session, self.url, params, self._headers(), self.policy)
             if not isinstance(body, list):
-                raise SourceUnavailable(f"{self.url} page {page} is not a JSON array: {str(body)[:200]}")
+                raise SourceUnavailable(
+                    f"{self.url} page {page} is not a JSON array: {str(body)[:200]}"
+                )
             for record in body:
                 if isinstance(record, dict):
                     rows.append(api_record_to_csv_row(record))
@@ -76,9 +90,16 @@ class SocrataClient:
                 result.complete = True
                 break
         else:
-            log.warning("stopped after max_pages=%d; the newest days stay incomplete", self.max_pages)
+            log.warning(
+                "stopped after max_pages=%d; the newest days stay incomplete", self.max_pages
+            )
         result.rows = pd.DataFrame(rows, columns=CSV_COLUMNS).astype(str)
         result.malformed = malformed
-        log.info("Socrata: %d rows in %d pages since %s (%d malformed records)",
-                 len(rows), result.pages, since, len(malformed))
+        log.info(
+            "Socrata: %d rows in %d pages since %s (%d malformed records)",
+            len(rows),
+            result.pages,
+            since,
+            len(malformed),
+        )
         return result

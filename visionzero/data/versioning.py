@@ -1,4 +1,5 @@
 """DVC versioning of the data folder: `dvc add` + push to the default remote; the md5 is the data version."""
+
 from __future__ import annotations
 
 import logging
@@ -60,5 +61,3 @@ def read_version(data_dir: Path) -> str | None:
         return None
     outs = yaml.safe_load(meta.read_text()).get("outs", [])
     return outs[0]["md5"] if outs else None
-
-

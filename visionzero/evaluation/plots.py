@@ -1,4 +1,5 @@
 """The evaluation report's plots: calibration by block, hit-rate curve, per-borough hit rate."""
+
 from __future__ import annotations
 
 import base64
@@ -19,7 +20,9 @@ def write_plots(report: EvaluationReport, out: Path) -> list[Path]:
     blocks = data["slices"]["block"]
     names = list(blocks["candidate"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(names, [blocks["candidate"][n]["observed_total"] for n in names], "ko-", label="observed")
+    ax.plot(
+        names, [blocks["candidate"][n]["observed_total"] for n in names], "ko-", label="observed"
+    )
     for role in ("candidate", "baseline"):
         ax.plot(names, [blocks[role][n]["predicted_total"] for n in names], "o--", label=role)
     ax.set(title="Calibration: holdout crashes per time block", xlabel="block", ylabel="crashes")
@@ -32,7 +35,11 @@ def write_plots(report: EvaluationReport, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for role in ("candidate", "baseline"):
         ax.plot(curve["k_percent"], curve[role], label=role)
-    ax.set(title="Hit rate: share of crashes in the top k% zone-slots", xlabel="k (%)", ylabel="hit rate")
+    ax.set(
+        title="Hit rate: share of crashes in the top k% zone-slots",
+        xlabel="k (%)",
+        ylabel="hit rate",
+    )
     ax.legend()
     files.append(out / "hit_rate_curve.png")
     fig.savefig(files[-1], dpi=90, bbox_inches="tight")
@@ -43,8 +50,12 @@ def write_plots(report: EvaluationReport, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.4
     for i, role in enumerate(("candidate", "baseline")):
-        ax.bar([x + i * width for x in range(len(names))],
-               [boroughs[role][n]["hit_rate_at_10"] for n in names], width, label=role)
+        ax.bar(
+            [x + i * width for x in range(len(names))],
+            [boroughs[role][n]["hit_rate_at_10"] for n in names],
+            width,
+            label=role,
+        )
     ax.set_xticks([x + width / 2 for x in range(len(names))], names, rotation=20)
     ax.set(title="Hit rate @10% by borough", ylabel="hit rate")
     ax.legend()
@@ -56,17 +67,27 @@ def write_plots(report: EvaluationReport, out: Path) -> list[Path]:
 
 def report_html(report: EvaluationReport, plot_files: list[Path]) -> str:
     """The metrics table and the plots as one self-contained page: ZenML's dashboard shows it."""
-    roles = [("new model", report.candidate), ("production, same holdout", report.production),
-             ("historical average", report.baseline)]
+    roles = [
+        ("new model", report.candidate),
+        ("production, same holdout", report.production),
+        ("historical average", report.baseline),
+    ]
     header = "".join(f"<th>{key}</th>" for key in [*METRIC_KEYS, "predicted/observed"])
     rows = "".join(
-        f"<tr><td>{name}</td>" + "".join(f"<td>{value:.4f}</td>" for value in scores.headline().values())
+        f"<tr><td>{name}</td>"
+        + "".join(f"<td>{value:.4f}</td>" for value in scores.headline().values())
         + f"<td>{scores.calibration_ratio:.3f}</td></tr>"
-        for name, scores in roles if scores is not None)
+        for name, scores in roles
+        if scores is not None
+    )
     images = "".join(
         f'<img alt="{path.stem}" src="data:image/png;base64,'
-        f'{base64.b64encode(path.read_bytes()).decode()}">' for path in plot_files)
+        f'{base64.b64encode(path.read_bytes()).decode()}">'
+        for path in plot_files
+    )
     window = " .. ".join(report.holdout_window)
-    return (f"<html><body><h2>Holdout {window} ({report.holdout_days} complete days, "
-            f"{report.zone_slots:,} zone-slots)</h2><table border='1' cellpadding='4'>"
-            f"<tr><th>model</th>{header}</tr>{rows}</table>{images}</body></html>")
+    return (
+        f"<html><body><h2>Holdout {window} ({report.holdout_days} complete days, "
+        f"{report.zone_slots:,} zone-slots)</h2><table border='1' cellpadding='4'>"
+        f"<tr><th>model</th>{header}</tr>{rows}</table>{images}</body></html>"
+    )

@@ -6,6 +6,7 @@ Day-level signal (weather, holidays, weekday, regime) lives in the volume stage;
 recency-weighted, shrunken history of where and when crashes happen, computed on training days only.
 Saved as XGBoost's native JSON plus a JSON metadata file: never pickle.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,17 @@ class ModelConfig(BaseModel):
     resolution: int = Field(7, ge=0, le=15, description="H3 resolution of a zone (7: ~5 km2)")
     block_hours: int = Field(4, ge=1, le=24, description="length of a time block; divides 24")
     holdout_days: int = Field(90, ge=1, description="the latest complete days held out")
-    share_halflife_days: float = Field(730.0, gt=0, description="recency weight of the share "
-                                       "history: geography and geocoding drift")
-    zone_prior_strength: float = Field(20.0, ge=0, description="pseudo-crashes pulling "
-                                       "P(zone|block) toward P(zone)")
-    daytype_prior_strength: float = Field(50.0, ge=0, description="pseudo-crashes pulling "
-                                          "P(zone|block,daytype) toward P(zone|block)")
+    share_halflife_days: float = Field(
+        730.0,
+        gt=0,
+        description="recency weight of the share history: geography and geocoding drift",
+    )
+    zone_prior_strength: float = Field(
+        20.0, ge=0, description="pseudo-crashes pulling P(zone|block) toward P(zone)"
+    )
+    daytype_prior_strength: float = Field(
+        50.0, ge=0, description="pseudo-crashes pulling P(zone|block,daytype) toward P(zone|block)"
+    )
     seed: int = Field(7, description="random seed of XGBoost and the tuner")
 
     @property
@@ -58,8 +64,9 @@ class Prepared:
     weather: pd.DataFrame
 
 
-def prepare(crashes: pd.DataFrame, complete_days: pd.DataFrame, weather: pd.DataFrame,
-            cfg: ModelConfig) -> Prepared:
+def prepare(
+    crashes: pd.DataFrame, complete_days: pd.DataFrame, weather: pd.DataFrame, cfg: ModelConfig
+) -> Prepared:
     days = pd.DatetimeIndex(complete_days["date"]).normalize().unique().sort_values()
     rows = crashes[crashes["crash_date"].isin(days) & crashes["geocoded"]].copy()
     grain = cfg.grain
@@ -69,8 +76,14 @@ def prepare(crashes: pd.DataFrame, complete_days: pd.DataFrame, weather: pd.Data
     rows.loc[timed, "block"] = grain.block_of_minute(rows.loc[timed, "crash_minute"].to_numpy(int))
     volume = rows.groupby("crash_date").size().reindex(days, fill_value=0)
     day_frame = pd.DataFrame({"date": days, "volume": volume.to_numpy()})
-    slots = (rows[rows["block"] >= 0].groupby(["crash_date", "zone", "block"]).size()
-             .rename("count").reset_index().rename(columns={"crash_date": "date"}))
+    slots = (
+        rows[rows["block"] >= 0]
+        .groupby(["crash_date", "zone", "block"])
+        .size()
+        .rename("count")
+        .reset_index()
+        .rename(columns={"crash_date": "date"})
+    )
     return Prepared(days=day_frame, slots=slots, crashes=rows, weather=weather)
 
 
@@ -82,8 +95,9 @@ def split_days(days: pd.Series, holdout_days: int) -> tuple[pd.DatetimeIndex, pd
     return ordered[:-holdout_days], ordered[-holdout_days:]
 
 
-def volume_features(dates: pd.DatetimeIndex, weather: pd.DataFrame,
-                    clim: dict[str, list[float]]) -> pd.DataFrame:
+def volume_features(
+    dates: pd.DatetimeIndex, weather: pd.DataFrame, clim: dict[str, list[float]]
+) -> pd.DataFrame:
     X, _ = F.day_matrix(F.as_days(dates), F.recorded_weather(dates, weather), clim)
     return pd.DataFrame(X, columns=F.DAY_FEATURES)
 
@@ -116,8 +130,9 @@ class ShareTable:
         p_zb = (zb + k1 * p_z[:, None]) / (zb.sum(axis=0, keepdims=True) + k1)  # [Z, B]
         k2 = cfg.daytype_prior_strength
         p_zbd = (counts + k2 * p_zb[:, :, None]) / (counts.sum(axis=0, keepdims=True) + k2)
-        return cls(zones=zones, p_block=p_block, p_zone=p_zbd,
-                   unknown_zone_share=float(p_zbd.min()))
+        return cls(
+            zones=zones, p_block=p_block, p_zone=p_zbd, unknown_zone_share=float(p_zbd.min())
+        )
 
     def share(self, zone_idx: np.ndarray, block: np.ndarray, dtype: np.ndarray) -> np.ndarray:
         known = zone_idx >= 0
@@ -149,9 +164,14 @@ class CrashRiskModel:
             self._zone_rows = {zone: row for row, zone in enumerate(self.shares.zones)}
         return np.array([self._zone_rows.get(z, -1) for z in zones], dtype=np.int64)
 
-    def expected(self, zones: np.ndarray, dates: object, blocks: np.ndarray,
-                 weather: pd.DataFrame | None = None, item_weather: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def expected(
+        self,
+        zones: np.ndarray,
+        dates: object,
+        blocks: np.ndarray,
+        weather: pd.DataFrame | None = None,
+        item_weather: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Expected crashes per zone-slot and the weather source of each ("request", "record",
         "climatology"). `item_weather` [n, fields] (NaN = not given) overrides recorded weather.
         Vectorised: the volume model runs once per distinct (date, weather)."""
@@ -196,9 +216,13 @@ class CrashRiskModel:
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(directory / VOLUME_FILE)
-        meta = {**self.meta, "zones": self.shares.zones, "p_block": self.shares.p_block.tolist(),
-                "p_zone": self.shares.p_zone.tolist(),
-                "unknown_zone_share": self.shares.unknown_zone_share}
+        meta = {
+            **self.meta,
+            "zones": self.shares.zones,
+            "p_block": self.shares.p_block.tolist(),
+            "p_zone": self.shares.p_zone.tolist(),
+            "unknown_zone_share": self.shares.unknown_zone_share,
+        }
         (directory / META_FILE).write_text(json.dumps(meta))
         return directory
 
@@ -208,40 +232,65 @@ class CrashRiskModel:
         booster.load_model(Path(directory) / VOLUME_FILE)
         booster.set_param({"nthread": 1})
         meta = json.loads((Path(directory) / META_FILE).read_text())
-        shares = ShareTable(zones=meta.pop("zones"), p_block=np.asarray(meta.pop("p_block")),
-                            p_zone=np.asarray(meta.pop("p_zone")),
-                            unknown_zone_share=meta.pop("unknown_zone_share"))
+        shares = ShareTable(
+            zones=meta.pop("zones"),
+            p_block=np.asarray(meta.pop("p_block")),
+            p_zone=np.asarray(meta.pop("p_zone")),
+            unknown_zone_share=meta.pop("unknown_zone_share"),
+        )
         return cls(booster=booster, shares=shares, meta=meta)
 
 
 def zone_slot_grid(zones: list[str], days: pd.DatetimeIndex, grain: Grain) -> pd.DataFrame:
     """Every zone x block x day: the frame models and baselines are scored on (zeros included)."""
-    grid = pd.MultiIndex.from_product([days, zones, range(grain.n_blocks)],
-                                      names=["date", "zone", "block"])
+    grid = pd.MultiIndex.from_product(
+        [days, zones, range(grain.n_blocks)], names=["date", "zone", "block"]
+    )
     return grid.to_frame(index=False)
 
 
-def train(prepared: Prepared, train_days: pd.DatetimeIndex, params: dict, cfg: ModelConfig,
-          data_version: str | None) -> CrashRiskModel:
+def train(
+    prepared: Prepared,
+    train_days: pd.DatetimeIndex,
+    params: dict,
+    cfg: ModelConfig,
+    data_version: str | None,
+) -> CrashRiskModel:
     """Fit both stages on training days only, then fix the level thresholds on training zone-slots."""
     train_weather = prepared.weather[prepared.weather["date"] <= train_days.max()]
     clim = F.climatology(train_weather)
     days = prepared.days[prepared.days["date"].isin(train_days)]
     X = volume_features(pd.DatetimeIndex(days["date"]), train_weather, clim)
-    regressor = xgb.XGBRegressor(objective="count:poisson", random_state=cfg.seed, n_jobs=2, **params)
+    regressor = xgb.XGBRegressor(
+        objective="count:poisson", random_state=cfg.seed, n_jobs=2, **params
+    )
     regressor.fit(X, days["volume"].to_numpy())
     shares = ShareTable.fit(prepared, train_days, cfg)
     grain = cfg.grain
-    model = CrashRiskModel(booster=regressor.get_booster(), shares=shares, meta={
-        "feature_names": list(X.columns), "climatology": clim, "zone_system": "h3",
-        "zone_resolution": grain.resolution, "block_hours": grain.block_hours,
-        "time_blocks": grain.spans,
-        "training_window": [str(train_days.min().date()), str(train_days.max().date())],
-        "training_days": len(train_days), "data_version": data_version, "params": params,
-        "config": cfg.model_dump(), "thresholds": [],
-    })
+    model = CrashRiskModel(
+        booster=regressor.get_booster(),
+        shares=shares,
+        meta={
+            "feature_names": list(X.columns),
+            "climatology": clim,
+            "zone_system": "h3",
+            "zone_resolution": grain.resolution,
+            "block_hours": grain.block_hours,
+            "time_blocks": grain.spans,
+            "training_window": [str(train_days.min().date()), str(train_days.max().date())],
+            "training_days": len(train_days),
+            "data_version": data_version,
+            "params": params,
+            "config": cfg.model_dump(),
+            "thresholds": [],
+        },
+    )
     grid = zone_slot_grid(shares.zones, train_days, grain)
-    expected, _ = model.expected(grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"]),
-                                 grid["block"].to_numpy(), train_weather)
+    expected, _ = model.expected(
+        grid["zone"].to_numpy(),
+        pd.DatetimeIndex(grid["date"]),
+        grid["block"].to_numpy(),
+        train_weather,
+    )
     model.meta["thresholds"] = level_thresholds(expected)
     return model

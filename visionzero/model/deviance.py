@@ -1,4 +1,5 @@
 """The Poisson deviance that tuning (cross-validation score) and evaluation (holdout) both report."""
+
 from __future__ import annotations
 
 import numpy as np

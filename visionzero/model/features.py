@@ -1,5 +1,6 @@
 """Features shared by training and serving: day features, weather with fallbacks (zones and time
 blocks come from the model's Grain)."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -15,8 +16,12 @@ DAY_FEATURES = ["dow", "month", "is_holiday", "year_frac", "doy_sin", "doy_cos",
 
 
 def inside_nyc(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    return ((lat >= NYC_BOX["lat_min"]) & (lat <= NYC_BOX["lat_max"])
-            & (lon >= NYC_BOX["lon_min"]) & (lon <= NYC_BOX["lon_max"]))
+    return (
+        (lat >= NYC_BOX["lat_min"])
+        & (lat <= NYC_BOX["lat_max"])
+        & (lon >= NYC_BOX["lon_min"])
+        & (lon <= NYC_BOX["lon_max"])
+    )
 
 
 def as_days(dates: object) -> np.ndarray:
@@ -55,7 +60,9 @@ def daytype_of(dow: np.ndarray, holiday: np.ndarray) -> np.ndarray:
 
 def climatology(weather: pd.DataFrame) -> dict[str, list[float]]:
     """Monthly means of each weather field: the fallback when neither the request nor a record has weather."""
-    by_month = weather.assign(month=weather["date"].dt.month).groupby("month")[WEATHER_FIELDS].mean()
+    by_month = (
+        weather.assign(month=weather["date"].dt.month).groupby("month")[WEATHER_FIELDS].mean()
+    )
     return {f: [float(by_month.loc[m, f]) for m in range(1, 13)] for f in WEATHER_FIELDS}
 
 
@@ -74,8 +81,9 @@ def recorded_weather(days: np.ndarray, weather: pd.DataFrame | None) -> np.ndarr
     return out
 
 
-def day_matrix(days: np.ndarray, known: np.ndarray, clim: dict[str, list[float]]
-               ) -> tuple[np.ndarray, np.ndarray]:
+def day_matrix(
+    days: np.ndarray, known: np.ndarray, clim: dict[str, list[float]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Day-level features (columns DAY_FEATURES, float32) and whether key weather was filled.
 
     `known` holds weather aligned with `days` (recorded, or given by a request), NaN where unknown; a

@@ -2,6 +2,7 @@
 
 Training, evaluation and serving derive zones and blocks from one Grain so they cannot disagree.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class Grain:
         if not h3.is_valid_cell(cell):
             raise ValueError(f"{zone_id!r} is not an H3 cell")
         if h3.get_resolution(cell) != self.resolution:
-            raise ValueError(f"H3 resolution {h3.get_resolution(cell)}; this model uses "
-                             f"resolution {self.resolution}")
+            raise ValueError(
+                f"H3 resolution {h3.get_resolution(cell)}; this model uses "
+                f"resolution {self.resolution}"
+            )
         return cell

@@ -1,4 +1,5 @@
 """Five risk levels cut on the predicted expected rate at quintiles of the training zone-slots."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 The folds come from sklearn's TimeSeriesSplit over days sorted by date, so every validation fold lies
 after its training fold (keras-tuner's default KFold would shuffle time).
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,12 +16,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import make_scorer
 from sklearn.model_selection import TimeSeriesSplit
 
 from visionzero.model import features as F
-from pydantic import BaseModel, ConfigDict, Field
-
 from visionzero.model.crash_risk import ModelConfig, Prepared, volume_features
 from visionzero.model.deviance import poisson_deviance
 
@@ -42,8 +42,9 @@ class TuningConfig(BaseModel):
     cv_folds: int = Field(4, ge=2, description="TimeSeriesSplit folds over training days")
 
 
-def volume_training_frame(prepared: Prepared, train_days: pd.DatetimeIndex
-                          ) -> tuple[pd.DataFrame, np.ndarray, pd.DatetimeIndex]:
+def volume_training_frame(
+    prepared: Prepared, train_days: pd.DatetimeIndex
+) -> tuple[pd.DataFrame, np.ndarray, pd.DatetimeIndex]:
     """Training days in date order with their features and citywide geocoded volume."""
     days = prepared.days[prepared.days["date"].isin(train_days)].sort_values("date")
     weather = prepared.weather[prepared.weather["date"] <= train_days.max()]
@@ -53,7 +54,9 @@ def volume_training_frame(prepared: Prepared, train_days: pd.DatetimeIndex
 
 def build_regressor(hp: kt.HyperParameters, seed: int) -> xgb.XGBRegressor:
     return xgb.XGBRegressor(
-        objective="count:poisson", random_state=seed, n_jobs=2,
+        objective="count:poisson",
+        random_state=seed,
+        n_jobs=2,
         n_estimators=hp.Int("n_estimators", 50, 600, step=50),
         max_depth=hp.Int("max_depth", 2, 6),
         learning_rate=hp.Float("learning_rate", 0.01, 0.3, sampling="log"),
@@ -66,14 +69,16 @@ def build_regressor(hp: kt.HyperParameters, seed: int) -> xgb.XGBRegressor:
 
 def trial_line(trial_id: str, params: dict, poisson_deviance: float | None) -> str:
     """One log line per trial, in place of keras-tuner's two tables per trial."""
-    values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in params.items())
+    values = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
     score = f"{poisson_deviance:.3f}" if poisson_deviance is not None else "failed"
     return f"trial {trial_id}: CV Poisson deviance {score} | {values}"
 
 
-def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int,
-               directory: Path) -> kt.SklearnTuner:
+def make_tuner(
+    cfg: ModelConfig, max_trials: int, n_splits: int, directory: Path
+) -> kt.SklearnTuner:
     import keras_tuner as kt
 
     class OneLineTuner(kt.SklearnTuner):
@@ -87,24 +92,37 @@ def make_tuner(cfg: ModelConfig, max_trials: int, n_splits: int,
 
     tuner = OneLineTuner(
         oracle=kt.oracles.BayesianOptimizationOracle(
-            objective=kt.Objective("score", "max"), max_trials=max_trials, seed=cfg.seed),
+            objective=kt.Objective("score", "max"), max_trials=max_trials, seed=cfg.seed
+        ),
         hypermodel=lambda hp: build_regressor(hp, cfg.seed),
         scoring=make_scorer(poisson_deviance, greater_is_better=False),
         cv=TimeSeriesSplit(n_splits=n_splits),  # never KFold: it would shuffle time
-        directory=str(directory), project_name="volume", overwrite=True,
+        directory=str(directory),
+        project_name="volume",
+        overwrite=True,
     )
     tuner.oracle.verbose = 0  # SklearnTuner.run_trial takes no `verbose`: search() cannot pass it
     return tuner
 
 
-def search(prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, tuning: TuningConfig,
-           directory: Path) -> tuple[dict, list[dict]]:
+def search(
+    prepared: Prepared,
+    train_days: pd.DatetimeIndex,
+    cfg: ModelConfig,
+    tuning: TuningConfig,
+    directory: Path,
+) -> tuple[dict, list[dict]]:
     """Best parameters and every trial (parameters, mean neg. Poisson deviance over folds)."""
     X, y, _ = volume_training_frame(prepared, train_days)
     tuner = make_tuner(cfg, tuning.max_trials, tuning.cv_folds, directory)
     tuner.search(X.to_numpy(dtype=np.float32), y)
-    trials = [{"trial_id": t.trial_id, "params": dict(t.hyperparameters.values),
-               "poisson_deviance": -float(t.score) if t.score is not None else None}
-              for t in tuner.oracle.trials.values()]
+    trials = [
+        {
+            "trial_id": t.trial_id,
+            "params": dict(t.hyperparameters.values),
+            "poisson_deviance": -float(t.score) if t.score is not None else None,
+        }
+        for t in tuner.oracle.trials.values()
+    ]
     best = dict(tuner.oracle.get_best_trials(1)[0].hyperparameters.values)
     return best, trials

@@ -1,4 +1,5 @@
 """--offline: make any attempt to open a non-loopback connection fail loudly instead of reaching out."""
+
 from __future__ import annotations
 
 import socket
@@ -11,7 +12,11 @@ def forbid_network() -> None:
 
     def guarded(self: socket.socket, address) -> None:  # type: ignore[no-untyped-def]
         host = address[0] if isinstance(address, tuple) else str(address)
-        if isinstance(host, str) and not host.startswith(_LOOPBACK) and self.family != socket.AF_UNIX:
+        if (
+            isinstance(host, str)
+            and not host.startswith(_LOOPBACK)
+            and self.family != socket.AF_UNIX
+        ):
             raise ConnectionRefusedError(f"--offline: refused a connection to {host}")
         return original(self, address)
 

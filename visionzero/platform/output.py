@@ -2,6 +2,7 @@
 
 Run before ZenML or MLflow is imported: both read these settings when they load.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,14 +15,20 @@ from visionzero.platform.settings import settings
 # notices are dropped; every other warning and error of those loggers still shows.
 HARMLESS_NOTICES: tuple[tuple[str, str], ...] = (
     # MLflow 3 has no fastai flavour any more, so there is no fastai autologging to switch off.
-    ("zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker",
-     "Failed to disable MLflow autologging for the following frameworks: ['fastai']."),
+    (
+        "zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker",
+        "Failed to disable MLflow autologging for the following frameworks: ['fastai'].",
+    ),
     # The open-source dashboard has no Models page; the README says where model versions are.
-    ("zenml.orchestrators.step_run_utils",
-     "Models can be viewed in the dashboard using ZenML Pro."),
+    (
+        "zenml.orchestrators.step_run_utils",
+        "Models can be viewed in the dashboard using ZenML Pro.",
+    ),
     # Advice to run `zenml login --local`: here it is `python run.py dashboard`.
-    ("zenml.pipelines.pipeline_definition",
-     "You can visualize your pipeline runs in the `ZenML Dashboard`."),
+    (
+        "zenml.pipelines.pipeline_definition",
+        "You can visualize your pipeline runs in the `ZenML Dashboard`.",
+    ),
     # A new store starts on the default stack; ensure_stack() activates the project's right after.
     ("zenml.zen_stores.base_zen_store", "Setting the global active stack to default."),
 )

@@ -1,4 +1,5 @@
 """The Model Control Plane view: which model versions hold the production and staging stages."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,8 +51,12 @@ def register_mlflow_version(run_id: str, artifact_uri: str, zenml_version: int) 
         client.get_registered_model(MODEL_NAME)
     except Exception:  # noqa: BLE001 - MLflow raises its own exception for a missing model
         client.create_registered_model(MODEL_NAME)
-    version = client.create_model_version(MODEL_NAME, source=artifact_uri, run_id=run_id,
-                                          tags={"zenml_model_version": str(zenml_version)})
+    version = client.create_model_version(
+        MODEL_NAME,
+        source=artifact_uri,
+        run_id=run_id,
+        tags={"zenml_model_version": str(zenml_version)},
+    )
     return version.version
 
 
@@ -72,6 +77,12 @@ def set_stage(version_id: Any, stage: str) -> None:
 
 def describe(version: Any) -> dict:
     meta = version.run_metadata
-    return {"version": version.number, "name": version.name, "stage": str(version.stage),
-            "metrics": meta.get("metrics"), "baseline_metrics": meta.get("baseline_metrics"),
-            "data_version": meta.get("data_version"), "training_window": meta.get("training_window")}
+    return {
+        "version": version.number,
+        "name": version.name,
+        "stage": str(version.stage),
+        "metrics": meta.get("metrics"),
+        "baseline_metrics": meta.get("baseline_metrics"),
+        "data_version": meta.get("data_version"),
+        "training_window": meta.get("training_window"),
+    }

@@ -4,6 +4,7 @@ Nothing is required: with no configuration every store lives in the git-ignored 
 repository. Tests point VZ_HOME and VZ_DATA_DIR at temporary folders so they never touch a user's
 stores. The README's configuration table is generated from this class (`environment_table`).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,48 +27,69 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    vz_home: Path = Field(REPO_ROOT / ".vz", description="project state: ZenML store, MLflow store "
-                          "(SQLite), Bento store, DVC remote, deployment state, alert outbox")
-    vz_data_dir: Path = Field(REPO_ROOT / "data",
-                              description="the versioned dataset (Parquet), tracked by `data.dvc`")
-    zenml_config_path: Path | None = Field(None, description="ZenML's client configuration and local "
-                                           "store (default `$VZ_HOME/zenml`)")
-    zenml_store_url: str | None = Field(None, description="a ZenML server instead of the local store")
+    vz_home: Path = Field(
+        REPO_ROOT / ".vz",
+        description="project state: ZenML store, MLflow store "
+        "(SQLite), Bento store, DVC remote, deployment state, alert outbox",
+    )
+    vz_data_dir: Path = Field(
+        REPO_ROOT / "data", description="the versioned dataset (Parquet), tracked by `data.dvc`"
+    )
+    zenml_config_path: Path | None = Field(
+        None, description="ZenML's client configuration and local store (default `$VZ_HOME/zenml`)"
+    )
+    zenml_store_url: str | None = Field(
+        None, description="a ZenML server instead of the local store"
+    )
     zenml_store_api_key: SecretStr | None = Field(None, description="API key for that ZenML server")
     mlflow_tracking_uri: str | None = Field(
-        None, description="an MLflow server instead of the local SQLite store under the ZenML store; "
-        "read when the stack is first registered")
+        None,
+        description="an MLflow server instead of the local SQLite store under the ZenML store; "
+        "read when the stack is first registered",
+    )
     mlflow_tracking_username: str | None = Field(None, description="MLflow server user")
     mlflow_tracking_password: SecretStr | None = Field(None, description="MLflow server password")
     mlflow_tracking_token: SecretStr | None = Field(None, description="MLflow server token")
-    bentoml_home: Path | None = Field(None, description="the Bento and model store "
-                                      "(default `$VZ_HOME/bentoml`)")
+    bentoml_home: Path | None = Field(
+        None, description="the Bento and model store (default `$VZ_HOME/bentoml`)"
+    )
     socrata_url: str = Field(SOCRATA_DEFAULT_URL, description="where the loader fetches crashes")
-    socrata_app_token: SecretStr | None = Field(None, description="sent as `X-App-Token` to NYC "
-                                                "Open Data")
+    socrata_app_token: SecretStr | None = Field(
+        None, description="sent as `X-App-Token` to NYC Open Data"
+    )
     noaa_url: str = Field(NOAA_DEFAULT_URL, description="where the loader fetches weather")
     discord_webhook_url: SecretStr | None = Field(
-        None, description="Discord webhook for deploy decisions, promote, rollback and pipeline "
-        "failures; unset, alerts are printed and appended to `$VZ_HOME/outbox.jsonl`")
+        None,
+        description="Discord webhook for deploy decisions, promote, rollback and pipeline "
+        "failures; unset, alerts are printed and appended to `$VZ_HOME/outbox.jsonl`",
+    )
     vz_deploy_target: Literal["local", "kubernetes"] = Field(
-        "local", description="`kubernetes`: render manifests, containerize and push, "
-        "`kubectl apply`")
-    vz_registry: str = Field("localhost:5000/visionzero",
-                             description="container registry for the Bento images")
-    kubeconfig: str | None = Field(None, description="cluster to apply to (with "
-                                   "`VZ_DEPLOY_TARGET=kubernetes`)")
+        "local",
+        description="`kubernetes`: render manifests, containerize and push, `kubectl apply`",
+    )
+    vz_registry: str = Field(
+        "localhost:5000/visionzero", description="container registry for the Bento images"
+    )
+    kubeconfig: str | None = Field(
+        None, description="cluster to apply to (with `VZ_DEPLOY_TARGET=kubernetes`)"
+    )
     vz_k8s_namespace: str = Field("visionzero", description="namespace of the manifests")
     vz_k8s_host: str = Field("crash-risk.example.org", description="host of the Ingress and route")
     vz_k8s_gateway: str = Field("public-gateway", description="Gateway API parent of the route")
     vz_stage: Literal["production", "staging"] = Field(
-        "production", description="role of one Bento process (set by `serve` and the manifests)")
+        "production", description="role of one Bento process (set by `serve` and the manifests)"
+    )
     vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
     vz_access_log: bool = Field(False, description="BentoML access log")
     vz_metrics: bool = Field(True, description="Prometheus `/metrics`")
-    no_color: str | None = Field(None, description="any value: no colour codes in the output "
-                                 "(no-color.org); off a terminal there are none anyway")
-    vz_tracing: bool = Field(False, description="OpenTelemetry tracing of `/predict` (costs "
-                             "throughput: see Serving)")
+    no_color: str | None = Field(
+        None,
+        description="any value: no colour codes in the output "
+        "(no-color.org); off a terminal there are none anyway",
+    )
+    vz_tracing: bool = Field(
+        False, description="OpenTelemetry tracing of `/predict` (costs throughput: see Serving)"
+    )
 
 
 def settings() -> Settings:

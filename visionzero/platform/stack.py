@@ -3,8 +3,8 @@
 With ZENML_STORE_URL set ZenML talks to a ZenML server instead of the local store; with
 MLFLOW_TRACKING_URI set the tracker logs to that MLflow server instead of the local SQLite store.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 from pydantic import SecretStr
 
@@ -17,12 +17,17 @@ TRACKER_NAME = "visionzero_mlflow"
 def _tracker_configuration() -> dict[str, str]:
     """The MLflow server the settings name, if any; otherwise ZenML's local store."""
     current = settings()
-    values = {"tracking_uri": current.mlflow_tracking_uri,
-              "tracking_username": current.mlflow_tracking_username,
-              "tracking_password": current.mlflow_tracking_password,
-              "tracking_token": current.mlflow_tracking_token}
-    return {key: value.get_secret_value() if isinstance(value, SecretStr) else value
-            for key, value in values.items() if value}
+    values = {
+        "tracking_uri": current.mlflow_tracking_uri,
+        "tracking_username": current.mlflow_tracking_username,
+        "tracking_password": current.mlflow_tracking_password,
+        "tracking_token": current.mlflow_tracking_token,
+    }
+    return {
+        key: value.get_secret_value() if isinstance(value, SecretStr) else value
+        for key, value in values.items()
+        if value
+    }
 
 
 def ensure_local_server() -> None:
@@ -47,9 +52,15 @@ def ensure_local_server() -> None:
         sock.settimeout(1)
         if sock.connect_ex((url.hostname, url.port or 80)) == 0:
             return
-    print(f"The local ZenML server at {url.geturl()} is not running: starting it again", file=sys.stderr)
-    subprocess.run([str(Path(sys.executable).parent / "zenml"), "login", "--local", "--port", str(url.port)],
-                   check=True, capture_output=True)
+    print(
+        f"The local ZenML server at {url.geturl()} is not running: starting it again",
+        file=sys.stderr,
+    )
+    subprocess.run(
+        [str(Path(sys.executable).parent / "zenml"), "login", "--local", "--port", str(url.port)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def ensure_stack() -> None:
@@ -57,18 +68,28 @@ def ensure_stack() -> None:
     from zenml.enums import StackComponentType
 
     client = Client()
-    components = {c.name for c in client.list_stack_components(
-        type=StackComponentType.EXPERIMENT_TRACKER, size=100).items}
+    components = {
+        c.name
+        for c in client.list_stack_components(
+            type=StackComponentType.EXPERIMENT_TRACKER, size=100
+        ).items
+    }
     if TRACKER_NAME not in components:
-        client.create_stack_component(name=TRACKER_NAME, flavor="mlflow",
-                                      component_type=StackComponentType.EXPERIMENT_TRACKER,
-                                      configuration=_tracker_configuration())
+        client.create_stack_component(
+            name=TRACKER_NAME,
+            flavor="mlflow",
+            component_type=StackComponentType.EXPERIMENT_TRACKER,
+            configuration=_tracker_configuration(),
+        )
     stacks = {s.name for s in client.list_stacks(size=100).items}
     if STACK_NAME not in stacks:
-        client.create_stack(name=STACK_NAME, components={
-            StackComponentType.ORCHESTRATOR: "default",
-            StackComponentType.ARTIFACT_STORE: "default",
-            StackComponentType.EXPERIMENT_TRACKER: TRACKER_NAME,
-        })
+        client.create_stack(
+            name=STACK_NAME,
+            components={
+                StackComponentType.ORCHESTRATOR: "default",
+                StackComponentType.ARTIFACT_STORE: "default",
+                StackComponentType.EXPERIMENT_TRACKER: TRACKER_NAME,
+            },
+        )
     if client.active_stack_model.name != STACK_NAME:
         client.activate_stack(STACK_NAME)

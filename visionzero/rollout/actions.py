@@ -1,4 +1,5 @@
 """Deploy, promote and roll back: state first (atomic), then the target, then ZenML stages and MLflow aliases."""
+
 from __future__ import annotations
 
 import logging
@@ -7,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from visionzero.platform.settings import paths, settings
 from visionzero.rollout import deployment_state as deployment
 from visionzero.rollout import kubernetes
-from visionzero.platform.settings import paths, settings
 from visionzero.serving.bento_build import Release
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ def roll_out(state: dict, target: str) -> dict:
         if state.get(stage):
             try:
                 result[f"{stage}_images"] = kubernetes.containerize_and_push(
-                    state[stage], settings().vz_registry)
+                    state[stage], settings().vz_registry
+                )
             except (kubernetes.NoContainerEngine, subprocess.CalledProcessError, OSError) as exc:
                 result["images_error"] = str(exc)
                 break
@@ -51,13 +53,20 @@ def roll_out(state: dict, target: str) -> dict:
 def deploy(action: str, release: Release | None, target: str) -> Deployment:
     """Record the decision in the deployment state, then roll the state out on the target."""
     with deployment.locked_state() as state:
-        changed = (deployment.apply_decision(state, action, release.model_dump())
-                   if release is not None else "none")
+        changed = (
+            deployment.apply_decision(state, action, release.model_dump())
+            if release is not None
+            else "none"
+        )
         snapshot = dict(state)
     if changed == "none" or release is None:
         return Deployment(changed="none", summary="no change", state=snapshot)
-    return Deployment(changed=changed, state=snapshot, rollout=roll_out(snapshot, target),
-                      summary=f"{changed}: model {release.model_version} ({release.bento_tag})")
+    return Deployment(
+        changed=changed,
+        state=snapshot,
+        rollout=roll_out(snapshot, target),
+        summary=f"{changed}: model {release.model_version} ({release.bento_tag})",
+    )
 
 
 def sync_registry_stages(state: dict) -> None:
@@ -77,10 +86,16 @@ def promote_or_rollback(kind: str, target: str = "local") -> dict:
         release = (deployment.promote if kind == "promote" else deployment.rollback)(state)
         snapshot = dict(state)
     if release is None:
-        return {"changed": False, "state": snapshot,
-                "summary": f"{kind}: nothing to do (no {'staging' if kind == 'promote' else 'previous production'})"}
-    result = {"changed": True, "state": snapshot,
-              "summary": f"{kind}: model {release['model_version']} now serves 100% as production"}
+        return {
+            "changed": False,
+            "state": snapshot,
+            "summary": f"{kind}: nothing to do (no {'staging' if kind == 'promote' else 'previous production'})",
+        }
+    result = {
+        "changed": True,
+        "state": snapshot,
+        "summary": f"{kind}: model {release['model_version']} now serves 100% as production",
+    }
     try:
         sync_registry_stages(snapshot)
     except Exception as exc:  # noqa: BLE001 - the deployment state is already the truth
@@ -88,5 +103,3 @@ def promote_or_rollback(kind: str, target: str = "local") -> dict:
         log.warning("%s: registry stages not updated (%s)", kind, exc)
     result["rollout"] = roll_out(snapshot, target)
     return result
-
-

@@ -4,14 +4,15 @@ DISCORD_WEBHOOK_URL comes from the environment only. Unset, the message is print
 local outbox; a failing webhook is retried within bounds, then written to the outbox too. An alert never
 raises: a broken webhook must not fail or roll back a deployment.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 import requests
 from discord_webhook import DiscordEmbed, DiscordWebhook
@@ -19,8 +20,14 @@ from discord_webhook import DiscordEmbed, DiscordWebhook
 from visionzero.platform.settings import paths, settings
 
 log = logging.getLogger(__name__)
-COLORS = {"production": "2ecc71", "staging": "f1c40f", "none": "95a5a6", "promote": "3498db",
-          "rollback": "e67e22", "failure": "e74c3c"}
+COLORS = {
+    "production": "2ecc71",
+    "staging": "f1c40f",
+    "none": "95a5a6",
+    "promote": "3498db",
+    "rollback": "e67e22",
+    "failure": "e74c3c",
+}
 
 
 @dataclass(frozen=True)
@@ -30,17 +37,28 @@ class DeliveryPolicy:
     max_retry_after_seconds: float = 10.0  # honour Discord's retry_after, but never wait longer
 
 
-def build_message(kind: str, title: str, fields: dict[str, object], reasons: list[str] | None = None
-                  ) -> dict:
+def build_message(
+    kind: str, title: str, fields: dict[str, object], reasons: list[str] | None = None
+) -> dict:
     """The alert as plain data: what the embed shows and what the outbox stores."""
-    return {"kind": kind, "title": title, "fields": {k: str(v) for k, v in fields.items()},
-            "reasons": reasons or [], "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "kind": kind,
+        "title": title,
+        "fields": {k: str(v) for k, v in fields.items()},
+        "reasons": reasons or [],
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _webhook(url: str, message: dict, timeout: float) -> DiscordWebhook:
-    hook = DiscordWebhook(url=url, username="Vision Zero Risk", timeout=timeout, rate_limit_retry=False)
-    embed = DiscordEmbed(title=message["title"][:256], color=COLORS.get(message["kind"], "95a5a6"),
-                         description="\n".join(f"- {r}" for r in message["reasons"])[:4000])
+    hook = DiscordWebhook(
+        url=url, username="Vision Zero Risk", timeout=timeout, rate_limit_retry=False
+    )
+    embed = DiscordEmbed(
+        title=message["title"][:256],
+        color=COLORS.get(message["kind"], "95a5a6"),
+        description="\n".join(f"- {r}" for r in message["reasons"])[:4000],
+    )
     for name, value in list(message["fields"].items())[:25]:
         embed.add_embed_field(name=name[:256], value=value[:1024] or "-", inline=True)
     embed.set_timestamp()
@@ -62,8 +80,11 @@ def _append_outbox(message: dict, delivery: str) -> None:
         handle.write(json.dumps({**message, "delivery": delivery}) + "\n")
 
 
-def send(message: dict, policy: DeliveryPolicy = DeliveryPolicy(),
-         sleep: Callable[[float], None] = time.sleep) -> str:
+def send(
+    message: dict,
+    policy: DeliveryPolicy = DeliveryPolicy(),
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
     """Deliver the alert; returns "sent", "outbox" (no webhook configured) or "failed: ..."."""
     secret = settings().discord_webhook_url
     if secret is None:

@@ -3,6 +3,7 @@
 One JSON file, written atomically (temp file + rename) under an exclusive lock; both the local canary and
 the Kubernetes manifests render from it, so it is the single source of truth for what serves traffic.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,14 @@ from filelock import FileLock
 from visionzero.platform.settings import paths
 
 CANARY_WEIGHT = 50  # percent of traffic staging takes, locally and in Kubernetes
-EMPTY_STATE = {"production": None, "staging": None, "previous_production": None,
-               "canary_weight": CANARY_WEIGHT, "updated_at": None, "history": []}
+EMPTY_STATE = {
+    "production": None,
+    "staging": None,
+    "previous_production": None,
+    "canary_weight": CANARY_WEIGHT,
+    "updated_at": None,
+    "history": [],
+}
 
 
 def state_path() -> Path:
@@ -60,7 +67,8 @@ def locked_state(path: Path | None = None) -> Iterator[dict]:
 
 def _event(state: dict, event: str, **details: object) -> None:
     state["history"] = (state.get("history") or [])[-49:] + [
-        {"event": event, "at": datetime.now(UTC).isoformat(timespec="seconds"), **details}]
+        {"event": event, "at": datetime.now(UTC).isoformat(timespec="seconds"), **details}
+    ]
 
 
 def apply_decision(state: dict, action: str, release: dict) -> str:
@@ -69,7 +77,10 @@ def apply_decision(state: dict, action: str, release: dict) -> str:
         if state["production"] and state["production"]["model_tag"] == release["model_tag"]:
             return "none"
         state["previous_production"], state["production"], state["staging"] = (
-            state["production"], release, None)
+            state["production"],
+            release,
+            None,
+        )
     elif action == "staging":
         state["staging"] = release
     else:
@@ -83,7 +94,10 @@ def promote(state: dict) -> dict | None:
     if not state["staging"]:
         return None
     state["previous_production"], state["production"], state["staging"] = (
-        state["production"], state["staging"], None)
+        state["production"],
+        state["staging"],
+        None,
+    )
     _event(state, "promote", model_version=state["production"]["model_version"])
     return state["production"]
 
@@ -93,7 +107,10 @@ def rollback(state: dict) -> dict | None:
     previous production but a canary, the canary is dropped. None when there is nothing to undo."""
     if state["previous_production"]:
         state["production"], state["previous_production"], state["staging"] = (
-            state["previous_production"], None, None)
+            state["previous_production"],
+            None,
+            None,
+        )
     elif state["staging"]:
         state["staging"] = None
     else:

@@ -3,6 +3,7 @@
 What Yatai did for BentoML <= 1.1, with plain manifests: production and staging Deployments of the Bento
 images, an ingress-nginx canary Ingress and, as its replacement, a Gateway API HTTPRoute, both 50/50.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -24,8 +25,12 @@ class NoContainerEngine(RuntimeError):
 
 def template_values() -> dict[str, str]:
     current = settings()
-    return {"NAMESPACE": current.vz_k8s_namespace, "HOST": current.vz_k8s_host,
-            "GATEWAY": current.vz_k8s_gateway, "REGISTRY": current.vz_registry}
+    return {
+        "NAMESPACE": current.vz_k8s_namespace,
+        "HOST": current.vz_k8s_host,
+        "GATEWAY": current.vz_k8s_gateway,
+        "REGISTRY": current.vz_registry,
+    }
 
 
 def image_for(bento_tag: str, registry: str, arch: str = "") -> str:
@@ -50,8 +55,12 @@ def render(state: dict, out_dir: Path) -> list[Path]:
         release = state.get(stage)
         if not release:
             continue
-        values = {**base, "STAGE": stage, "MODEL_VERSION": str(release["model_version"]),
-                  "IMAGE": image_for(release["bento_tag"], conf["REGISTRY"])}
+        values = {
+            **base,
+            "STAGE": stage,
+            "MODEL_VERSION": str(release["model_version"]),
+            "IMAGE": image_for(release["bento_tag"], conf["REGISTRY"]),
+        }
         for template in PER_STAGE:
             docs += [(f"{template[:-5]}-{stage}", d) for d in _render(template, values)]
     docs += [("networkpolicy", d) for d in _render("networkpolicy.yaml", base)]
@@ -60,8 +69,8 @@ def render(state: dict, out_dir: Path) -> list[Path]:
         docs += [("ingress-canary", d) for d in _render("ingress-canary.yaml", base)]
     route = _render("httproute.yaml", base)[0]
     route["spec"]["rules"][0]["backendRefs"] = [
-        {"name": "crash-risk-production", "port": 80, "weight": 100 - weight}] + (
-        [{"name": "crash-risk-staging", "port": 80, "weight": weight}] if weight else [])
+        {"name": "crash-risk-production", "port": 80, "weight": 100 - weight}
+    ] + ([{"name": "crash-risk-staging", "port": 80, "weight": weight}] if weight else [])
     docs.append(("httproute", route))
 
     if out_dir.exists():
@@ -84,13 +93,20 @@ def docker_available() -> bool:
 def containerize_and_push(release: dict, registry: str) -> dict[str, str]:
     """`bentoml containerize` both Bentos for their platforms, tag and push them to the registry."""
     if not docker_available():
-        raise NoContainerEngine("no Docker engine answers `docker info`: images were not built; the "
-                                "rendered manifests are ready to apply once they are pushed")
+        raise NoContainerEngine(
+            "no Docker engine answers `docker info`: images were not built; the "
+            "rendered manifests are ready to apply once they are pushed"
+        )
     images = {}
-    for key, platform, suffix in (("bento_tag", "linux/amd64", ""), ("arm64_bento_tag", "linux/arm64", "-arm64")):
+    for key, platform, suffix in (
+        ("bento_tag", "linux/amd64", ""),
+        ("arm64_bento_tag", "linux/arm64", "-arm64"),
+    ):
         image = image_for(release[key], registry, suffix)
-        subprocess.run(["bentoml", "containerize", release[key], "--platform", platform, "-t", image],
-                       check=True)
+        subprocess.run(
+            ["bentoml", "containerize", release[key], "--platform", platform, "-t", image],
+            check=True,
+        )
         subprocess.run(["docker", "push", image], check=True)
         images[platform] = image
     return images
@@ -102,8 +118,9 @@ def apply(manifest_dir: Path) -> str:
         raise RuntimeError("KUBECONFIG is not set: manifests rendered but not applied")
     if not shutil.which("kubectl"):
         raise RuntimeError("kubectl is not installed: manifests rendered but not applied")
-    out = subprocess.run(["kubectl", "apply", "-f", str(manifest_dir)], check=False,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["kubectl", "apply", "-f", str(manifest_dir)], check=False, capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(f"kubectl apply failed: {out.stderr[-1000:]}")
     return out.stdout

@@ -4,6 +4,7 @@ nginx splits requests with the deployment state's canary weight (the same 50 as 
 and runs in the foreground as our child, so stopping `serve` stops everything it started. The state file
 is polled: after `promote` or `rollback` the new backends start, nginx reloads, the old ones stop.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,13 @@ import jinja2
 from visionzero.rollout.deployment_state import CANARY_WEIGHT, read_state
 
 NGINX_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("visionzero.rollout"), undefined=jinja2.StrictUndefined,
-    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    loader=jinja2.PackageLoader("visionzero.rollout"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
 
 
 def free_port() -> int:
@@ -34,9 +40,13 @@ def free_port() -> int:
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if not found:
-        raise RuntimeError("nginx is not installed: run `make system-deps` (Debian: apt-get install nginx-light)")
+        raise RuntimeError(
+            "nginx is not installed: run `make system-deps` (Debian: apt-get install nginx-light)"
+        )
     return found
 
 
@@ -70,16 +80,24 @@ class Backend:
 
 
 def wanted(state: dict) -> dict[str, tuple[str, str, str]]:
-    return {stage: (stage, state[stage]["bento_tag"], state[stage]["model_tag"])
-            for stage in ("production", "staging") if state.get(stage)}
+    return {
+        stage: (stage, state[stage]["bento_tag"], state[stage]["model_tag"])
+        for stage in ("production", "staging")
+        if state.get(stage)
+    }
 
 
-def render_nginx_canary(upstreams: dict[str, str], weight: int, listen: str,
-                        workdir: Path | None = None) -> str:
+def render_nginx_canary(
+    upstreams: dict[str, str], weight: int, listen: str, workdir: Path | None = None
+) -> str:
     """The canary template; a whole config with `workdir`, else a conf.d file (compose)."""
     return NGINX_TEMPLATES.get_template("nginx_canary.conf.j2").render(
-        upstreams=upstreams, weight=weight, listen=listen, workdir=workdir,
-        run_as_root=os.geteuid() == 0)
+        upstreams=upstreams,
+        weight=weight,
+        listen=listen,
+        workdir=workdir,
+        run_as_root=os.geteuid() == 0,
+    )
 
 
 def nginx_conf(port: int, backends: dict[str, Backend], weight: int, workdir: Path) -> str:
@@ -95,7 +113,9 @@ def render_container_nginx_conf() -> str:
 
 
 class LocalCanary:
-    def __init__(self, port: int, state_path: Path, workdir: Path, ready_timeout: float = 120.0) -> None:
+    def __init__(
+        self, port: int, state_path: Path, workdir: Path, ready_timeout: float = 120.0
+    ) -> None:
         self.port = port
         self.state_path = state_path
         self.workdir = workdir
@@ -110,16 +130,33 @@ class LocalCanary:
         env = {**os.environ, "VZ_STAGE": stage, "BENTOML_DO_NOT_TRACK": "true"}
         with open(self.workdir / f"{stage}-{port}.log", "w") as log:  # the child keeps its own copy
             process = subprocess.Popen(
-                [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", "127.0.0.1",
-                 "--port", str(port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "bentoml",
+                    "serve",
+                    bento_tag,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return Backend(stage, bento_tag, model_tag, port, process)
 
     def _wait_ready(self, backend: Backend) -> None:
         try:
-            wait_http(f"http://127.0.0.1:{backend.port}/readyz", self.ready_timeout, backend.process)
+            wait_http(
+                f"http://127.0.0.1:{backend.port}/readyz", self.ready_timeout, backend.process
+            )
         except RuntimeError as exc:
-            raise RuntimeError(f"{backend.stage} server: {exc}; see {self.workdir}/{backend.stage}-{backend.port}.log") from exc
+            raise RuntimeError(
+                f"{backend.stage} server: {exc}; see {self.workdir}/{backend.stage}-{backend.port}.log"
+            ) from exc
 
     @staticmethod
     def _stop(process: subprocess.Popen) -> None:
@@ -144,16 +181,28 @@ class LocalCanary:
             raise RuntimeError("no production model in the deployment state: run `make run` first")
         target = wanted(state)
         current = {stage: b.key for stage, b in self.backends.items()}
-        fresh = {stage: self._start_backend(key) for stage, key in target.items() if current.get(stage) != key}
+        fresh = {
+            stage: self._start_backend(key)
+            for stage, key in target.items()
+            if current.get(stage) != key
+        }
         for backend in fresh.values():
             self._wait_ready(backend)
         retired = [b for stage, b in self.backends.items() if stage not in target or stage in fresh]
         self.backends = {stage: fresh.get(stage) or self.backends[stage] for stage in target}
         conf = self.workdir / "nginx.conf"
-        conf.write_text(nginx_conf(self.port, self.backends, int(state.get("canary_weight", CANARY_WEIGHT)), self.workdir))
+        conf.write_text(
+            nginx_conf(
+                self.port,
+                self.backends,
+                int(state.get("canary_weight", CANARY_WEIGHT)),
+                self.workdir,
+            )
+        )
         if self.nginx is None:
-            self.nginx = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(self.workdir)],
-                                          start_new_session=True)
+            self.nginx = subprocess.Popen(
+                [nginx_binary(), "-c", str(conf), "-p", str(self.workdir)], start_new_session=True
+            )
         else:
             self.nginx.send_signal(signal.SIGHUP)
             time.sleep(0.5)  # let the new nginx workers take over before the old backends go
@@ -168,8 +217,10 @@ class LocalCanary:
         self.reconcile()
 
     def describe(self) -> dict:
-        return {stage: {"port": b.port, "bento": b.bento_tag, "model": b.model_tag}
-                for stage, b in self.backends.items()}
+        return {
+            stage: {"port": b.port, "bento": b.bento_tag, "model": b.model_tag}
+            for stage, b in self.backends.items()
+        }
 
     def watch(self, interval: float = 1.0) -> None:
         while self.nginx is not None and self.nginx.poll() is None:

@@ -1,4 +1,5 @@
 """Put a trained model into the BentoML store and build the server and Raspberry Pi Bentos around it."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ class Release(BaseModel):
     arm64_bento_tag: str
 
 
-def save_model(model_dir: Path, model_version: int, metrics: dict | None, data_version: str | None) -> str:
+def save_model(
+    model_dir: Path, model_version: int, metrics: dict | None, data_version: str | None
+) -> str:
     """Copy the native-format model into the Bento store; returns the model tag."""
     import bentoml
 
@@ -44,7 +47,9 @@ def build_bento(model_tag: str, bentofile: str, platform: str | None = None) -> 
     import bentoml
 
     bento = bentoml.bentos.build_bentofile(
-        str(REPO_ROOT / bentofile), build_ctx=str(REPO_ROOT), platform=platform,
+        str(REPO_ROOT / bentofile),
+        build_ctx=str(REPO_ROOT),
+        platform=platform,
         args={"model_tag": model_tag},
         reload=True,  # re-import service.py: its model reference is read from the arguments at import
     )

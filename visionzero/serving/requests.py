@@ -1,5 +1,6 @@
 """Request validation and vectorised prediction for the HTTP services (BentoML, and the benchmark's
 plain FastAPI reference): both call `predict_items` so they compute exactly the same thing."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,14 @@ from visionzero.model.levels import RISK_LEVELS, p_at_least_one
 
 MAX_ITEMS = 10_000
 # Request field -> model weather field (units as NOAA GHCN-Daily: inches, deg F, mph).
-WEATHER_REQUEST_FIELDS = {"precipitation": "prcp", "snow": "snow", "snow_depth": "snwd",
-                          "temperature_max": "tmax", "temperature_min": "tmin", "wind": "awnd"}
+WEATHER_REQUEST_FIELDS = {
+    "precipitation": "prcp",
+    "snow": "snow",
+    "snow_depth": "snwd",
+    "temperature_max": "tmax",
+    "temperature_min": "tmin",
+    "wind": "awnd",
+}
 
 
 class Item(BaseModel):
@@ -64,13 +71,21 @@ def _zones(items: list[Item], model: CrashRiskModel) -> np.ndarray:
     given = [it.zone for it in items]
     has_zone = np.array([z is not None for z in given])
     has_point = ~np.isnan(lat) & ~np.isnan(lon)
-    _fail(np.flatnonzero(~has_zone & ~has_point), "latitude",
-          "give latitude and longitude, or zone")
-    _fail(np.flatnonzero(~has_zone & (np.isnan(lat) != np.isnan(lon))), "longitude",
-          "latitude and longitude go together")
+    _fail(
+        np.flatnonzero(~has_zone & ~has_point), "latitude", "give latitude and longitude, or zone"
+    )
+    _fail(
+        np.flatnonzero(~has_zone & (np.isnan(lat) != np.isnan(lon))),
+        "longitude",
+        "latitude and longitude go together",
+    )
     outside = has_point & ~has_zone & ~F.inside_nyc(lat, lon)
-    _fail(np.flatnonzero(outside), "latitude", "coordinates outside the New York City box "
-          f"(lat {NYC_BOX['lat_min']}..{NYC_BOX['lat_max']}, lon {NYC_BOX['lon_min']}..{NYC_BOX['lon_max']})")
+    _fail(
+        np.flatnonzero(outside),
+        "latitude",
+        "coordinates outside the New York City box "
+        f"(lat {NYC_BOX['lat_min']}..{NYC_BOX['lat_max']}, lon {NYC_BOX['lon_min']}..{NYC_BOX['lon_max']})",
+    )
     zones = np.empty(n, dtype=object)
     located = has_point & ~has_zone
     zones[located] = model.grain.zones_of(lat[located], lon[located])
@@ -110,8 +125,13 @@ def _item_weather(items: list[Item]) -> np.ndarray | None:
         return None
     names = {field: name for name, field in WEATHER_REQUEST_FIELDS.items()}
     ordered = [names[field] for field in F.WEATHER_FIELDS]  # columns in the model's weather order
-    return np.array([[np.nan if getattr(it, name) is None else getattr(it, name) for name in ordered]
-                     for it in items], dtype=float)
+    return np.array(
+        [
+            [np.nan if getattr(it, name) is None else getattr(it, name) for name in ordered]
+            for it in items
+        ],
+        dtype=float,
+    )
 
 
 def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[dict]:
@@ -129,15 +149,41 @@ def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[
     version = str(model.meta.get("model_version", "unknown"))
     day_strings = days.astype(str)
     spans = [list(span) for span in model.grain.spans]
-    return [{"zone": z, "date": d, "block": spans[b], "expected_crashes": e, "risk_level": RISK_LEVELS[lv],
-             "risk_index": lv, "p_at_least_one": p, "weather_source": s, "model_version": version, "stage": stage}
-            for z, d, b, e, lv, p, s in zip(zones, day_strings.tolist(), blocks.tolist(), expected.tolist(),
-                                             levels.tolist(), p_one.tolist(), source.tolist())]
+    return [
+        {
+            "zone": z,
+            "date": d,
+            "block": spans[b],
+            "expected_crashes": e,
+            "risk_level": RISK_LEVELS[lv],
+            "risk_index": lv,
+            "p_at_least_one": p,
+            "weather_source": s,
+            "model_version": version,
+            "stage": stage,
+        }
+        for z, d, b, e, lv, p, s in zip(
+            zones,
+            day_strings.tolist(),
+            blocks.tolist(),
+            expected.tolist(),
+            levels.tolist(),
+            p_one.tolist(),
+            source.tolist(),
+        )
+    ]
 
 
 def metadata(model: CrashRiskModel, stage: str) -> dict:
-    return {"model_version": str(model.meta.get("model_version", "unknown")), "stage": stage,
-            "zone_system": "h3", "zone_resolution": model.grain.resolution,
-            "time_blocks": [list(span) for span in model.grain.spans], "risk_levels": RISK_LEVELS,
-            "thresholds": model.thresholds, "training_window": model.meta["training_window"],
-            "data_version": model.meta.get("data_version"), "metrics": model.meta.get("metrics")}
+    return {
+        "model_version": str(model.meta.get("model_version", "unknown")),
+        "stage": stage,
+        "zone_system": "h3",
+        "zone_resolution": model.grain.resolution,
+        "time_blocks": [list(span) for span in model.grain.spans],
+        "risk_levels": RISK_LEVELS,
+        "thresholds": model.thresholds,
+        "training_window": model.meta["training_window"],
+        "data_version": model.meta.get("data_version"),
+        "metrics": model.meta.get("metrics"),
+    }
