@@ -1,8 +1,9 @@
 """The BentoML prediction service: how risky is this place at this time?
 
-One Bento serves either role: VZ_STAGE (production|staging) comes from the environment; the model tag is
-the Bento argument `model_tag`, stored in the Bento at build time (visionzero/serving/bento_build.py).
-Features are computed by visionzero, the same code the training pipeline used.
+One Bento serves either role: VZ_STAGE (production|staging) comes from the environment; the model
+tag is the Bento argument `model_tag`, stored in the Bento at build time
+(visionzero/serving/bento_build.py). Features are computed by visionzero, the same code the
+training pipeline used.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import os
 from visionzero.platform.settings import MODEL_NAME, settings
 
 SETTINGS = settings()
-# BentoML always installs OpenTelemetry's ASGI middleware; with no exporter configured its spans cost
-# 15% of throughput and double p99 (benchmarks/serving.py). VZ_TRACING=1 turns tracing back on.
+# BentoML always installs OpenTelemetry's ASGI middleware; with no exporter configured its spans
+# cost 15% of throughput and double p99 (benchmarks/serving.py). VZ_TRACING=1 turns tracing back on.
 if not SETTINGS.vz_tracing:
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 from collections import Counter
@@ -41,8 +42,8 @@ from visionzero.serving.requests import (
 
 
 class BentoArgs(BaseModel):
-    """Bento arguments: `bentoml serve <bento>` restores the ones stored at build time (CLI --arg only
-    applies to `bentoml serve service:CrashRisk` from a checkout)."""
+    """Bento arguments: `bentoml serve <bento>` restores the ones stored at build time (CLI --arg
+    only applies to `bentoml serve service:CrashRisk` from a checkout)."""
 
     model_tag: str = f"{MODEL_NAME}:latest"
 
@@ -55,7 +56,8 @@ read_routes = FastAPI(title="crash_risk read-only routes")
 
 class RejectBrokenMultipart:
     """BentoML answers 500 to a multipart Content-Type without a boundary (found by schemathesis):
-    reject it with 400 before it reaches the form parser. Pure ASGI, so other requests pay nothing."""
+    reject it with 400 before it reaches the form parser. Pure ASGI, so other requests pay nothing.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -64,7 +66,10 @@ class RejectBrokenMultipart:
         if scope["type"] == "http":
             content_type = dict(scope["headers"]).get(b"content-type", b"").lower()
             if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
-                body = b'{"error": "Content-Type: multipart body without a boundary; send application/json"}'
+                body = (
+                    b'{"error": "Content-Type: multipart body without a boundary; '
+                    b'send application/json"}'
+                )
                 await send(
                     {
                         "type": "http.response.start",
@@ -91,15 +96,16 @@ class CrashRisk:
 
     def __init__(self) -> None:
         self.model = CrashRiskModel.load(Path(self.model_ref.path))
-        # Risk-level mix per stage, for the Grafana dashboard that compares production and staging.
-        # Created here, once per worker, not at import: bento_build re-imports this module per build.
+        # Risk-level mix per stage, for the Grafana dashboard that compares production and
+        # staging. Created here, once per worker, not at import: bento_build re-imports this
+        # module per build.
         self.predictions_by_level = bentoml.metrics.Counter(
             name="crash_risk_predictions",
             documentation="Predictions served, by stage and risk level",
             labelnames=["stage", "risk_level"],
         )
-        # Everything loaded so far lives as long as the worker: keep it out of the garbage collector's
-        # scans, which otherwise stall requests now and then (p99 at 32 connections).
+        # Everything loaded so far lives as long as the worker: keep it out of the garbage
+        # collector's scans, which otherwise stall requests now and then (p99 at 32 connections).
         gc.collect()
         gc.freeze()
 
@@ -109,8 +115,9 @@ class CrashRisk:
     ) -> dict[str, list[Prediction]]:
         """Expected crashes, risk level and P(at least one crash) per item, in item order.
 
-        The answer is encoded here with orjson and returned as a Response: BentoML otherwise rebuilds
-        the output's JSON schema on every request (15% of a one-item request, measured with py-spy)."""
+        The answer is encoded here with orjson and returned as a Response: BentoML otherwise
+        rebuilds the output's JSON schema on every request (15% of a one-item request,
+        measured with py-spy)."""
         try:
             predictions = predict_items(items, self.model, STAGE)
         except InvalidItems as exc:

@@ -31,15 +31,18 @@ def main() -> None:
         build_s = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"machine: {platform.machine()}, "
+        f"{platform.python_implementation()} {platform.python_version()}, "
         f"{__import__('os').cpu_count()} cores"
     )
     print(f"read snapshot CSV:        {read_s:6.2f} s  ({len(raw):,} rows)")
     print(
-        f"validate:                 {validate_s:6.2f} s  ({len(typed):,} typed, {len(quarantine):,} quarantined)"
+        f"validate:                 {validate_s:6.2f} s  "
+        f"({len(typed):,} typed, {len(quarantine):,} quarantined)"
     )
     print(
-        f"build_dataset (all files): {build_s:6.2f} s  ({summary.rows:,} rows, {summary.complete_days} complete days)"
+        f"build_dataset (all files): {build_s:6.2f} s  "
+        f"({summary.rows:,} rows, {summary.complete_days} complete days)"
     )
     print(f"peak memory (max RSS):    {peak_mib:6.0f} MiB")
 

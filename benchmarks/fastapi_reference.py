@@ -1,4 +1,7 @@
-"""The plain FastAPI + uvicorn reference for benchmarks/serving.py: same model, same feature code, no BentoML."""
+"""The plain FastAPI + uvicorn reference for benchmarks/serving.py.
+
+Same model, same feature code, no BentoML.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A cold training-pipeline run (fresh, temporary ZenML/MLflow/BentoML/DVC stores, default tuning budget),
-printing the wall time of each step.
+"""A cold training-pipeline run (fresh, temporary ZenML/MLflow/BentoML/DVC stores, default tuning
+budget), printing the wall time of each step.
 
 Run: .venv/bin/python benchmarks/pipeline.py
 """
@@ -45,7 +45,8 @@ def main() -> None:
         seconds = (step.end_time - step.start_time).total_seconds()
         print(f"  {name:<18} {seconds:7.2f} s")
     print(
-        f"  {'total (wall)':<18} {total:7.2f} s  (including ZenML stack set-up and imports after start)"
+        f"  {'total (wall)':<18} {total:7.2f} s  "
+        "(including ZenML stack set-up and imports after start)"
     )
     shutil.rmtree(TMP, ignore_errors=True)
 

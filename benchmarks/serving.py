@@ -1,4 +1,5 @@
-"""Throughput and latency of the BentoML service vs a plain FastAPI app on the same model, in one run.
+"""Throughput and latency of the BentoML service vs a plain FastAPI app
+on the same model, in one run.
 
 Needs a trained production model (`make run`) and wrk (Debian package `wrk`).
 Run: .venv/bin/python benchmarks/serving.py [--seconds 15] [--connections 32]
@@ -185,11 +186,13 @@ def main() -> None:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=30)
     print(
-        f"\nmachine: {os.cpu_count()} cores; wrk -t2 -c{args.connections} -d{args.seconds}s, one-item requests; "
+        f"\nmachine: {os.cpu_count()} cores; "
+        f"wrk -t2 -c{args.connections} -d{args.seconds}s, one-item requests; "
         f"model {release['model_tag']}"
     )
     print(
-        f"{'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}{'10k items ms':>15}"
+        f"{'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'non-2xx':>10}{'10k items ms':>15}"
     )
     for name, r in results.items():
         print(
@@ -197,7 +200,8 @@ def main() -> None:
             f"{r['10k_items_ms']:>15.1f}"
         )
     print(
-        f"throughput ratio bentoml/fastapi: {results['bentoml']['rps'] / results['fastapi']['rps']:.2f}"
+        "throughput ratio bentoml/fastapi: "
+        f"{results['bentoml']['rps'] / results['fastapi']['rps']:.2f}"
     )
 
 

@@ -1,4 +1,5 @@
-"""The training pipeline: load -> tune -> train -> evaluate -> decide -> build Bentos -> deploy -> alert.
+"""The training pipeline: load -> tune -> train -> evaluate -> decide -> build Bentos
+-> deploy -> alert.
 
 `TrainingParameters` is the schema of configs/training.yaml: `run.py` validates the file against it
 before any step runs, so a misspelt or out-of-range key fails at once with the key's name.

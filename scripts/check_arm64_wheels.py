@@ -1,7 +1,8 @@
 """Check that every package locked for the Raspberry Pi Bento has a linux/arm64 (aarch64) wheel.
 
-Downloads nothing into the project: pip fetches the wheels into a temporary folder and throws them away.
-Exit 0 when all have wheels, 1 when one does not, 2 (with the reason) when the package index is unreachable.
+Downloads nothing into the project: pip fetches the wheels into a temporary folder and throws them
+away. Exit 0 when all have wheels, 1 when one does not, 2 (with the reason) when the package index
+is unreachable.
 """
 
 from __future__ import annotations

@@ -1,1 +1,4 @@
-"""ZenML steps, grouped like the visionzero package: steps/<stage>/<step>.py calls visionzero/<stage>/."""
+"""ZenML steps, grouped like the visionzero package.
+
+steps/<stage>/<step>.py calls visionzero/<stage>/.
+"""

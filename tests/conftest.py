@@ -1,6 +1,8 @@
-"""Test set-up: every store (ZenML, MLflow, BentoML, DVC, data, outbox) lives in one temporary folder.
+"""Test set-up: every store (ZenML, MLflow, BentoML, DVC, data, outbox) lives in one
+temporary folder.
 
-The environment is set at import time, before ZenML is imported, because ZenML reads its config path once.
+The environment is set at import time, before ZenML is imported, because ZenML reads its
+config path once.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ for var in (
     os.environ.pop(var, None)
 sys.path.insert(0, str(ROOT))
 
-from visionzero.platform.settings import configure_environment
+from visionzero.platform.settings import configure_environment  # noqa: E402
 
 configure_environment()
 
@@ -53,7 +55,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 # the tests import these two from here
-from visionzero.rollout.local_canary import free_port, wait_http
+from visionzero.rollout.local_canary import free_port, wait_http  # noqa: E402
 
 
 class LocalServer:

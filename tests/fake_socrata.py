@@ -1,7 +1,8 @@
-"""A local HTTP server that answers like NYC Open Data's SODA endpoint, replaying the recorded records.
+"""A local HTTP server that answers like NYC Open Data's SODA endpoint,
+replaying the recorded records.
 
-It honours $where (crash_date >= '...'), $order, $limit and $offset, and can be scripted to answer the
-next requests with a 429 + Retry-After, a 500, a hang (timeout) or a malformed page.
+It honours $where (crash_date >= '...'), $order, $limit and $offset, and can be scripted to answer
+the next requests with a 429 + Retry-After, a 500, a hang (timeout) or a malformed page.
 """
 
 from __future__ import annotations

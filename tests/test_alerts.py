@@ -27,7 +27,10 @@ def discord_like(script: list[str], received: list[dict]) -> type[BaseHTTPReques
             status = {"204": 204, "429": 429, "500": 500, "hang": 204}[action]
             payload = b""
             if action == "429":
-                payload = b'{"message": "You are being rate limited.", "retry_after": 0.2, "global": false}'
+                payload = (
+                    b'{"message": "You are being rate limited.", "retry_after": 0.2, '
+                    b'"global": false}'
+                )
             elif (
                 status == 204 and "wait=true" in self.path.lower()
             ):  # Discord returns the message it created

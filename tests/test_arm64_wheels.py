@@ -1,4 +1,7 @@
-"""Every package of the Raspberry Pi Bento has an aarch64 wheel (needs the package index; skipped without)."""
+"""Every package of the Raspberry Pi Bento has an aarch64 wheel.
+
+Needs the package index; skipped without.
+"""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ def test_readme_configuration_table_is_generated_from_the_settings() -> None:
     block = re.search(r"<!-- settings-table -->\n(.*?)\n<!-- /settings-table -->", readme, re.S)
     assert block, "README.md lost its generated settings table markers"
     assert block.group(1) == environment_table(), (
-        "README's table is stale: paste `python -m visionzero.platform.settings` between the markers"
+        "README's table is stale: "
+        "paste `python -m visionzero.platform.settings` between the markers"
     )
 
 

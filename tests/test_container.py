@@ -1,4 +1,7 @@
-"""The team compose set-up cannot run here (no Docker engine): its files are parsed and cross-checked."""
+"""The team compose set-up cannot run here (no Docker engine).
+
+Its files are parsed and cross-checked.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
-"""The model on the real bundled data: no leakage, ordered levels, faithful save/load, time-ordered tuning."""
+"""The model on the real bundled data.
+
+No leakage, ordered levels, faithful save/load, time-ordered tuning.
+"""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,7 +74,7 @@ def test_no_history_feature_sees_a_holdout_date(real_data, model: CrashRiskModel
 
 def test_level_thresholds_increase(model: CrashRiskModel) -> None:
     assert len(model.thresholds) == 4
-    assert all(b > a for a, b in zip(model.thresholds, model.thresholds[1:]))
+    assert all(b > a for a, b in itertools.pairwise(model.thresholds))
     levels = assign_levels(np.array([0.0, *model.thresholds, 100.0]), model.thresholds)
     assert levels.tolist() == [0, 1, 2, 3, 4, 4]
     with pytest.raises(ValueError, match="do not increase"):

@@ -1,4 +1,7 @@
-"""The whole training pipeline, twice, in temporary ZenML/MLflow/BentoML/DVC stores; then `status --json`."""
+"""The whole training pipeline, twice, in temporary ZenML/MLflow/BentoML/DVC stores.
+
+Then `status --json`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Rollout: the deployment state machine, and two real Bentos behind the real nginx (canary, promote, rollback)."""
+"""Rollout: the deployment state machine, and two real Bentos behind the real nginx.
+
+Canary, promote, rollback.
+"""
 
 from __future__ import annotations
 

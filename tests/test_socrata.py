@@ -1,4 +1,4 @@
-"""The Socrata client and the loader against a real local server speaking the recorded SODA format."""
+"""The Socrata client and loader against a real local server speaking the recorded SODA format."""
 
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def test_loader_merges_api_rows_and_quarantines_bad_records(
     assert (crashes["source"] == "api").sum() == 5
     complete = pd.read_csv(tmp_path / "data" / "complete_days.csv", parse_dates=["date"])
     api_days = complete[complete["source"] == "api"]["date"]
-    # fetched from 2025-04-01 (newest held) on 2026-06-01 with 30 settle days: complete to 2026-05-02
+    # fetched from 2025-04-01 (newest held) on 2026-06-01 with 30 settle days:
+    # complete to 2026-05-02
     assert api_days.min() == pd.Timestamp("2025-04-01") and api_days.max() == pd.Timestamp(
         "2026-05-02"
     )

@@ -1,1 +1,4 @@
-"""Vision Zero Risk: crash-risk model for New York City (domain logic shared by training and serving)."""
+"""Vision Zero Risk: crash-risk model for New York City.
+
+Domain logic shared by training and serving.
+"""

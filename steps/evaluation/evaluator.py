@@ -1,4 +1,4 @@
-"""evaluator: new model vs the production model vs the historical average, on one time-ordered holdout."""
+"""evaluator: new model vs production model vs historical average, on one time-ordered holdout."""
 
 from __future__ import annotations
 

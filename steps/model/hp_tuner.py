@@ -1,4 +1,7 @@
-"""hp_tuner: keras-tuner Bayesian search over the volume model, time-ordered CV, every trial in MLflow."""
+"""hp_tuner: keras-tuner Bayesian search over the volume model.
+
+Time-ordered CV, every trial in MLflow.
+"""
 
 from __future__ import annotations
 

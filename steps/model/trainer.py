@@ -1,4 +1,4 @@
-"""trainer: fit the two-stage model on training days and save it in XGBoost's native format + JSON."""
+"""trainer: fit the two-stage model on training days, save it in XGBoost's native format + JSON."""
 
 from __future__ import annotations
 

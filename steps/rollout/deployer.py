@@ -1,4 +1,4 @@
-"""deployer: record the decision in the deployment state, then roll it out on the configured target."""
+"""deployer: record the decision in the deployment state, then roll out on the configured target."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bento_builder: model into the Bento store, then the server Bento and the arm64 Bento for a Pi 5."""
+"""bento_builder: model into the Bento store, then the server Bento and the arm64 (Pi 5) Bento."""
 
 from __future__ import annotations
 

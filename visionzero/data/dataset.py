@@ -1,4 +1,7 @@
-"""Build the typed dataset: bundled snapshot + new API rows, validated, deduplicated, versioned with DVC."""
+"""Build the typed dataset.
+
+Bundled snapshot + new API rows, validated, deduplicated, versioned with DVC.
+"""
 
 from __future__ import annotations
 

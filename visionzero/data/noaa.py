@@ -1,4 +1,7 @@
-"""Central Park daily weather (NOAA GHCN-Daily, station USW00094728): bundled file plus NOAA's web service."""
+"""Central Park daily weather (NOAA GHCN-Daily, station USW00094728).
+
+Bundled file plus NOAA's web service.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def merge(bundled: pd.DataFrame, fetched: pd.DataFrame) -> pd.DataFrame:
 
 
 def gaps(weather: pd.DataFrame, days: pd.Series) -> dict[str, int]:
-    """Complete days with no weather row at all, and per-field missing values: recorded, never filled."""
+    """Complete days with no weather row, and per-field missing values: recorded, never filled."""
     present = weather[weather["date"].isin(days)]
     out = {"missing_days": int((~days.isin(weather["date"])).sum())}
     for col in ("prcp", "tmax", "tmin", "awnd", "snow"):

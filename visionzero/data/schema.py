@@ -55,5 +55,6 @@ API_TO_CSV = {
 # Typed dataset columns written to data/crashes.parquet.
 COUNT_FIELDS = {c: "_".join(c.split()[2:]).lower() for c in COUNT_COLUMNS}  # persons_injured, ...
 
-# Latitude/longitude box of New York City inside which a crash counts as geocoded; serving refuses points outside it.
+# Latitude/longitude box of New York City inside which a crash counts as geocoded; serving refuses
+# points outside it.
 NYC_BOX = {"lat_min": 40.45, "lat_max": 40.95, "lon_min": -74.30, "lon_max": -73.65}

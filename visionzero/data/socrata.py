@@ -1,6 +1,7 @@
 """Incremental client for NYC Open Data's collisions dataset (SODA 2.x, id h9gi-nx95).
 
-Paging is ordered by (crash_date, collision_id): without an order Socrata pages overlap and lose rows.
+Paging is ordered by (crash_date, collision_id): without an order Socrata pages overlap
+and lose rows.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class SocrataClient:
         return {"X-App-Token": token.get_secret_value()} if token else {}
 
     def fetch_since(self, since: date) -> FetchResult:
-        """Every crash with crash_date >= since, page by page; raises SourceUnavailable on failure."""
+        """Every crash with crash_date >= since, page by page.
+
+        Raises SourceUnavailable on failure.
+        """
         where = f"crash_date >= '{since.isoformat()}T00:00:00.000'"
         rows: list[dict[str, str]] = []
         malformed: list[dict] = []

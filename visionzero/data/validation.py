@@ -1,4 +1,7 @@
-"""Row validation: every raw (string) row either becomes a typed row or goes to quarantine with its reason."""
+"""Row validation.
+
+Every raw (string) row either becomes a typed row or goes to quarantine with its reason.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ def validate(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame
     """Split raw CSV-shaped rows into (typed rows, quarantined raw rows with a `reason` column).
 
     Reasons, checked in this order (a row is quarantined under the first it fails): collision_id,
-    crash_date, crash_time, coordinates (present but not numbers), counts (negative or not integers)."""
+    crash_date, crash_time, coordinates (present but not numbers), counts (negative or not
+    integers)."""
     raw = raw.reindex(columns=CSV_COLUMNS).fillna("").astype(str)
     reason = pd.Series("", index=raw.index, dtype=object)
 
@@ -75,7 +79,10 @@ def validate(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def coordinate_flags(typed: pd.DataFrame) -> dict[str, int]:
-    """Rows kept but not usable for zones: no coordinates, 0/0 placeholders, or outside the NYC box."""
+    """Rows kept but not usable for zones.
+
+    No coordinates, 0/0 placeholders, or outside the NYC box.
+    """
     return {"not_geocoded": int((~typed["geocoded"]).sum())}
 
 

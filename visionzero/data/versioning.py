@@ -1,4 +1,7 @@
-"""DVC versioning of the data folder: `dvc add` + push to the default remote; the md5 is the data version."""
+"""DVC versioning of the data folder.
+
+`dvc add` + push to the default remote; the md5 is the data version.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ def _ensure_repo(root: Path) -> None:
 
 
 def _ensure_remote(root: Path) -> None:
-    """Configured remote wins (e.g. S3/MinIO via `dvc remote add -d`); otherwise a local folder in VZ_HOME."""
+    """Configured remote wins (e.g. S3/MinIO via `dvc remote add -d`).
+
+    Otherwise a local folder in VZ_HOME.
+    """
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:

@@ -1,1 +1,1 @@
-"""Judging a model: holdout metrics against production and the status quo, the deploy rule, plots."""
+"""Judging a model: holdout metrics vs production and the status quo, the deploy rule, plots."""

@@ -1,4 +1,7 @@
-"""The deploy rule, explicit and logged: beat the status quo first, then beat production by a margin."""
+"""The deploy rule, explicit and logged.
+
+Beat the status quo first, then beat production by a margin.
+"""
 
 from __future__ import annotations
 

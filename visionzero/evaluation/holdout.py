@@ -1,4 +1,7 @@
-"""Holdout scoring shared by the new model, the production model and the historical-average baseline."""
+"""Holdout scoring.
+
+Shared by the new model, the production model and the historical-average baseline.
+"""
 
 from __future__ import annotations
 
@@ -142,7 +145,7 @@ def evaluate(
     production: CrashRiskModel | None,
     production_version: int | None = None,
 ) -> EvaluationReport:
-    """Score candidate, production (re-scored here) and baseline on one zone-slot grid of the holdout."""
+    """Score candidate, production (re-scored here) and baseline on one holdout zone-slot grid."""
     grain = candidate.grain
     grid, outside = holdout_frame(prepared, candidate.shares.zones, holdout_days, grain)
     weather = prepared.weather

@@ -1,10 +1,11 @@
-"""The two-stage crash-risk model: citywide daily volume (XGBoost, Poisson) x zone-block share (history).
+"""The two-stage crash-risk model: citywide daily volume (XGBoost, Poisson)
+x zone-block share (history).
 
 expected(zone, block, date) = volume(date) * P(block | day type) * P(zone | block, day type)
 
-Day-level signal (weather, holidays, weekday, regime) lives in the volume stage; the share stage is a
-recency-weighted, shrunken history of where and when crashes happen, computed on training days only.
-Saved as XGBoost's native JSON plus a JSON metadata file: never pickle.
+Day-level signal (weather, holidays, weekday, regime) lives in the volume stage; the share stage is
+a recency-weighted, shrunken history of where and when crashes happen, computed on training days
+only. Saved as XGBoost's native JSON plus a JSON metadata file: never pickle.
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ def prepare(
 
 
 def split_days(days: pd.Series, holdout_days: int) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex]:
-    """Time-ordered split: the latest `holdout_days` complete days are the holdout, the rest train."""
+    """Time-ordered split.
+
+    The latest `holdout_days` complete days are the holdout, the rest train.
+    """
     ordered = pd.DatetimeIndex(sorted(pd.DatetimeIndex(days)))
     if len(ordered) <= holdout_days:
         raise ValueError(f"only {len(ordered)} complete days; cannot hold out {holdout_days}")
@@ -198,7 +202,8 @@ class CrashRiskModel:
 
     def _volume(self, X: np.ndarray, cache_days: np.ndarray | None) -> np.ndarray:
         """Citywide volume per row of X. Without weather a date's volume never changes, so serving
-        keeps it: most requests then skip XGBoost, whose per-call overhead dominates small requests."""
+        keeps it: most requests then skip XGBoost, whose per-call overhead dominates
+        small requests."""
         if cache_days is None:
             return self.booster.inplace_predict(X)
         keys = cache_days.astype(np.int64).tolist()
@@ -206,7 +211,9 @@ class CrashRiskModel:
         if missing:
             if len(self._volume_cache) > 50_000:
                 self._volume_cache.clear()
-            for i, value in zip(missing, self.booster.inplace_predict(X[missing]).tolist()):
+            for i, value in zip(
+                missing, self.booster.inplace_predict(X[missing]).tolist(), strict=True
+            ):
                 self._volume_cache[keys[i]] = value
         return np.array([self._volume_cache[key] for key in keys])
 
@@ -256,7 +263,7 @@ def train(
     cfg: ModelConfig,
     data_version: str | None,
 ) -> CrashRiskModel:
-    """Fit both stages on training days only, then fix the level thresholds on training zone-slots."""
+    """Fit both stages on training days only, then fix level thresholds on training zone-slots."""
     train_weather = prepared.weather[prepared.weather["date"] <= train_days.max()]
     clim = F.climatology(train_weather)
     days = prepared.days[prepared.days["date"].isin(train_days)]

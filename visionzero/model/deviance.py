@@ -1,4 +1,4 @@
-"""The Poisson deviance that tuning (cross-validation score) and evaluation (holdout) both report."""
+"""The Poisson deviance that tuning (CV score) and evaluation (holdout) both report."""
 
 from __future__ import annotations
 

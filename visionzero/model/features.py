@@ -32,7 +32,10 @@ def as_days(dates: object) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _holiday_days() -> np.ndarray:
-    """New York public holidays 2000-2040 as sorted datetime64[D]: one lookup table for all calls."""
+    """New York public holidays 2000-2040 as sorted datetime64[D].
+
+    One lookup table for all calls.
+    """
     days = holidays.country_holidays("US", subdiv="NY", years=range(2000, 2041)).keys()
     return np.array(sorted(days), dtype="datetime64[D]")
 
@@ -50,7 +53,10 @@ def day_of_week(days: np.ndarray) -> np.ndarray:
 
 
 def daytype(days: np.ndarray) -> np.ndarray:
-    """0 weekday, 1 Saturday, 2 Sunday or public holiday: the day types whose hourly patterns differ."""
+    """0 weekday, 1 Saturday, 2 Sunday or public holiday.
+
+    The day types whose hourly patterns differ.
+    """
     return daytype_of(day_of_week(days), is_holiday(days))
 
 
@@ -59,7 +65,10 @@ def daytype_of(dow: np.ndarray, holiday: np.ndarray) -> np.ndarray:
 
 
 def climatology(weather: pd.DataFrame) -> dict[str, list[float]]:
-    """Monthly means of each weather field: the fallback when neither the request nor a record has weather."""
+    """Monthly means of each weather field.
+
+    The fallback when neither the request nor a record has weather.
+    """
     by_month = (
         weather.assign(month=weather["date"].dt.month).groupby("month")[WEATHER_FIELDS].mean()
     )
@@ -67,7 +76,10 @@ def climatology(weather: pd.DataFrame) -> dict[str, list[float]]:
 
 
 def recorded_weather(days: np.ndarray, weather: pd.DataFrame | None) -> np.ndarray:
-    """Recorded weather aligned with `days`, shape [n, len(WEATHER_FIELDS)], NaN where there is none."""
+    """Recorded weather aligned with `days`, shape [n, len(WEATHER_FIELDS)].
+
+    NaN where there is none.
+    """
     days = as_days(days)
     out = np.full((len(days), len(WEATHER_FIELDS)), np.nan)
     if weather is None or not len(weather):
@@ -86,9 +98,9 @@ def day_matrix(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Day-level features (columns DAY_FEATURES, float32) and whether key weather was filled.
 
-    `known` holds weather aligned with `days` (recorded, or given by a request), NaN where unknown; a
-    missing value is filled from the monthly climatology, never invented otherwise. Pure numpy: the
-    serving path calls this for every request.
+    `known` holds weather aligned with `days` (recorded, or given by a request), NaN where unknown;
+    a missing value is filled from the monthly climatology, never invented otherwise. Pure numpy:
+    the serving path calls this for every request.
     """
     days = as_days(days)
     years = days.astype("datetime64[Y]")

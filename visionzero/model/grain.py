@@ -54,7 +54,9 @@ class Grain:
         lon = np.asarray(lon, dtype=float)
         ok = np.isfinite(lat) & np.isfinite(lon)
         out = np.full(lat.shape, "", dtype=object)
-        out[ok] = [h3.latlng_to_cell(a, b, self.resolution) for a, b in zip(lat[ok], lon[ok])]
+        out[ok] = [
+            h3.latlng_to_cell(a, b, self.resolution) for a, b in zip(lat[ok], lon[ok], strict=True)
+        ]
         return out
 
     def parse_zone(self, zone_id: str) -> str:

@@ -8,7 +8,10 @@ RISK_LEVELS = ["Safe", "Somewhat Safe", "Average", "Somewhat Dangerous", "Danger
 
 
 def level_thresholds(expected: np.ndarray) -> list[float]:
-    """Four increasing cut points; observed counts are mostly zero, so cut predictions, not outcomes."""
+    """Four increasing cut points.
+
+    Observed counts are mostly zero, so cut predictions, not outcomes.
+    """
     cuts = np.quantile(np.asarray(expected, dtype=float), [0.2, 0.4, 0.6, 0.8])
     if not np.all(np.diff(cuts) > 0):
         raise ValueError(f"level thresholds do not increase: {cuts.tolist()}")

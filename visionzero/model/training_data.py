@@ -1,4 +1,7 @@
-"""Load a run's dataset at the model's grain and split it in time: the one entry point of every model step."""
+"""Load a run's dataset at the model's grain and split it in time.
+
+The one entry point of every model step.
+"""
 
 from __future__ import annotations
 

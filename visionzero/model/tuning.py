@@ -1,7 +1,7 @@
 """Hyperparameter search for the volume stage with keras-tuner: Bayesian oracle, time-ordered folds.
 
-The folds come from sklearn's TimeSeriesSplit over days sorted by date, so every validation fold lies
-after its training fold (keras-tuner's default KFold would shuffle time).
+The folds come from sklearn's TimeSeriesSplit over days sorted by date, so every validation fold
+lies after its training fold (keras-tuner's default KFold would shuffle time).
 """
 
 from __future__ import annotations

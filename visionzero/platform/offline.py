@@ -1,4 +1,4 @@
-"""--offline: make any attempt to open a non-loopback connection fail loudly instead of reaching out."""
+"""--offline: make any non-loopback connection attempt fail loudly instead of reaching out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Register the project's ZenML stack (local orchestrator + artifact store + MLflow tracker), idempotently.
+"""Register the project's ZenML stack (local orchestrator + artifact store +
+MLflow tracker), idempotently.
 
 With ZENML_STORE_URL set ZenML talks to a ZenML server instead of the local store; with
 MLFLOW_TRACKING_URI set the tracker logs to that MLflow server instead of the local SQLite store.

@@ -1,4 +1,7 @@
-"""Deploy, promote and roll back: state first (atomic), then the target, then ZenML stages and MLflow aliases."""
+"""Deploy, promote and roll back.
+
+State first (atomic), then the target, then ZenML stages and MLflow aliases.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ class Deployment(BaseModel):
 
 
 def roll_out(state: dict, target: str) -> dict:
-    """Make the target match the state. A failure here is reported, never undoes the recorded state."""
+    """Make the target match the state.
+
+    A failure here is reported, never undoes the recorded state.
+    """
     if target == "local":
         return {"target": "local", "note": "`python run.py serve` serves this state behind nginx"}
     if target != "kubernetes":
@@ -81,7 +87,10 @@ def sync_registry_stages(state: dict) -> None:
 
 
 def promote_or_rollback(kind: str, target: str = "local") -> dict:
-    """Run `promote` or `rollback` under the state lock; idempotent (a second call changes nothing)."""
+    """Run `promote` or `rollback` under the state lock.
+
+    Idempotent (a second call changes nothing).
+    """
     with deployment.locked_state() as state:
         release = (deployment.promote if kind == "promote" else deployment.rollback)(state)
         snapshot = dict(state)
@@ -89,7 +98,10 @@ def promote_or_rollback(kind: str, target: str = "local") -> dict:
         return {
             "changed": False,
             "state": snapshot,
-            "summary": f"{kind}: nothing to do (no {'staging' if kind == 'promote' else 'previous production'})",
+            "summary": (
+                f"{kind}: nothing to do "
+                f"(no {'staging' if kind == 'promote' else 'previous production'})"
+            ),
         }
     result = {
         "changed": True,

@@ -1,8 +1,8 @@
 """Discord alerts for deploy decisions, promote, rollback and pipeline failures.
 
-DISCORD_WEBHOOK_URL comes from the environment only. Unset, the message is printed and appended to the
-local outbox; a failing webhook is retried within bounds, then written to the outbox too. An alert never
-raises: a broken webhook must not fail or roll back a deployment.
+DISCORD_WEBHOOK_URL comes from the environment only. Unset, the message is printed and appended to
+the local outbox; a failing webhook is retried within bounds, then written to the outbox too. An
+alert never raises: a broken webhook must not fail or roll back a deployment.
 """
 
 from __future__ import annotations

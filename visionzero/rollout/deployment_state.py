@@ -1,7 +1,9 @@
-"""The deployment state: which model and Bento are production and staging, and the previous production.
+"""The deployment state: which model and Bento are production and staging,
+and the previous production.
 
-One JSON file, written atomically (temp file + rename) under an exclusive lock; both the local canary and
-the Kubernetes manifests render from it, so it is the single source of truth for what serves traffic.
+One JSON file, written atomically (temp file + rename) under an exclusive lock; both the local
+canary and the Kubernetes manifests render from it, so it is the single source of truth for what
+serves traffic.
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def _write_atomic(path: Path, state: dict) -> None:
 
 @contextlib.contextmanager
 def locked_state(path: Path | None = None) -> Iterator[dict]:
-    """Read-modify-write under an exclusive lock; the new state is written only if the block succeeds."""
+    """Read-modify-write under an exclusive lock.
+
+    The new state is written only if the block succeeds.
+    """
     path = path or state_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path.with_suffix(".lock")):
@@ -72,7 +77,10 @@ def _event(state: dict, event: str, **details: object) -> None:
 
 
 def apply_decision(state: dict, action: str, release: dict) -> str:
-    """Mutate state for a trigger decision; returns what changed ("production", "staging" or "none")."""
+    """Mutate state for a trigger decision.
+
+    Returns what changed ("production", "staging" or "none").
+    """
     if action == "production":
         if state["production"] and state["production"]["model_tag"] == release["model_tag"]:
             return "none"

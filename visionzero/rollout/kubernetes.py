@@ -1,7 +1,9 @@
-"""Render k8s/ templates from the deployment state, and push images / apply manifests when configured.
+"""Render k8s/ templates from the deployment state, and push images / apply manifests
+when configured.
 
-What Yatai did for BentoML <= 1.1, with plain manifests: production and staging Deployments of the Bento
-images, an ingress-nginx canary Ingress and, as its replacement, a Gateway API HTTPRoute, both 50/50.
+What Yatai did for BentoML <= 1.1, with plain manifests: production and staging Deployments of
+the Bento images, an ingress-nginx canary Ingress and, as its replacement, a Gateway API
+HTTPRoute, both 50/50.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ def _render(template: str, values: dict[str, str]) -> list[dict]:
 
 
 def render(state: dict, out_dir: Path) -> list[Path]:
-    """Write one YAML file per object into out_dir; returns the files. Needs a production release."""
+    """Write one YAML file per object into out_dir; returns the files.
+
+    Needs a production release.
+    """
     if not state.get("production"):
         raise ValueError("no production release in the deployment state: nothing to render")
     conf = template_values()

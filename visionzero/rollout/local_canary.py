@@ -1,8 +1,9 @@
 """The local canary: production and staging as two `bentoml serve` processes behind a real nginx.
 
-nginx splits requests with the deployment state's canary weight (the same 50 as the Kubernetes canary)
-and runs in the foreground as our child, so stopping `serve` stops everything it started. The state file
-is polled: after `promote` or `rollback` the new backends start, nginx reloads, the old ones stop.
+nginx splits requests with the deployment state's canary weight (the same 50 as the Kubernetes
+canary) and runs in the foreground as our child, so stopping `serve` stops everything it started.
+The state file is polled: after `promote` or `rollback` the new backends start, nginx reloads, the
+old ones stop.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class LocalCanary:
             )
         except RuntimeError as exc:
             raise RuntimeError(
-                f"{backend.stage} server: {exc}; see {self.workdir}/{backend.stage}-{backend.port}.log"
+                f"{backend.stage} server: {exc}; "
+                f"see {self.workdir}/{backend.stage}-{backend.port}.log"
             ) from exc
 
     @staticmethod

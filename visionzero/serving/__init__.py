@@ -1,1 +1,1 @@
-"""Answering requests: validation and vectorised prediction for service.py, and building the Bentos."""
+"""Answering requests: validation and vectorised prediction for service.py, and building Bentos."""

@@ -1,4 +1,7 @@
-"""Put a trained model into the BentoML store and build the server and Raspberry Pi Bentos around it."""
+"""Put a trained model into the BentoML store.
+
+Then build the server and Raspberry Pi Bentos around it.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ def build_bento(model_tag: str, bentofile: str, platform: str | None = None) -> 
         build_ctx=str(REPO_ROOT),
         platform=platform,
         args={"model_tag": model_tag},
-        reload=True,  # re-import service.py: its model reference is read from the arguments at import
+        # re-import service.py: its model reference is read from the arguments at import
+        reload=True,
     )
     return str(bento.tag)

@@ -84,7 +84,8 @@ def _zones(items: list[Item], model: CrashRiskModel) -> np.ndarray:
         np.flatnonzero(outside),
         "latitude",
         "coordinates outside the New York City box "
-        f"(lat {NYC_BOX['lat_min']}..{NYC_BOX['lat_max']}, lon {NYC_BOX['lon_min']}..{NYC_BOX['lon_max']})",
+        f"(lat {NYC_BOX['lat_min']}..{NYC_BOX['lat_max']}, "
+        f"lon {NYC_BOX['lon_min']}..{NYC_BOX['lon_max']})",
     )
     zones = np.empty(n, dtype=object)
     located = has_point & ~has_zone
@@ -170,6 +171,7 @@ def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[
             levels.tolist(),
             p_one.tolist(),
             source.tolist(),
+            strict=True,
         )
     ]
 
