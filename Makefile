@@ -33,6 +33,7 @@ test: setup system-deps
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 check: lint
 	$(BIN)/python -m pytest -m "not slow"

@@ -120,40 +120,29 @@ class Paths:
 
     home: Path
     data_dir: Path
-
-    @property
-    def zenml(self) -> Path:
-        return self.home / "zenml"
-
-    @property
-    def bentoml(self) -> Path:
-        return self.home / "bentoml"
-
-    @property
-    def dvc_remote(self) -> Path:
-        return self.home / "dvc-remote"
-
-    @property
-    def outbox(self) -> Path:
-        return self.home / "outbox.jsonl"
-
-    @property
-    def deployment_state(self) -> Path:
-        return self.home / "deployment.json"
-
-    @property
-    def tuner_dir(self) -> Path:
-        return self.home / "tuner"
-
-    @property
-    def data_summary(self) -> Path:
-        """Kept beside the stores, not in data/, so the DVC hash depends on the data alone."""
-        return self.home / "data_summary.json"
+    zenml: Path
+    bentoml: Path
+    dvc_remote: Path
+    outbox: Path
+    deployment_state: Path
+    tuner_dir: Path
+    data_summary: Path  # beside the stores, not in data/: the DVC hash depends on the data alone
 
 
 def paths() -> Paths:
     current = settings()
-    return Paths(home=current.vz_home.resolve(), data_dir=current.vz_data_dir.resolve())
+    home = current.vz_home.resolve()
+    return Paths(
+        home=home,
+        data_dir=current.vz_data_dir.resolve(),
+        zenml=home / "zenml",
+        bentoml=home / "bentoml",
+        dvc_remote=home / "dvc-remote",
+        outbox=home / "outbox.jsonl",
+        deployment_state=home / "deployment.json",
+        tuner_dir=home / "tuner",
+        data_summary=home / "data_summary.json",
+    )
 
 
 def configure_environment() -> Paths:
