@@ -67,7 +67,7 @@ def decide(report: Mapping[str, Any], rule: DecisionRule) -> Decision:
         f"(tolerance {rule.hit_rate_tolerance}): {'kept' if keeps_hit else 'lost'}"
     )
     if wins_dev and keeps_hit:
-        reasons.append("challenger wins: it becomes staging and takes 50% of traffic")
+        reasons.append("challenger wins: it becomes staging and takes the canary share of traffic")
         return Decision(action="staging", deployable=True, reasons=reasons)
     reasons.append("challenger loses: production stays, nothing changes")
     return Decision(action="none", deployable=True, reasons=reasons)
