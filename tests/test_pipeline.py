@@ -71,3 +71,13 @@ def test_second_run_compares_with_production_on_the_same_holdout(trained: dict) 
         for line in (ROOT / os.environ["VZ_HOME"] / "outbox.jsonl").read_text().splitlines()
     ]
     assert len(outbox) >= 2 and outbox[-1]["title"].startswith(f"Crash-risk model v{latest.number}")
+
+
+def test_the_closing_summary_reads_the_run_back(trained: dict) -> None:
+    from visionzero.rollout.deployment_state import read_state
+    from visionzero.status import last_training_outputs, training_summary
+
+    text = training_summary(*last_training_outputs(), read_state())
+    production = read_state()["production"]
+    assert f"Serving now: production v{production['model_version']}" in text
+    assert text.splitlines()[-1].startswith("Next: python run.py ")

@@ -163,6 +163,6 @@ def last_training_outputs() -> tuple[dict, dict]:
         .items[0]
     )
     return (
-        run.steps["trigger_decision"].outputs["decision"][0].load(),
-        run.steps["deployer"].outputs["deployment"][0].load(),
+        run.steps["trigger_decision"].outputs["decision"][0].load().model_dump(),
+        run.steps["deployer"].outputs["deployment"][0].load().model_dump(),
     )
