@@ -81,3 +81,22 @@ def test_the_closing_summary_reads_the_run_back(trained: dict) -> None:
     production = read_state()["production"]
     assert f"Serving now: production v{production['model_version']}" in text
     assert text.splitlines()[-1].startswith("Next: python run.py ")
+
+
+def test_typed_artifacts_visualization_and_model_card(trained: dict) -> None:
+    from zenml.client import Client
+    from zenml.enums import ArtifactType, VisualizationType
+
+    from visionzero.evaluation.holdout import EvaluationReport
+    from visionzero.platform.settings import MODEL_NAME
+
+    run = Client().get_pipeline(name_id_or_prefix="training_pipeline").last_run
+    steps = run.steps
+    assert steps["trainer"].outputs["crash_model"][0].type == ArtifactType.MODEL
+    assert isinstance(steps["evaluator"].outputs["evaluation_report"][0].load(), EvaluationReport)
+    page = steps["evaluator"].outputs["evaluation_visualization"][0]
+    assert [v.type for v in page.visualizations] == [VisualizationType.HTML]
+    assert "hit_rate_at_10" in page.load() and "data:image/png;base64," in page.load()
+    model = Client().get_model(MODEL_NAME)
+    assert model.limitations and "complete days" in model.limitations
+    assert model.use_cases and model.audience and model.ethics
