@@ -15,8 +15,8 @@ from visionzero.status import save_data_summary
 logger = get_logger(__name__)
 
 
-@step(enable_cache=False)
-def data_loader(config: LoadConfig) -> Annotated[DatasetRef, "dataset"]:
+def load_dataset(config: LoadConfig) -> DatasetRef:
+    """The step's work without ZenML's run context, so tests drive it directly."""
     data_dir = paths().data_dir
     summary = build_dataset(data_dir, config)
     summary = summary.model_copy(update={"version": version_data_dir(data_dir)})
@@ -29,5 +29,11 @@ def data_loader(config: LoadConfig) -> Annotated[DatasetRef, "dataset"]:
         summary.version,
     )
     save_data_summary(summary.model_dump())
-    log_metadata(metadata={"data": summary.model_dump()})
     return DatasetRef(data_dir=str(data_dir), **summary.model_dump())
+
+
+@step(enable_cache=False)
+def data_loader(config: LoadConfig) -> Annotated[DatasetRef, "dataset"]:
+    dataset = load_dataset(config)
+    log_metadata(metadata={"data": dataset.model_dump(exclude={"data_dir"})})
+    return dataset
