@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from visionzero.data.dataset import DatasetRef, load_frames
+from visionzero.data.versioning import checkout_version
 from visionzero.model.crash_risk import ModelConfig, Prepared, prepare, split_days
 
 
@@ -24,4 +25,6 @@ def split(data_dir: Path, cfg: ModelConfig) -> tuple[Prepared, pd.DatetimeIndex,
 def load_split(
     dataset: DatasetRef, cfg: ModelConfig
 ) -> tuple[Prepared, pd.DatetimeIndex, pd.DatetimeIndex]:
-    return split(Path(dataset.data_dir), cfg)
+    """Exactly the data version the run recorded (hash checked, restored from DVC when changed;
+    DataVersionMismatch when it cannot be), so a re-run step or an old run reads the same data."""
+    return split(checkout_version(dataset.version), cfg)
