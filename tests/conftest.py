@@ -81,12 +81,12 @@ def real_data() -> tuple:
     """The bundled snapshot loaded offline, at the model's grain, with the configured time split."""
     from pipelines.training import load_training_config
     from visionzero.data.dataset import LoadConfig, build_dataset
-    from visionzero.model.training_data import load_split
+    from visionzero.model.training_data import split
 
     data_dir = TMP / "unit" / "data"
     build_dataset(data_dir, LoadConfig(offline=True))
     cfg = load_training_config(ROOT / "configs" / "training.yaml").model
-    return (*load_split(str(data_dir), cfg), cfg)
+    return (*split(data_dir, cfg), cfg)
 
 
 @pytest.fixture(scope="session")

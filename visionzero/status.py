@@ -22,6 +22,7 @@ def data_status() -> dict | None:
         "rows": summary["rows"],
         "complete_days": summary["complete_days"],
         "quarantined": summary["quarantined"],
+        "day_flags": summary.get("day_flags", {}),
         "source": summary["source"],
         "source_note": summary["source_note"],
         "first_date": summary["first_date"],
@@ -77,6 +78,7 @@ def format_status(status: dict) -> str:
     data = status.get("data")
     if data:
         quarantined = ", ".join(f"{k} {v}" for k, v in (data.get("quarantined") or {}).items())
+        flagged = ", ".join(f"{k} {v}" for k, v in (data.get("day_flags") or {}).items())
         lines += _table(
             [
                 ["version", str(data.get("version") or "-")],
@@ -84,6 +86,7 @@ def format_status(status: dict) -> str:
                 ["dates", f"{data['first_date']} .. {data['last_date']}"],
                 ["source", f"{data['source']} ({data['source_note']})"],
                 ["quarantined", quarantined or "none"],
+                ["flagged", flagged or "none"],
             ]
         )
     else:

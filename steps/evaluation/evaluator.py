@@ -29,7 +29,7 @@ def evaluator(
     Annotated[EvaluationReport, "evaluation_report"],
     Annotated[HTMLString, "evaluation_visualization"],
 ]:
-    prepared, train_days, holdout_days = load_split(dataset.data_dir, model)
+    prepared, train_days, holdout_days = load_split(dataset, model)
     production = load_stage_model("production")
     report = evaluate(
         prepared,

@@ -24,7 +24,7 @@ logger = get_logger(__name__)
 def trainer(
     dataset: DatasetRef, best_params: dict, model: ModelConfig
 ) -> Annotated[Path, ArtifactConfig(name=MODEL_ARTIFACT, artifact_type=ArtifactType.MODEL)]:
-    prepared, train_days, _ = load_split(dataset.data_dir, model)
+    prepared, train_days, _ = load_split(dataset, model)
     crash_model = train(prepared, train_days, best_params, model, dataset.version)
     out = crash_model.save(Path(tempfile.mkdtemp(prefix="crash_model_")))
     mlflow.log_params({f"volume_{k}": v for k, v in best_params.items()})
