@@ -250,6 +250,13 @@ class Load:
         self.thread.join(timeout=60)
 
 
+def running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def version(release: dict) -> str:
     return str(release["model_version"])
 
@@ -318,32 +325,39 @@ def test_promote_and_rollback_under_load_answer_every_request(
 
 
 def test_a_killed_backend_is_routed_around_and_restarted(releases: tuple[dict, dict]) -> None:
-    """Case 3: after kill -9 of the staging backend (its leader and workers) nginx sends staging's
-    share to production, and serve restarts staging."""
+    """Case 3: after kill -9 of the staging backend nginx sends staging's share to production and
+    serve restarts staging; after kill -9 of its leader alone, serve replaces it and stops the
+    orphaned workers (sessions of their own: they would serve on unnoticed)."""
     production, staging = releases
     set_state(production, staging)
     with Serve() as serve:
         serve.wait_ready()
         (leader,) = serve.leaders("staging")
-        victims = [leader, *leader.children(recursive=True)]
-        for victim in victims:
-            os.killpg(os.getpgid(victim.pid), signal.SIGKILL)
+        for victim in [leader, *leader.children(recursive=True)]:
+            victim.kill()
         with Load(serve.url) as load:
             time.sleep(30)
         share = sum(load.failures.values()) / load.total
         assert share < 0.01, f"{load.failures} of {load.total} requests failed"
-        wait_for(
-            lambda: [p.pid for p in serve.leaders("staging")] not in ([], [leader.pid]),
-            timeout=120,
-            what="serve did not restart staging",
-        )
         with Load(serve.url) as load:
             wait_for(
                 lambda: load.answers[("staging", version(staging))] > 0,
                 timeout=120,
-                what="the restarted staging did not answer",
+                what="serve did not restart staging",
             )
         assert not load.failures, load.statuses
+
+        (leader,) = serve.leaders("staging")
+        orphans = leader.children()
+        leader.kill()
+        with Load(serve.url) as load:
+            wait_for(
+                lambda: not any(map(running, orphans)),
+                timeout=150,
+                what="the killed leader's workers still run",
+            )
+        assert not load.failures, load.statuses
+        assert [p.pid for p in serve.leaders("staging")] not in ([], [leader.pid])
         assert serve.terminate() == 0
         assert not serve.leftovers(), "processes outlived serve"
 

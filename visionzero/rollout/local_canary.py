@@ -247,15 +247,14 @@ class Backend:
         return BackendFailed(self.stage, self.release, f"{reason}: {log_cause(self.log)}")
 
 
-def start_backend(stage: str, release: dict, workdir: Path) -> Backend:
+def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backend:
     port = free_port()
     name = f"{stage}-{port}"
     log = workdir / f"{name}.log"
     argv = [sys.executable, "-m", "bentoml", "serve", release["bento_tag"]]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
-    child = start_child(
-        name, argv, log, tag=f"{workdir.name}/{name}", VZ_STAGE=stage, BENTOML_DO_NOT_TRACK="true"
-    )
+    tag = f"{workdir.name}/{name}"
+    child = start_child(name, argv, log, tag, VZ_STAGE=stage, BENTOML_DO_NOT_TRACK="true", **env)
     return Backend(stage, release, port, log, child)
 
 
@@ -291,8 +290,8 @@ def preflight(release: dict, timeout: float = 120.0) -> None:
     with stopping_on_signals(), tempfile.TemporaryDirectory(prefix="vz-preflight-") as tmp:
         backend = None
         try:
-            with signals_held():
-                backend = start_backend("production", release, Path(tmp))
+            with signals_held():  # one worker is enough to show that the model loads and answers
+                backend = start_backend("production", release, Path(tmp), VZ_WORKERS="1")
             check_backend(backend, timeout)
         finally:
             if backend is not None:
