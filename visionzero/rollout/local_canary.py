@@ -69,8 +69,8 @@ class BackendFailed(CanaryError):
 
     def __init__(self, stage: str, release: dict, reason: str) -> None:
         super().__init__(
-            f"{stage} model {release['model_version']} ({release['bento_tag']}) "
-            f"failed its check: {reason}"
+            f"model {release['model_version']} ({release['bento_tag']}) "
+            f"failed its check as {stage}: {reason}"
         )
         self.stage = stage
         self.release = release
