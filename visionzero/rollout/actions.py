@@ -14,7 +14,8 @@ from pydantic import BaseModel
 
 from visionzero.platform.settings import paths, settings
 from visionzero.rollout import deployment_state as deployment
-from visionzero.rollout import kubernetes
+from visionzero.rollout import kubernetes, local_canary
+from visionzero.rollout.alerts import build_message, send
 from visionzero.serving.bento_build import Release
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,26 @@ def sync_registry_stages(state: dict) -> None:
 def promote_or_rollback(kind: str, target: str = "local") -> dict:
     """Run `promote` or `rollback` under the state lock.
 
+    The new production must first pass the check `serve` makes (its Bento started on a free port:
+    /readyz, then a real prediction): a release that fails it leaves the state, and so the
+    traffic, as they were, alerts and raises CanaryError with the model server's reason.
     Idempotent (a second call changes nothing).
     """
-    with deployment.locked_state() as state:
-        release = (deployment.promote if kind == "promote" else deployment.rollback)(state)
-        snapshot = dict(state)
+    try:
+        with deployment.locked_state() as state:
+            serving = state["production"]
+            release = (deployment.promote if kind == "promote" else deployment.rollback)(state)
+            if release is not None and release != serving:
+                local_canary.preflight(release)
+            snapshot = dict(state)
+    except local_canary.BackendFailed as exc:
+        fields = {
+            "refused version": exc.release["model_version"],
+            "bento": exc.release["bento_tag"],
+            "production (unchanged)": (serving or {}).get("model_version", "none"),
+        }
+        send(build_message("failure", f"Crash-risk model: {kind} refused", fields, [str(exc)]))
+        raise local_canary.CanaryError(f"{kind} refused, nothing changed: {exc}") from exc
     if release is None:
         return {
             "changed": False,
