@@ -131,6 +131,12 @@ def assert_registry_stage(version: str) -> None:
 
 @pytest.mark.slow
 def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
+    from visionzero.rollout.actions import sync_registry_stages
+
+    # Other tests of the session move the state: start from the challenger's canary again.
+    with deployment.locked_state() as state:
+        state.update({k: challenger[k] for k in ("production", "staging", "previous_production")})
+    sync_registry_stages(deployment.read_state())
     production = str(challenger["production"]["model_version"])
     staging = str(challenger["staging"]["model_version"])
     port = free_port()
