@@ -199,6 +199,29 @@ def rollback() -> None:
     _rollout_command("rollback")
 
 
+@cli.command()
+@click.option("--resend", is_flag=True, help="Send every undelivered message once.")
+def alerts(resend: bool) -> None:
+    """The alert outbox: each kept message with its id and delivery status. --resend sends the
+    undelivered ones to DISCORD_WEBHOOK_URL, marks each delivered one, keeps the failed ones."""
+    from visionzero.rollout.alerts import DELIVERED, NoWebhook, outbox_entries
+    from visionzero.rollout.alerts import resend as resend_outbox
+
+    results: dict[str, str] = {}
+    if resend:
+        try:
+            results = resend_outbox()
+        except NoWebhook as exc:
+            raise click.ClickException(str(exc)) from exc
+    for entry in outbox_entries():
+        if not resend or entry["id"] in results:
+            click.echo(f"{entry['id']}  {entry['at']}  {entry['delivery']:<24}  {entry['title']}")
+    if resend:
+        failed = sum(status != DELIVERED for status in results.values())
+        click.echo(f"resent {len(results)}: {len(results) - failed} delivered, {failed} kept")
+        sys.exit(1 if failed else 0)
+
+
 @cli.command("render-k8s")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 def render_k8s(out_dir: Path) -> None:

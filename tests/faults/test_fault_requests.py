@@ -13,11 +13,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import ROOT, LocalServer, free_port, wait_http
+from tests.test_alerts import MESSAGE, POLICY, discord_like, outbox_lines, run_cli
+from visionzero.rollout.alerts import build_message, send
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -263,3 +266,51 @@ def test_a_400_is_logged_as_a_warning_without_a_traceback(logged_server: tuple) 
     warnings = [line for line in text.splitlines() if "WARNING" in line]
     for _, field in bad:
         assert any(field in line for line in warnings), text[-3000:]
+
+
+# --- 13: a Discord 2xx after a 429 is delivered, and a delivered message is never resent --------
+
+
+@pytest.mark.parametrize("success", ["204-empty", "202-empty"])
+def test_a_2xx_after_a_429_is_delivered_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, success: str
+) -> None:
+    # before: the body-less 2xx was read as a failure, the message sent again and kept as failed
+    monkeypatch.setenv("VZ_HOME", str(tmp_path))
+    received: list[dict] = []
+    waits: list[float] = []
+    with LocalServer(discord_like(["429", success], received)) as server:
+        monkeypatch.setenv("DISCORD_WEBHOOK_URL", server.url + "/api/webhooks/1/secret")
+        status = send(MESSAGE, POLICY, sleep=waits.append)
+    assert len(received) == 2 and waits == [0.2]  # before: 3, the message twice
+    assert status == "delivered" and outbox_lines() == []
+
+
+def test_resend_flushes_the_outbox_once_and_keeps_failures(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VZ_HOME", str(tmp_path))
+    monkeypatch.delenv("DISCORD_WEBHOOK_URL", raising=False)
+    first, second = (build_message("promote", f"promote {i}", {"n": i}) for i in range(2))
+    assert send(first, POLICY) == send(second, POLICY) == "outbox"
+
+    received: list[dict] = []  # the first is delivered (as a body-less 204), the second fails
+    with LocalServer(discord_like(["204-empty"] + ["500"] * 3, received)) as server:
+        monkeypatch.setenv("DISCORD_WEBHOOK_URL", server.url + "/api/webhooks/1/secret-token")
+        out = run_cli(["alerts", "--resend"])
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert [m["embeds"][0]["title"] for m in received] == ["promote 0"] + ["promote 1"] * 3
+    assert {m["id"]: m["delivery"] for m in outbox_lines()} == {
+        first["id"]: "delivered",
+        second["id"]: "failed: HTTP 500",
+    }
+    assert "secret-token" not in out.stdout + out.stderr + (tmp_path / "outbox.jsonl").read_text()
+
+    received.clear()
+    with LocalServer(discord_like([], received)) as server:
+        monkeypatch.setenv("DISCORD_WEBHOOK_URL", server.url + "/api/webhooks/1/secret-token")
+        assert run_cli(["alerts", "--resend"]).returncode == 0
+        assert [m["embeds"][0]["title"] for m in received] == ["promote 1"]
+        assert run_cli(["alerts", "--resend"]).returncode == 0  # nothing left: nothing sent
+    assert len(received) == 1
+    assert {m["delivery"] for m in outbox_lines()} == {"delivered"}
