@@ -41,8 +41,10 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
 
 def train(offline: bool, config_path: Path) -> None:
     """Validate the run configuration first, then run the pipeline on the project's stack."""
+    from visionzero.platform.stack import ensure_stack, initialise_store
+
+    initialise_store()  # before pipelines.training: importing it touches the store
     from pipelines.training import InvalidConfig, load_training_config, training_pipeline
-    from visionzero.platform.stack import ensure_stack
 
     try:
         params = load_training_config(config_path)
@@ -68,6 +70,9 @@ def show_config(ctx: click.Context) -> None:
     """The effective training configuration: the YAML's values over the typed defaults."""
     import yaml
 
+    from visionzero.platform.stack import initialise_store
+
+    initialise_store()  # before pipelines.training: importing it touches the store
     from pipelines.training import InvalidConfig, load_training_config
 
     path = ctx.parent.params["config_path"]

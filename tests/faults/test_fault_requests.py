@@ -314,3 +314,49 @@ def test_resend_flushes_the_outbox_once_and_keeps_failures(
         assert run_cli(["alerts", "--resend"]).returncode == 0  # nothing left: nothing sent
     assert len(received) == 1
     assert {m["delivery"] for m in outbox_lines()} == {"delivered"}
+
+
+# --- 14 (part): two first runs at once in a fresh clone -----------------------------------------
+
+
+INITIALISE = """
+import sys
+
+sys.path.insert(0, sys.argv[1])
+from visionzero.platform.settings import configure_environment
+
+configure_environment()
+from visionzero.platform.stack import ensure_stack
+
+ensure_stack()
+"""
+
+
+@pytest.mark.parametrize("command", ["run.py config", "ensure_stack"])
+def test_first_runs_at_once_on_an_empty_home_all_succeed(tmp_path: Path, command: str) -> None:
+    # before: ZenML's SQLite store was created by each at once and all but one died
+    env = {k: v for k, v in os.environ.items() if k not in ("ZENML_CONFIG_PATH", "BENTOML_HOME")}
+    env.update(VZ_HOME=str(tmp_path / "home"), VZ_DATA_DIR=str(tmp_path / "data"))
+    script = tmp_path / "initialise.py"  # ZenML wants a main module with a file
+    script.write_text(INITIALISE)
+    args = ["run.py", "config"] if command == "run.py config" else [str(script), str(ROOT)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, output in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, output[-3000:]
