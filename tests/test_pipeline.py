@@ -57,12 +57,13 @@ def test_second_run_compares_with_production_on_the_same_holdout(trained: dict) 
     from run import DEFAULT_CONFIG, train
     from visionzero.platform.settings import MODEL_NAME
 
-    first = status()["models"]["production"]["version"]
+    production = status()["models"]["production"]["version"]
+    newest = Client().get_model_version(MODEL_NAME).number  # other tests may have trained more
     train(offline=True, config_path=DEFAULT_CONFIG)
-    latest = Client().get_model_version(MODEL_NAME)  # the newest version
-    assert latest.number == first + 1
+    latest = Client().get_model_version(MODEL_NAME)
+    assert latest.number == newest + 1
     decision = latest.run_metadata["decision"]
-    assert decision["production_version"] == first
+    assert decision["production_version"] == production
     assert any("vs production" in reason for reason in decision["reasons"])
     same_holdout = latest.run_metadata["production_metrics_same_holdout"]
     assert same_holdout["poisson_deviance"] > 0
@@ -71,3 +72,32 @@ def test_second_run_compares_with_production_on_the_same_holdout(trained: dict) 
         for line in (ROOT / os.environ["VZ_HOME"] / "outbox.jsonl").read_text().splitlines()
     ]
     assert len(outbox) >= 2 and outbox[-1]["title"].startswith(f"Crash-risk model v{latest.number}")
+
+
+def test_the_closing_summary_reads_the_run_back(trained: dict) -> None:
+    from visionzero.rollout.deployment_state import read_state
+    from visionzero.status import last_training_outputs, training_summary
+
+    text = training_summary(*last_training_outputs(), read_state())
+    production = read_state()["production"]
+    assert f"Serving now: production v{production['model_version']}" in text
+    assert text.splitlines()[-1].startswith("Next: python run.py ")
+
+
+def test_typed_artifacts_visualization_and_model_card(trained: dict) -> None:
+    from zenml.client import Client
+    from zenml.enums import ArtifactType, VisualizationType
+
+    from visionzero.evaluation.holdout import EvaluationReport
+    from visionzero.platform.settings import MODEL_NAME
+
+    run = Client().get_pipeline(name_id_or_prefix="training_pipeline").last_run
+    steps = run.steps
+    assert steps["trainer"].outputs["crash_model"][0].type == ArtifactType.MODEL
+    assert isinstance(steps["evaluator"].outputs["evaluation_report"][0].load(), EvaluationReport)
+    page = steps["evaluator"].outputs["evaluation_visualization"][0]
+    assert [v.type for v in page.visualizations] == [VisualizationType.HTML]
+    assert "hit_rate_at_10" in page.load() and "data:image/png;base64," in page.load()
+    model = Client().get_model(MODEL_NAME)
+    assert model.limitations and "complete days" in model.limitations
+    assert model.use_cases and model.audience and model.ethics

@@ -31,6 +31,8 @@ HARMLESS_NOTICES: tuple[tuple[str, str], ...] = (
     ),
     # A new store starts on the default stack; ensure_stack() activates the project's right after.
     ("zenml.zen_stores.base_zen_store", "Setting the global active stack to default."),
+    # urllib3 announces each retry; the loader reports the final outcome once (a warning).
+    ("urllib3.connectionpool", "Retrying ("),
 )
 
 # `mlflow ui` workers warn that MLflow imports Starlette's deprecated WSGI middleware: MLflow's
