@@ -41,8 +41,10 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
 
 def train(offline: bool, config_path: Path) -> None:
     """Validate the run configuration first, then run the pipeline on the project's stack."""
+    from visionzero.platform.stack import ensure_stack, initialise_store
+
+    initialise_store()  # before pipelines.training: importing it touches the store
     from pipelines.training import InvalidConfig, load_training_config, training_pipeline
-    from visionzero.platform.stack import ensure_stack
 
     try:
         params = load_training_config(config_path)
@@ -68,6 +70,9 @@ def show_config(ctx: click.Context) -> None:
     """The effective training configuration: the YAML's values over the typed defaults."""
     import yaml
 
+    from visionzero.platform.stack import initialise_store
+
+    initialise_store()  # before pipelines.training: importing it touches the store
     from pipelines.training import InvalidConfig, load_training_config
 
     path = ctx.parent.params["config_path"]
@@ -210,6 +215,29 @@ def promote() -> None:
 def rollback() -> None:
     """100% of traffic back to the previous production."""
     _rollout_command("rollback")
+
+
+@cli.command()
+@click.option("--resend", is_flag=True, help="Send every undelivered message once.")
+def alerts(resend: bool) -> None:
+    """The alert outbox: each kept message with its id and delivery status. --resend sends the
+    undelivered ones to DISCORD_WEBHOOK_URL, marks each delivered one, keeps the failed ones."""
+    from visionzero.rollout.alerts import DELIVERED, NoWebhook, outbox_entries
+    from visionzero.rollout.alerts import resend as resend_outbox
+
+    results: dict[str, str] = {}
+    if resend:
+        try:
+            results = resend_outbox()
+        except NoWebhook as exc:
+            raise click.ClickException(str(exc)) from exc
+    for entry in outbox_entries():
+        if not resend or entry["id"] in results:
+            click.echo(f"{entry['id']}  {entry['at']}  {entry['delivery']:<24}  {entry['title']}")
+    if resend:
+        failed = sum(status != DELIVERED for status in results.values())
+        click.echo(f"resent {len(results)}: {len(results) - failed} delivered, {failed} kept")
+        sys.exit(1 if failed else 0)
 
 
 @cli.command("render-k8s")

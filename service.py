@@ -9,6 +9,7 @@ training pipeline used.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 
 from visionzero.platform.settings import MODEL_NAME, settings
@@ -24,11 +25,10 @@ from typing import Annotated
 
 import bentoml
 import orjson
-from bentoml.exceptions import BadInput
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visionzero.model.crash_risk import CrashRiskModel
 from visionzero.serving.requests import (
@@ -36,8 +36,10 @@ from visionzero.serving.requests import (
     InvalidItems,
     Item,
     Prediction,
+    error_body,
     metadata,
     predict_items,
+    validation_error_body,
 )
 
 
@@ -54,32 +56,82 @@ STAGE = SETTINGS.vz_stage
 read_routes = FastAPI(title="crash_risk read-only routes")
 
 
-class RejectBrokenMultipart:
-    """BentoML answers 500 to a multipart Content-Type without a boundary (found by schemathesis):
-    reject it with 400 before it reaches the form parser. Pure ASGI, so other requests pay nothing.
-    """
+# BentoML answers a body it cannot validate with 400 but logs it as an ERROR with a traceback;
+# OneErrorShape logs every 400 once, as a warning.
+log = logging.getLogger("bentoml.crash_risk")  # under "bentoml": printed by BentoML's handlers
+logging.getLogger("bentoml._internal.server.http_app").addFilter(
+    lambda record: not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+)
+# Bodies BentoML would read as a form (its form parser answers 500 to a malformed one) or a pickle
+NOT_JSON = (
+    b"multipart/",
+    b"application/x-www-form-urlencoded",
+    b"application/vnd.bentoml+pickle",
+)
+
+
+def _one_shape(raw: bytes) -> dict[str, str]:
+    """A 400's body in the one error shape: ours already is; BentoML's validation errors carry
+    pydantic's `detail`, its other errors come as `[{"error": ...}]`."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return error_body(raw.decode(errors="replace")[:500], "body")
+    if isinstance(answer, list) and answer:
+        answer = answer[0]
+    if not isinstance(answer, dict):
+        return error_body(str(answer)[:500], "body")
+    if isinstance(answer.get("detail"), list) and answer["detail"]:
+        return validation_error_body(answer["detail"])
+    if "field" in answer:
+        return answer
+    return error_body(str(answer.get("error", answer)), "body")
+
+
+class OneErrorShape:
+    """Every 400 as {"error": ..., "field": ...}, logged once as a warning without a traceback;
+    a body BentoML would not read as JSON is refused before it reaches BentoML. Pure ASGI: a
+    successful answer passes through untouched."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            content_type = dict(scope["headers"]).get(b"content-type", b"").lower()
-            if content_type.startswith(b"multipart/") and b"boundary=" not in content_type:
-                body = (
-                    b'{"error": "Content-Type: multipart body without a boundary; '
-                    b'send application/json"}'
-                )
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 400,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        content_type = dict(scope["headers"]).get(b"content-type", b"").lower()
+        if scope["method"] == "POST" and content_type.startswith(NOT_JSON):
+            media = content_type.split(b";")[0].decode("latin-1")
+            why = f"Content-Type: {media} bodies are not read; send application/json"
+            await self._answer(send, scope, [], error_body(why, "Content-Type"))
+            return
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def send_in_one_shape(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                start.update(message)
+            elif not start:
+                await send(message)
+            else:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await self._answer(send, scope, start["headers"], _one_shape(b"".join(chunks)))
+
+        await self.app(scope, receive, send_in_one_shape)
+
+    @staticmethod
+    async def _answer(send: Send, scope: Scope, headers: list, body: dict[str, str]) -> None:
+        log.warning("400 on %s %s: %s", scope["method"], scope["path"], body["error"])
+        payload = orjson.dumps(body)
+        headers = [(k, v) for k, v in headers if k not in (b"content-length", b"content-type")]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(payload)),
+        ]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
 
 
 @bentoml.service(
@@ -120,8 +172,8 @@ class CrashRisk:
         measured with py-spy)."""
         try:
             predictions = predict_items(items, self.model, STAGE)
-        except InvalidItems as exc:
-            raise BadInput(str(exc)) from exc
+        except InvalidItems as exc:  # OneErrorShape logs it
+            return Response(orjson.dumps(exc.body()), 400, media_type="application/json")
         for level, count in Counter(p["risk_level"] for p in predictions).items():
             self.predictions_by_level.labels(stage=STAGE, risk_level=level).inc(count)
         return Response(orjson.dumps({"predictions": predictions}), media_type="application/json")
@@ -132,4 +184,4 @@ class CrashRisk:
         return metadata(self.model, STAGE)
 
 
-CrashRisk.add_asgi_middleware(RejectBrokenMultipart)
+CrashRisk.add_asgi_middleware(OneErrorShape)

@@ -7,6 +7,10 @@ MLFLOW_TRACKING_URI set the tracker logs to that MLflow server instead of the lo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from filelock import FileLock
 from pydantic import SecretStr
 
 from visionzero.platform.settings import paths, settings
@@ -64,7 +68,35 @@ def ensure_local_server() -> None:
     )
 
 
+@contextmanager
+def initialisation_lock() -> Iterator[None]:
+    """ZenML creates its client configuration and local SQLite store on first use, and the stack
+    is registered by whoever finds it missing, with no lock of their own: two first runs at once
+    in a fresh clone both create the tables, and one dies ("table ... already exists"). Both
+    happen under this file lock under VZ_HOME, so the second waits and finds them made."""
+    home = paths().home
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(home / "initialisation.lock"):
+        yield
+
+
+def initialise_store() -> None:
+    """Create ZenML's configuration and store if they are missing. Call it before anything that
+    touches the store without ensure_stack (importing pipelines.training does: its decorators
+    resolve the hooks' source through the store)."""
+    with initialisation_lock():
+        from zenml.client import Client
+
+        Client().zen_store.get_store_info()
+
+
 def ensure_stack() -> None:
+    """The project's stack registered and active (idempotent), under the initialisation lock."""
+    with initialisation_lock():
+        _ensure_stack()
+
+
+def _ensure_stack() -> None:
     from zenml.client import Client
     from zenml.enums import StackComponentType
 

@@ -1,13 +1,22 @@
 """Request validation and vectorised prediction for the HTTP services (BentoML, and the benchmark's
-plain FastAPI reference): both call `predict_items` so they compute exactly the same thing."""
+plain FastAPI reference): both call `predict_items` so they compute exactly the same thing.
+
+Every refusal is an `InvalidItems` naming the field (`items[3].zone`), answered as HTTP 400 in one
+shape, `error_body`. Times are New York wall-clock times: `new_york_minutes` says how ISO 8601
+offsets and the daylight-saving changes are read.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import cache
+from zoneinfo import ZoneInfo
 
 import h3
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.data.schema import NYC_BOX
 from visionzero.model import features as F
@@ -24,18 +33,40 @@ WEATHER_REQUEST_FIELDS = {
     "temperature_min": "tmin",
     "wind": "awnd",
 }
+NEW_YORK = ZoneInfo("America/New_York")
+# The dates a model answers for: its training window, a year before it and three after it. The
+# day features extrapolate flat beyond the window and the zone shares age, so a date much further
+# away would get a confident level that means nothing.
+SUPPORTED_BEFORE = np.timedelta64(366, "D")
+SUPPORTED_AFTER = np.timedelta64(3 * 365 + 1, "D")
+DATETIME_FORMAT = "YYYY-MM-DDTHH:MM[:SS[.fff]][Z|+HH:MM|-HH:MM]"
+DATETIME_EXPECTED = f"expected ISO 8601 {DATETIME_FORMAT}"
+# ASCII digits only: `\d` and int() also take full-width and other Unicode digits.
+DATETIME = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2})(?::([0-9]{2})(?:\.[0-9]{1,9})?)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+H3_CELL = re.compile(r"[0-9a-f]{15}")  # as h3 writes a cell; h3 itself also reads "0x..."
 
 
 class Item(BaseModel):
     """A place (latitude/longitude or an H3 zone) and a time; weather is optional."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     latitude: float | None = None
     longitude: float | None = None
-    zone: str | None = None
-    datetime: str = Field(description="local time, YYYY-MM-DDTHH:MM")
-    precipitation: float | None = Field(None, ge=0, description="inches")
-    snow: float | None = Field(None, ge=0, description="inches")
-    snow_depth: float | None = Field(None, ge=0, description="inches")
+    zone: str | None = Field(None, max_length=64, description="H3 cell, 15 hex digits")
+    datetime: str = Field(
+        max_length=64,
+        description=f"ISO 8601, {DATETIME_FORMAT}. Without an offset: New York local time; with "
+        "one: converted to New York local time. A local time skipped by the spring-forward change "
+        "reads with the offset before it (zoneinfo fold=0: 02:30 is 03:30 EDT); one repeated by "
+        "the fall-back change is the first (EDT). Dates: /metadata supported_dates.",
+    )
+    precipitation: float | None = Field(None, ge=0, le=30, description="inches in the day")
+    snow: float | None = Field(None, ge=0, le=60, description="inches in the day")
+    snow_depth: float | None = Field(None, ge=0, le=120, description="inches")
     temperature_max: float | None = Field(None, ge=-40, le=130, description="deg F")
     temperature_min: float | None = Field(None, ge=-40, le=130, description="deg F")
     wind: float | None = Field(None, ge=0, le=150, description="mph")
@@ -54,14 +85,43 @@ class Prediction(BaseModel):
     stage: str
 
 
+def error_body(message: str, field: str) -> dict[str, str]:
+    """The one shape of every 400: what is wrong, and which field (`items[3].zone`, `items`,
+    `body` for the body as a whole, `Content-Type`)."""
+    return {"error": message, "field": field}
+
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """A pydantic error location as the request's path: ["items", 3, "zone"] -> items[3].zone."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "body"
+
+
+def validation_error_body(errors: Sequence[dict]) -> dict[str, str]:
+    """pydantic's errors (as BentoML answers them) in the one shape, naming the first."""
+    first = errors[0]
+    field = field_path(first.get("loc", ()))
+    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    return error_body(f"{field}: {first.get('msg', 'invalid')}{more}", field)
+
+
 class InvalidItems(ValueError):
     """Raised with a message naming the offending field (`items[i].field`)."""
 
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
 
-def _fail(index: np.ndarray, field: str, why: str) -> None:
+    def body(self) -> dict[str, str]:
+        return error_body(str(self), self.field)
+
+
+def _fail(index: Sequence[int] | np.ndarray, field: str, why: str) -> None:
     if len(index):
         more = f" (and {len(index) - 1} more items)" if len(index) > 1 else ""
-        raise InvalidItems(f"items[{int(index[0])}].{field}: {why}{more}")
+        raise InvalidItems(f"items[{int(index[0])}].{field}", f"{why}{more}")
 
 
 def _zones(items: list[Item], model: CrashRiskModel) -> np.ndarray:
@@ -71,14 +131,13 @@ def _zones(items: list[Item], model: CrashRiskModel) -> np.ndarray:
     given = [it.zone for it in items]
     has_zone = np.array([z is not None for z in given])
     has_point = ~np.isnan(lat) & ~np.isnan(lon)
-    _fail(
-        np.flatnonzero(~has_zone & ~has_point), "latitude", "give latitude and longitude, or zone"
-    )
-    _fail(
-        np.flatnonzero(~has_zone & (np.isnan(lat) != np.isnan(lon))),
-        "longitude",
-        "latitude and longitude go together",
-    )
+    unplaced = np.flatnonzero(~has_zone & ~has_point)
+    if len(unplaced):  # name the missing half of a pair, else ask for a place
+        lone = np.isnan(lat[unplaced]) != np.isnan(lon[unplaced])
+        no_lon = lone & np.isnan(lon[unplaced])
+        _fail(unplaced[no_lon], "longitude", "latitude and longitude go together")
+        _fail(unplaced[lone], "latitude", "latitude and longitude go together")
+        _fail(unplaced, "latitude", "give latitude and longitude, or zone")
     outside = has_point & ~has_zone & ~F.inside_nyc(lat, lon)
     _fail(
         np.flatnonzero(outside),
@@ -91,33 +150,114 @@ def _zones(items: list[Item], model: CrashRiskModel) -> np.ndarray:
     located = has_point & ~has_zone
     zones[located] = model.grain.zones_of(lat[located], lon[located])
     for i in np.flatnonzero(has_zone):
+        if not H3_CELL.fullmatch(given[i].strip().lower()):
+            _fail([i], "zone", f"{given[i][:32]!r} is not an H3 cell (15 hex digits)")
         try:
             cell = model.grain.parse_zone(given[i])
         except ValueError as exc:
-            _fail(np.array([i]), "zone", str(exc))
+            _fail([i], "zone", str(exc))
         clat, clon = h3.cell_to_latlng(cell)
         if not F.inside_nyc(np.array([clat]), np.array([clon]))[0]:
-            _fail(np.array([i]), "zone", f"{given[i]!r} is outside New York City")
+            _fail([i], "zone", f"{given[i]!r} is outside New York City")
         zones[i] = cell
     return zones
 
 
-DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+def supported_dates(model: CrashRiskModel) -> tuple[np.datetime64, np.datetime64]:
+    """First and last local date the model answers for (see SUPPORTED_BEFORE/AFTER)."""
+    return _supported_dates(*model.meta["training_window"])
 
 
-def _parse_datetimes(items: list[Item]) -> np.ndarray:
-    """datetime64[m] per item; 400 on anything but a real YYYY-MM-DDTHH:MM."""
-    texts = [it.datetime for it in items]
-    bad = [i for i, text in enumerate(texts) if not DATETIME.fullmatch(text)]
-    _fail(np.array(bad), "datetime", "expected YYYY-MM-DDTHH:MM")
+@cache
+def _supported_dates(first: str, last: str) -> tuple[np.datetime64, np.datetime64]:
+    return np.datetime64(first, "D") - SUPPORTED_BEFORE, np.datetime64(last, "D") + SUPPORTED_AFTER
+
+
+@cache
+def _new_york_changes(
+    first: np.datetime64, last: np.datetime64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """New York's UTC offset changes from the year before `first` to the year after `last`, read
+    once from zoneinfo: the UTC minute of each change, the offset in minutes before the first
+    change and after each one, and the local minute from which a naive time takes the new offset
+    under fold=0 (the later of the wall-clock times at the change)."""
+
+    def offset(minute: int) -> int:
+        moment = datetime.fromtimestamp(minute * 60, UTC).astimezone(NEW_YORK)
+        return int(moment.utcoffset().total_seconds()) // 60
+
+    week = 7 * 1440  # New York's changes are months apart: at most one in a week
+    start = int(datetime(first.astype(object).year - 1, 1, 1, tzinfo=UTC).timestamp()) // 60
+    end = int(datetime(last.astype(object).year + 2, 1, 1, tzinfo=UTC).timestamp()) // 60
+    changes, offsets = [], [offset(start)]
+    for minute in range(start, end, week):
+        if offset(minute + week) != offsets[-1]:
+            low, high = minute, minute + week  # offset(low) is the old one, offset(high) is not
+            while high - low > 1:
+                middle = (low + high) // 2
+                low, high = (middle, high) if offset(middle) == offsets[-1] else (low, middle)
+            changes.append(high)
+            offsets.append(offset(high))
+    utc = np.array(changes, dtype="datetime64[m]")
+    after = np.array(offsets, dtype="timedelta64[m]")
+    return utc, after, utc + np.maximum(after[:-1], after[1:])
+
+
+def new_york_minutes(texts: list[str], first: np.datetime64, last: np.datetime64) -> np.ndarray:
+    """New York local datetime64[m] of each ISO 8601 text; InvalidItems unless every text is a
+    real time whose local date lies in first..last.
+
+    With Z or an offset the instant is converted to New York time. Without one the text is New
+    York wall-clock time, read as zoneinfo does with fold=0: a time the spring-forward change
+    skips takes the offset before it (2025-03-09T02:30 is 03:30 EDT), one the fall-back change
+    repeats is the first (EDT), the same wall-clock time. Seconds are dropped: blocks are hours.
+    """
+    # No match object outlives its test: 10,000 of them at once set off the garbage collector.
+    _fail(
+        [i for i, t in enumerate(texts) if not DATETIME.fullmatch(t)], "datetime", DATETIME_EXPECTED
+    )
+    wall = _minutes([text[:16] for text in texts], texts)  # YYYY-MM-DDTHH:MM
+    changes, offsets, local_switch = _new_york_changes(first, last)
+    utc = wall - offsets[np.searchsorted(local_switch, wall, side="right")]
+    aware, shift = [], []
+    for i in [i for i, text in enumerate(texts) if len(text) > 16]:  # with seconds or an offset
+        _, seconds, zone = DATETIME.fullmatch(texts[i]).groups()
+        if seconds is not None and int(seconds) > 59:
+            _fail([i], "datetime", f"{texts[i]!r}: seconds go up to 59")
+        if zone is not None:
+            hours, minutes = (0, 0) if zone == "Z" else (int(zone[1:3]), int(zone[4:6]))
+            if hours > 23 or minutes > 59:
+                _fail([i], "datetime", f"{zone!r} is not a UTC offset")
+            aware.append(i)
+            shift.append((-1 if zone[0] == "-" else 1) * (hours * 60 + minutes))
+    if aware:
+        utc[aware] = wall[aware] - np.array(shift, dtype="timedelta64[m]")
+    local = utc + offsets[np.searchsorted(changes, utc, side="right")]
+    days = local.astype("datetime64[D]")
+    outside = (days < first) | (days > last)
+    if outside.any():
+        _fail(
+            np.flatnonzero(outside),
+            "datetime",
+            f"outside the dates this model supports ({first}..{last}, /metadata)",
+        )
+    return local
+
+
+def _minutes(stamps: list[str], texts: list[str]) -> np.ndarray:
+    """datetime64[m] of YYYY-MM-DDTHH:MM strings; InvalidItems naming the first impossible one."""
     try:
-        return np.array(texts, dtype="datetime64[m]")
+        return np.array(stamps, dtype="datetime64[m]")
     except ValueError:
-        for i, text in enumerate(texts):
+        for i, stamp in enumerate(stamps):
             try:
-                np.datetime64(text, "m")
+                np.datetime64(stamp, "m")
             except ValueError:
-                _fail(np.array([i]), "datetime", f"{text!r} is not a real date and time")
+                _fail(
+                    np.array([i]),
+                    "datetime",
+                    f"{texts[i]!r} is not a real date and time",
+                )
         raise
 
 
@@ -137,10 +277,10 @@ def _item_weather(items: list[Item]) -> np.ndarray | None:
 
 def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[dict]:
     if len(items) > MAX_ITEMS:
-        raise InvalidItems(f"items: {len(items)} items; at most {MAX_ITEMS} per request")
+        raise InvalidItems("items", f"{len(items)} items; at most {MAX_ITEMS} per request")
     if not items:
         return []
-    stamps = _parse_datetimes(items)
+    stamps = new_york_minutes([it.datetime for it in items], *supported_dates(model))
     zones = _zones(items, model)
     days = stamps.astype("datetime64[D]")
     blocks = model.grain.block_of_datetime(stamps)
@@ -177,6 +317,7 @@ def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[
 
 
 def metadata(model: CrashRiskModel, stage: str) -> dict:
+    first, last = supported_dates(model)
     return {
         "model_version": str(model.meta.get("model_version", "unknown")),
         "stage": stage,
@@ -186,6 +327,7 @@ def metadata(model: CrashRiskModel, stage: str) -> dict:
         "risk_levels": RISK_LEVELS,
         "thresholds": model.thresholds,
         "training_window": model.meta["training_window"],
+        "supported_dates": [str(first), str(last)],
         "data_version": model.meta.get("data_version"),
         "metrics": model.meta.get("metrics"),
     }
