@@ -111,7 +111,10 @@ def report() -> None:
     from visionzero.platform.stack import ensure_stack
 
     ensure_stack()
-    version = Client().get_model_version(MODEL_NAME)
+    try:
+        version = Client().get_model_version(MODEL_NAME)
+    except KeyError as exc:  # ZenML's answer when the model has no version yet
+        raise click.ClickException("no model yet: run `make run` first") from exc
     meta = version.run_metadata
     calibration = meta.get("calibration_ratio") or {}
     rows = [
@@ -142,34 +145,44 @@ def report() -> None:
 @click.option("--port", default=3000, show_default=True, help="Port nginx listens on (localhost).")
 def serve(port: int) -> None:
     """Serve production (and staging, 50/50) behind nginx on localhost:PORT until Ctrl-C."""
-    import signal
-    import tempfile
-
+    from visionzero.platform.settings import paths
     from visionzero.rollout.deployment_state import state_path
-    from visionzero.rollout.local_canary import LocalCanary
+    from visionzero.rollout.local_canary import CanaryError, LocalCanary, stopping_on_signals
 
-    canary = LocalCanary(port, state_path(), Path(tempfile.mkdtemp(prefix="vz-serve-")))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
-    try:
-        canary.start()
-        click.echo(f"Serving on http://127.0.0.1:{port}  {json.dumps(canary.describe())}")
-        click.echo("POST /predict, GET /metadata; Ctrl-C stops nginx and both model servers.")
-        canary.watch()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        canary.stop()
-        click.echo("stopped")
+    canary = LocalCanary(port, state_path(), paths().home / "serve.json")
+    failure = None
+    with stopping_on_signals():  # SIGTERM too: stop() below runs on every way out
+        try:
+            canary.check()  # before anything starts: one line, no "stopped"
+        except CanaryError as exc:
+            raise click.ClickException(str(exc)) from exc
+        try:
+            canary.start()
+            click.echo(f"Serving on http://127.0.0.1:{port}  {json.dumps(canary.describe())}")
+            click.echo("POST /predict, GET /metadata; Ctrl-C stops nginx and both model servers.")
+            canary.watch()
+        except CanaryError as exc:
+            failure = str(exc)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            canary.stop()
+            click.echo("stopped")
+    if failure:
+        raise click.ClickException(failure)
 
 
 def _rollout_command(kind: str) -> None:
     from visionzero.platform.stack import ensure_stack
     from visionzero.rollout.actions import promote_or_rollback
     from visionzero.rollout.alerts import build_message, send
+    from visionzero.rollout.local_canary import CanaryError
 
     ensure_stack()
-    result = promote_or_rollback(kind, settings().vz_deploy_target)
+    try:
+        result = promote_or_rollback(kind, settings().vz_deploy_target)
+    except CanaryError as exc:  # nothing changed; promote_or_rollback alerted
+        raise click.ClickException(str(exc)) from exc
     if result["changed"]:
         production = result["state"]["production"]
         send(
@@ -206,7 +219,10 @@ def render_k8s(out_dir: Path) -> None:
     from visionzero.rollout.deployment_state import read_state
     from visionzero.rollout.kubernetes import render
 
-    files = render(read_state(), out_dir)
+    state = read_state()
+    if not state.get("production"):
+        raise click.ClickException("no production model yet: run `make run` first")
+    files = render(state, out_dir)
     click.echo(f"{len(files)} manifests written to {out_dir}")
 
 

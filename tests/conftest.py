@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,7 +57,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 # the tests import these two from here
-from visionzero.rollout.local_canary import free_port, wait_http  # noqa: E402
+from visionzero.rollout.local_canary import free_port  # noqa: E402
+
+
+def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
+    """Poll url until it answers 200; fail early if the process serving it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
 class LocalServer:
@@ -81,12 +99,12 @@ def real_data() -> tuple:
     """The bundled snapshot loaded offline, at the model's grain, with the configured time split."""
     from pipelines.training import load_training_config
     from visionzero.data.dataset import LoadConfig, build_dataset
-    from visionzero.model.training_data import load_split
+    from visionzero.model.training_data import split
 
     data_dir = TMP / "unit" / "data"
     build_dataset(data_dir, LoadConfig(offline=True))
     cfg = load_training_config(ROOT / "configs" / "training.yaml").model
-    return (*load_split(str(data_dir), cfg), cfg)
+    return (*split(data_dir, cfg), cfg)
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +115,28 @@ def trained() -> dict:
 
     train(offline=True, config_path=DEFAULT_CONFIG)
     return read_state()
+
+
+@pytest.fixture(scope="session")
+def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A third training run whose model differs (shorter share half-life) and whose rule lets any
+    deployable challenger win: it becomes staging, as a real winning challenger would."""
+    import yaml
+
+    from run import DEFAULT_CONFIG, train
+    from visionzero.rollout import deployment_state as deployment
+
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["parameters"] = {
+        "model": {"share_halflife_days": 365},
+        "decision": {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0},
+    }
+    path = tmp_path_factory.mktemp("config") / "challenger.yaml"
+    path.write_text(yaml.safe_dump(config))
+    train(offline=True, config_path=path)
+    state = deployment.read_state()
+    assert state["staging"] is not None, "the challenger should have become staging"
+    return state
 
 
 @pytest.fixture(scope="session")

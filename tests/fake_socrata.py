@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import date
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -76,3 +77,21 @@ def make_handler(
 
 def recorded_records() -> list[dict]:
     return json.loads(SAMPLE.read_text())
+
+
+def synthetic_records(per_day: dict[date, int], first_id: int = 9_000_000) -> list[dict]:
+    """`n` crashes on each day, in the recorded SODA format (the first recorded record with a new
+    date and collision_id): volumes the loader's plausibility rule can judge."""
+    template = recorded_records()[0]
+    records = []
+    for day, count in sorted(per_day.items()):
+        for _ in range(count):
+            first_id += 1
+            records.append(
+                {
+                    **template,
+                    "crash_date": f"{day.isoformat()}T00:00:00.000",
+                    "collision_id": str(first_id),
+                }
+            )
+    return records

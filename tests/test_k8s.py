@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from visionzero.rollout import deployment_state
 from visionzero.rollout.kubernetes import render
 
 K8S_VERSION = "1.33.0"
@@ -155,3 +156,89 @@ def test_kubernetes_target_without_docker_or_cluster_leaves_manifests_ready(
     assert "no Docker engine" in result["images_error"]
     assert "KUBECONFIG is not set" in result["apply_error"]
     assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 11
+
+
+PART_OF = "app.kubernetes.io/part-of"
+
+
+@pytest.mark.faults
+def test_every_object_is_labelled_and_no_replicas_fight_the_hpa(canary_docs: list[dict]) -> None:
+    """`kubectl apply --prune -l` only applies and prunes labelled objects; an HPA owns replicas."""
+    assert all(doc["metadata"]["labels"][PART_OF] == "visionzero-risk" for doc in canary_docs)
+    scaled = {
+        hpa["spec"]["scaleTargetRef"]["name"]
+        for hpa in by_kind(canary_docs, "HorizontalPodAutoscaler")
+    }
+    deployments = by_kind(canary_docs, "Deployment")
+    assert {d["metadata"]["name"] for d in deployments} == scaled
+    assert [d["metadata"]["name"] for d in deployments if "replicas" in d["spec"]] == []
+
+
+@pytest.mark.faults
+def test_after_rollback_the_apply_prunes_the_canary(tmp_path: Path) -> None:
+    """A plain `kubectl apply -f` after a rollback left the canary Ingress sending 50% to staging:
+    the apply plan between the two renders deletes every staging object and the canary."""
+    from visionzero.rollout.kubernetes import PRUNE_ALLOWLIST, apply_command, apply_plan
+
+    state = {
+        "production": release(1),
+        "staging": release(2),
+        "previous_production": None,
+        "canary_weight": 50,
+    }
+    render(state, tmp_path / "canary")
+    assert deployment_state.rollback(state)["model_version"] == 1 and state["staging"] is None
+    render(state, tmp_path / "rolled-back")
+    before, after = load(tmp_path / "canary"), load(tmp_path / "rolled-back")
+    plan = apply_plan(before, after)
+    assert plan["delete"] == [
+        "Deployment/crash-risk-staging",
+        "HorizontalPodAutoscaler/crash-risk-staging",
+        "Ingress/crash-risk-canary",
+        "Service/crash-risk-staging",
+    ]
+    assert plan["create"] == []
+    assert "HTTPRoute/crash-risk" in plan["update"] and "Ingress/crash-risk" in plan["update"]
+    assert apply_plan(after, before)["create"] == plan["delete"]  # a new canary comes back
+    # every kind the templates render can be pruned, except the Namespace (never deleted)
+    kinds = {
+        f"{d['apiVersion'] if '/' in d['apiVersion'] else 'core/' + d['apiVersion']}/{d['kind']}"
+        for d in before
+        if d["kind"] != "Namespace"
+    }
+    assert kinds == set(PRUNE_ALLOWLIST)
+    assert apply_command(tmp_path / "rolled-back") == [
+        "kubectl",
+        "apply",
+        "-f",
+        str(tmp_path / "rolled-back"),
+        "--prune",
+        "-l",
+        "app.kubernetes.io/part-of=visionzero-risk",
+        "--prune-allowlist=core/v1/Service",
+        "--prune-allowlist=apps/v1/Deployment",
+        "--prune-allowlist=autoscaling/v2/HorizontalPodAutoscaler",
+        "--prune-allowlist=networking.k8s.io/v1/NetworkPolicy",
+        "--prune-allowlist=networking.k8s.io/v1/Ingress",
+        "--prune-allowlist=gateway.networking.k8s.io/v1/HTTPRoute",
+    ]
+
+
+@pytest.mark.faults
+def test_apply_runs_kubectl_with_prune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command kubectl receives is the pruning one (a stand-in kubectl records its argv)."""
+    from visionzero.rollout import kubernetes
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "argv"}\necho applied\n')
+    kubectl.chmod(0o755)
+    (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    render({"production": release(1), "staging": None, "canary_weight": 50}, tmp_path / "out")
+    assert kubernetes.apply(tmp_path / "out").strip() == "applied"
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv == kubernetes.apply_command(tmp_path / "out")[1:]
+    assert "--prune" in argv

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from tests.conftest import ROOT, free_port, wait_http
 from visionzero.rollout import deployment_state as deployment
@@ -88,25 +87,6 @@ def test_failed_update_leaves_the_state_untouched(tmp_path: Path) -> None:
             deployment.apply_decision(state, "staging", release(2))
             raise RuntimeError("registry down")
     assert path.read_text() == before
-
-
-@pytest.fixture(scope="module")
-def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A third training run whose model differs (shorter share half-life) and whose rule lets any
-    deployable challenger win: it becomes staging, as a real winning challenger would."""
-    from run import DEFAULT_CONFIG, train
-
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    config["parameters"] = {
-        "model": {"share_halflife_days": 365},
-        "decision": {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0},
-    }
-    path = tmp_path_factory.mktemp("config") / "challenger.yaml"
-    path.write_text(yaml.safe_dump(config))
-    train(offline=True, config_path=path)
-    state = deployment.read_state()
-    assert state["staging"] is not None, "the challenger should have become staging"
-    return state
 
 
 def ask(url: str, session: requests.Session) -> tuple[str, str]:

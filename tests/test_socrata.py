@@ -89,13 +89,14 @@ def test_loader_merges_api_rows_and_quarantines_bad_records(
     crashes = pd.read_parquet(tmp_path / "data" / "crashes.parquet")
     assert summary.rows == 351_052 + 5 == len(crashes)
     assert (crashes["source"] == "api").sum() == 5
-    complete = pd.read_csv(tmp_path / "data" / "complete_days.csv", parse_dates=["date"])
-    api_days = complete[complete["source"] == "api"]["date"]
-    # fetched from 2025-04-01 (newest held) on 2026-06-01 with 30 settle days:
-    # complete to 2026-05-02
-    assert api_days.min() == pd.Timestamp("2025-04-01") and api_days.max() == pd.Timestamp(
-        "2026-05-02"
-    )
+    # fetched from 2025-04-01 (newest held) on 2026-06-01 with 30 settle days: judged to
+    # 2026-05-02. The sample's 5 crashes of 2026-04-02 are far from a full day, the other days have
+    # none: every day is flagged, none is complete (completeness.py)
+    assert summary.complete_days == again.complete_days == 632
+    assert summary.day_flags == again.day_flags == {"empty": 396, "implausible": 1}
+    flagged = pd.read_csv(tmp_path / "data" / "flagged_days.csv", parse_dates=["date"])
+    assert flagged["date"].min() == pd.Timestamp("2025-04-01")
+    assert flagged["date"].max() == pd.Timestamp("2026-05-02")
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ def data_status() -> dict | None:
         "rows": summary["rows"],
         "complete_days": summary["complete_days"],
         "quarantined": summary["quarantined"],
+        "day_flags": summary.get("day_flags", {}),
         "source": summary["source"],
         "source_note": summary["source_note"],
         "first_date": summary["first_date"],
@@ -29,13 +30,18 @@ def data_status() -> dict | None:
     }
 
 
-def models_status() -> dict:
-    from visionzero.platform.registry import describe, stage_version
+def models_status(state: dict) -> dict:
+    """The models the deployment state serves, described from the Model Control Plane (whose
+    `stage` mirrors the state unless a registry sync failed)."""
+    from visionzero.platform.registry import STAGES, describe, model_version
 
-    out = {}
-    for stage in ("production", "staging"):
-        version = stage_version(stage)
-        out[stage] = describe(version) if version is not None else None
+    out: dict = {}
+    for stage in STAGES:
+        release = state.get(stage)
+        try:
+            out[stage] = describe(model_version(release["model_version"])) if release else None
+        except KeyError:  # the state names a version this ZenML store does not hold
+            out[stage] = {"version": release["model_version"], "stage": "not in the registry"}
     return out
 
 
@@ -47,7 +53,7 @@ def collect_status() -> dict:
         k: state.get(k)
         for k in ("production", "staging", "previous_production", "canary_weight", "updated_at")
     }
-    return {"data": data_status(), "models": models_status(), "deployments": deployments}
+    return {"data": data_status(), "models": models_status(state), "deployments": deployments}
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
@@ -77,6 +83,7 @@ def format_status(status: dict) -> str:
     data = status.get("data")
     if data:
         quarantined = ", ".join(f"{k} {v}" for k, v in (data.get("quarantined") or {}).items())
+        flagged = ", ".join(f"{k} {v}" for k, v in (data.get("day_flags") or {}).items())
         lines += _table(
             [
                 ["version", str(data.get("version") or "-")],
@@ -84,11 +91,12 @@ def format_status(status: dict) -> str:
                 ["dates", f"{data['first_date']} .. {data['last_date']}"],
                 ["source", f"{data['source']} ({data['source_note']})"],
                 ["quarantined", quarantined or "none"],
+                ["flagged", flagged or "none"],
             ]
         )
     else:
         lines.append("  none yet: `python run.py` loads it")
-    lines += ["", "Models (ZenML stages)"]
+    lines += ["", "Models (serving, per the deployment state)"]
     rows = [["stage", "version", "deviance", "hit@10%", "data version", "training window"]]
     for stage, model in (status.get("models") or {}).items():
         metrics = (model or {}).get("metrics") or {}
@@ -107,6 +115,12 @@ def format_status(status: dict) -> str:
             )
         )
     lines += _table(rows)
+    lines += [
+        f"  v{model['version']}: ZenML stage {model['stage']}, not {stage} (registry not synced: "
+        "the next deploy, promote or rollback syncs it)"
+        for stage, model in (status.get("models") or {}).items()
+        if model and model.get("stage", stage) != stage
+    ]
     deployments = status.get("deployments") or {}
     lines += ["", f"Deployments (updated {deployments.get('updated_at') or 'never'})"]
     rows = [["stage", "model version", "bento", "traffic"]]

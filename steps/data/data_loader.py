@@ -7,19 +7,45 @@ from typing import Annotated
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from visionzero.data.dataset import DatasetRef, LoadConfig, build_dataset
-from visionzero.data.versioning import version_data_dir
+from visionzero.data.dataset import DatasetRef, DatasetSummary, LoadConfig, build_dataset
+from visionzero.data.versioning import checkout_version, version_data_dir
 from visionzero.platform.settings import paths
+from visionzero.rollout.alerts import build_message, send
 from visionzero.status import save_data_summary
 
 logger = get_logger(__name__)
 
 
-@step(enable_cache=False)
-def data_loader(config: LoadConfig) -> Annotated[DatasetRef, "dataset"]:
+def alert_flagged_days(summary: DatasetSummary) -> str:
+    """Settled API days that are not complete need a person: an empty or implausible answer is a
+    broken source (or a real change the rule must be told about), never silently fewer days."""
+    total = sum(summary.day_flags.values())
+    logger.warning(
+        "%d settled API days are not complete (%s): %s",
+        total,
+        summary.day_flags,
+        "; ".join(summary.flag_details[:3]),
+    )
+    message = build_message(
+        "data",
+        f"Data: {total} API days flagged, not complete",
+        {
+            **{f"{reason} days": count for reason, count in summary.day_flags.items()},
+            "data version": summary.version or "-",
+            "source": summary.source_note,
+        },
+        summary.flag_details,
+    )
+    return send(message)
+
+
+def load_dataset(config: LoadConfig) -> DatasetRef:
+    """The step's work without ZenML's run context, so tests drive it directly."""
     data_dir = paths().data_dir
     summary = build_dataset(data_dir, config)
-    summary = summary.model_copy(update={"version": version_data_dir(data_dir)})
+    version = version_data_dir(data_dir)
+    summary = summary.model_copy(update={"version": version})
+    pinned = checkout_version(version)  # the run reads this copy: the next run rewrites data/
     logger.info(
         "Loaded %d crash rows (source: %s); quarantined %s; %d complete days; data version %s",
         summary.rows,
@@ -29,5 +55,13 @@ def data_loader(config: LoadConfig) -> Annotated[DatasetRef, "dataset"]:
         summary.version,
     )
     save_data_summary(summary.model_dump())
-    log_metadata(metadata={"data": summary.model_dump()})
-    return DatasetRef(data_dir=str(data_dir), **summary.model_dump())
+    if summary.day_flags:
+        alert_flagged_days(summary)
+    return DatasetRef(**summary.model_dump(), data_dir=str(pinned))
+
+
+@step(enable_cache=False)
+def data_loader(config: LoadConfig) -> Annotated[DatasetRef, "dataset"]:
+    dataset = load_dataset(config)
+    log_metadata(metadata={"data": dataset.model_dump(exclude={"data_dir"})})
+    return dataset

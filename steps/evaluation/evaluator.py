@@ -1,4 +1,7 @@
-"""evaluator: new model vs production model vs historical average, on one time-ordered holdout."""
+"""evaluator: new model vs production model vs historical average, on one time-ordered holdout.
+
+Production is what the deployment state says serves (its release's model version), never a
+registry stage: a stale stage must not decide what the challenger is compared with."""
 
 from __future__ import annotations
 
@@ -16,28 +19,32 @@ from visionzero.evaluation.holdout import EvaluationReport, evaluate
 from visionzero.evaluation.plots import report_html, write_plots
 from visionzero.model.crash_risk import CrashRiskModel, ModelConfig
 from visionzero.model.training_data import load_split
-from visionzero.platform.registry import load_stage_model
+from visionzero.platform.registry import version_model
 from visionzero.platform.stack import TRACKER_NAME
+from visionzero.rollout.deployment_state import read_state
 
 logger = get_logger(__name__)
 
 
 @step(experiment_tracker=TRACKER_NAME)
 def evaluator(
-    dataset: DatasetRef, crash_model: Path, model: ModelConfig
+    dataset: DatasetRef, crash_model: CrashRiskModel, model: ModelConfig
 ) -> tuple[
     Annotated[EvaluationReport, "evaluation_report"],
     Annotated[HTMLString, "evaluation_visualization"],
 ]:
-    prepared, train_days, holdout_days = load_split(dataset.data_dir, model)
-    production = load_stage_model("production")
+    prepared, train_days, holdout_days = load_split(dataset, model)
+    serving = read_state().get("production")
+    production = version_model(serving["model_version"]) if serving else None
+    if isinstance(production, Path):  # saved before CrashRiskModelMaterializer: a folder
+        production = CrashRiskModel.load(production)
     report = evaluate(
         prepared,
         train_days,
         holdout_days,
-        CrashRiskModel.load(crash_model),
-        CrashRiskModel.load(production[1]) if production else None,
-        production[0].number if production else None,
+        crash_model,
+        production,
+        serving["model_version"] if serving else None,
     )
     roles = {
         "candidate": report.candidate,
@@ -63,5 +70,8 @@ def evaluator(
     }
     if report.production is not None:
         metadata["production_metrics_same_holdout"] = report.production.headline()
+    if report.production_not_comparable:
+        metadata["production_not_comparable"] = report.production_not_comparable
+        logger.info("production: %s", report.production_not_comparable)
     log_metadata(metadata=metadata, infer_model=True)
     return report, HTMLString(page)

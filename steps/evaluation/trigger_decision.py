@@ -1,4 +1,5 @@
-"""trigger_decision: apply the logged deploy rule and move stages in the Model Control Plane."""
+"""trigger_decision: apply the logged deploy rule. It only decides: stages and aliases follow the
+deployment state once the deployer has recorded a release (visionzero.rollout.actions)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from zenml.logger import get_logger
 
 from visionzero.evaluation.decision import Decision, DecisionRule, decide
 from visionzero.evaluation.holdout import EvaluationReport
-from visionzero.platform.registry import set_mlflow_alias, set_stage
 from visionzero.platform.stack import TRACKER_NAME
 
 logger = get_logger(__name__)
@@ -27,9 +27,6 @@ def trigger_decision(
             "production_version": evaluation_report.production_version,
         }
     )
-    if decision.action in ("production", "staging"):
-        set_stage(model_version.id, decision.action)
-        set_mlflow_alias(decision.action, model_version.number)
     for reason in decision.reasons:
         logger.info("decision: %s", reason)
     logger.info("decision: action=%s for model version %s", decision.action, model_version.number)

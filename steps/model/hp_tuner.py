@@ -25,7 +25,7 @@ logger = get_logger(__name__)
 def hp_tuner(
     dataset: DatasetRef, model: ModelConfig, tuning: TuningConfig
 ) -> Annotated[dict, "best_params"]:
-    prepared, train_days, _ = load_split(dataset.data_dir, model)
+    prepared, train_days, _ = load_split(dataset, model)
     best, trials = search(prepared, train_days, model, tuning, paths().tuner_dir)
     for trial in trials:
         with mlflow.start_run(run_name=f"tuner-trial-{trial['trial_id']}", nested=True):

@@ -1,4 +1,5 @@
-"""trainer: fit the two-stage model on training days, save it in XGBoost's native format + JSON."""
+"""trainer: fit the two-stage model on training days; ZenML stores it (XGBoost JSON + JSON metadata,
+CrashRiskModelMaterializer) and MLflow gets the same files, with no temporary folder left behind."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from zenml.enums import ArtifactType
 from zenml.logger import get_logger
 
 from visionzero.data.dataset import DatasetRef
-from visionzero.model.crash_risk import ModelConfig, train
+from visionzero.model.crash_risk import CrashRiskModel, ModelConfig, train
+from visionzero.model.materializer import CrashRiskModelMaterializer
 from visionzero.model.training_data import load_split
 from visionzero.platform.registry import MODEL_ARTIFACT, register_mlflow_version
 from visionzero.platform.stack import TRACKER_NAME
@@ -20,16 +22,18 @@ from visionzero.platform.stack import TRACKER_NAME
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=TRACKER_NAME)
+@step(experiment_tracker=TRACKER_NAME, output_materializers=CrashRiskModelMaterializer)
 def trainer(
     dataset: DatasetRef, best_params: dict, model: ModelConfig
-) -> Annotated[Path, ArtifactConfig(name=MODEL_ARTIFACT, artifact_type=ArtifactType.MODEL)]:
-    prepared, train_days, _ = load_split(dataset.data_dir, model)
+) -> Annotated[
+    CrashRiskModel, ArtifactConfig(name=MODEL_ARTIFACT, artifact_type=ArtifactType.MODEL)
+]:
+    prepared, train_days, _ = load_split(dataset, model)
     crash_model = train(prepared, train_days, best_params, model, dataset.version)
-    out = crash_model.save(Path(tempfile.mkdtemp(prefix="crash_model_")))
     mlflow.log_params({f"volume_{k}": v for k, v in best_params.items()})
     mlflow.log_params(model.model_dump())
-    mlflow.log_artifacts(str(out), artifact_path="model")
+    with tempfile.TemporaryDirectory(prefix="crash_model_") as tmp:
+        mlflow.log_artifacts(str(crash_model.save(Path(tmp))), artifact_path="model")
     active = mlflow.active_run()
     register_mlflow_version(
         active.info.run_id,
@@ -50,4 +54,4 @@ def trainer(
         },
         infer_model=True,
     )
-    return out
+    return crash_model

@@ -1,4 +1,8 @@
-"""deployer: record the decision in the deployment state, then roll out on the configured target."""
+"""deployer: record the decision in the deployment state, roll out on the configured target, then
+sync the ZenML stages and MLflow aliases from the state.
+
+A registry failure is reported and never undoes the recorded deployment.
+"""
 
 from __future__ import annotations
 
@@ -20,5 +24,7 @@ def deployer(
 ) -> Annotated[Deployment, "deployment"]:
     result = deploy(decision.action, release, target)
     logger.info("deployer: %s", result.summary)
+    if result.registry_error:
+        logger.warning("deployer: registry stages not synced (%s)", result.registry_error)
     log_metadata(metadata={"deployment": result.model_dump(exclude={"state"})})
     return result

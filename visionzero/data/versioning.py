@@ -1,11 +1,15 @@
 """DVC versioning of the data folder.
 
-`dvc add` + push to the default remote; the md5 is the data version.
+`dvc add` + push to the default remote; the md5 is the data version. A run reads its version from
+a folder of that version's own ($VZ_HOME/datasets/<md5>), checked by hash and materialised from the
+DVC cache (or remote) when missing or changed: the next run rewrites data/, never that folder.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -13,6 +17,10 @@ import yaml
 from visionzero.platform.settings import paths
 
 log = logging.getLogger(__name__)
+
+
+class DataVersionMismatch(RuntimeError):
+    """The data version a run recorded can no longer be read: refuse rather than read another."""
 
 
 def _ensure_repo(root: Path) -> None:
@@ -67,3 +75,66 @@ def read_version(data_dir: Path) -> str | None:
         return None
     outs = yaml.safe_load(meta.read_text()).get("outs", [])
     return outs[0]["md5"] if outs else None
+
+
+def dataset_hash(folder: Path) -> str:
+    """DVC's md5 of a folder (`<md5>.dir`, as in data.dvc), hashed afresh from the bytes: DVC's
+    state cache trusts file timestamps, which a changed file can keep."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import get_odb
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    _, _, tree = build(get_odb(fs, str(folder)), str(folder), fs, "md5", dry_run=True)
+    return tree.hash_info.value
+
+
+def _materialise(version: str, target: Path) -> None:
+    """Check version out of the project's DVC cache into target, pulling it from the remote
+    first when the cache lacks it."""
+    from dvc.logger import set_loggers_level
+    from dvc.repo import Repo
+    from dvc_data.hashfile.checkout import checkout
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    wanted = HashInfo("md5", version)
+    with set_loggers_level(logging.WARNING), Repo(str(paths().data_dir.parent)) as repo:
+        cache = repo.cache.local
+        try:
+            checkout(str(target), cache.fs, Tree.load(cache, wanted), cache)
+        except Exception:  # noqa: BLE001 - not (all) in the cache: any DVC error means "pull"
+            shutil.rmtree(target, ignore_errors=True)
+            repo.cloud.pull([wanted])  # the folder's listing first, then the files it lists
+            tree = Tree.load(cache, wanted)
+            repo.cloud.pull([oid for _, _, oid in tree])
+            checkout(str(target), cache.fs, tree, cache)
+
+
+def checkout_version(version: str) -> Path:
+    """The folder holding exactly data version `version` (hash checked), materialised from DVC
+    when it is missing or no longer matches; DataVersionMismatch when DVC cannot bring it back."""
+    folder = paths().home / "datasets" / version.removesuffix(".dir")
+    if folder.is_dir() and dataset_hash(folder) == version:
+        return folder
+    found = dataset_hash(folder) if folder.is_dir() else "nothing"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        try:
+            _materialise(version, work / "data")
+        except Exception as exc:  # noqa: BLE001 - every way DVC can fail ends in the one refusal
+            raise DataVersionMismatch(
+                f"data version {version} cannot be read: {folder} holds {found}, and neither the"
+                f" DVC cache nor the remote has it ({type(exc).__name__}: {exc})"
+            ) from exc
+        if (restored := dataset_hash(work / "data")) != version:
+            raise DataVersionMismatch(f"DVC restored {restored} for data version {version}")
+        if folder.is_dir():
+            folder.rename(work / "changed")
+        (work / "data").rename(folder)
+        if found != "nothing":
+            log.warning("data version %s: %s held %s; restored from DVC", version, folder, found)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return folder

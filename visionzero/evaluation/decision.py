@@ -52,6 +52,12 @@ def decide(report: Mapping[str, Any], rule: DecisionRule) -> Decision:
     if not (beats_dev and beats_hit):
         reasons.append("not deployable: it must beat the historical average on both")
         return Decision(action="none", deployable=False, reasons=reasons)
+    if report.get("production_not_comparable"):
+        reasons.append(
+            f"{report['production_not_comparable']} on one holdout: production stays (a new "
+            "grain changes the zones and blocks clients get, so it is never rolled out unscored)"
+        )
+        return Decision(action="none", deployable=True, reasons=reasons)
     if prod is None:
         reasons.append("no production model: the first deployable model becomes production")
         return Decision(action="production", deployable=True, reasons=reasons)

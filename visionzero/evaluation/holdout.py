@@ -37,7 +37,11 @@ class Scores(BaseModel):
 
 
 class EvaluationReport(BaseModel):
-    """The evaluator artifact: candidate, production (re-scored) and baseline on one holdout."""
+    """The evaluator artifact: candidate, production (re-scored) and baseline on one holdout.
+
+    Production is re-scored only at the candidate's grain; of another grain it has no scores and
+    `production_not_comparable` says why (its zones and blocks are not the candidate's).
+    """
 
     model_config = ConfigDict(ser_json_inf_nan="strings")
 
@@ -50,6 +54,7 @@ class EvaluationReport(BaseModel):
     baseline: Scores
     production: Scores | None = None
     production_version: int | None = None
+    production_not_comparable: str | None = None
     slices: dict[str, dict[str, dict[str, Scores]]]  # slice kind -> role -> slice value -> scores
     hit_rate_curve: dict[str, list[float]]  # k_percent and one curve per role
 
@@ -137,6 +142,10 @@ def zone_boroughs(prepared: Prepared, train_days: pd.DatetimeIndex) -> dict[str,
     return rows.groupby("zone")["borough"].agg(lambda s: s.value_counts().index[0]).to_dict()
 
 
+def grain_name(grain: Grain) -> str:
+    return f"res {grain.resolution}/{grain.block_hours}h"
+
+
 def evaluate(
     prepared: Prepared,
     train_days: pd.DatetimeIndex,
@@ -145,7 +154,9 @@ def evaluate(
     production: CrashRiskModel | None,
     production_version: int | None = None,
 ) -> EvaluationReport:
-    """Score candidate, production (re-scored here) and baseline on one holdout zone-slot grid."""
+    """Score candidate, production (re-scored here) and baseline on one holdout zone-slot grid,
+    the candidate's: a production model of another grain never saw those zones and blocks, so it
+    is not scored, with the reason in the report."""
     grain = candidate.grain
     grid, outside = holdout_frame(prepared, candidate.shares.zones, holdout_days, grain)
     weather = prepared.weather
@@ -170,6 +181,7 @@ def evaluate(
         "baseline": score(grid, pred_base, thresholds, outside),
         "production": None,
         "production_version": production_version,
+        "production_not_comparable": None,
         "slices": {
             "borough": {
                 "candidate": sliced(grid, pred_new, thresholds, boroughs),
@@ -181,7 +193,12 @@ def evaluate(
             },
         },
     }
-    if production is not None:
+    if production is not None and production.grain != grain:
+        report["production_not_comparable"] = (
+            f"production has grain {grain_name(production.grain)}, "
+            f"candidate {grain_name(grain)}: not comparable"
+        )
+    elif production is not None:
         zones = grid["zone"].to_numpy()
         pred_prod, _ = production.expected(zones, dates, grid["block"].to_numpy(), weather)
         report["production"] = score(grid, pred_prod, production.thresholds, outside)

@@ -1,13 +1,16 @@
-"""The Model Control Plane view: which model versions hold the production and staging stages."""
+"""The Model Control Plane view: which model versions hold the production and staging stages.
+
+The deployment state decides; `sync_stages` only mirrors it into ZenML and MLflow.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from visionzero.platform.settings import MODEL_NAME
 
 MODEL_ARTIFACT = "crash_model"
+STAGES = ("production", "staging")  # the stages a deployment holds; others are "archived"
 
 
 def stage_version(stage: str) -> Any | None:
@@ -20,13 +23,19 @@ def stage_version(stage: str) -> Any | None:
         return None
 
 
-def load_stage_model(stage: str) -> tuple[Any, Path] | None:
-    """(model version, local directory of its saved model) for the stage, or None."""
-    version = stage_version(stage)
-    if version is None:
-        return None
-    artifact = version.get_artifact(MODEL_ARTIFACT)
-    return (version, Path(artifact.load())) if artifact is not None else None
+def model_version(number: int) -> Any:
+    """The ZenML model version with this number (KeyError when there is none)."""
+    from zenml.client import Client
+
+    return Client().get_model_version(MODEL_NAME, number)
+
+
+def version_model(number: int) -> Any:
+    """The trained model (the trainer's crash_model artifact) of a ZenML model version."""
+    artifact = model_version(number).get_artifact(MODEL_ARTIFACT)
+    if artifact is None:
+        raise LookupError(f"model version {number} has no {MODEL_ARTIFACT} artifact")
+    return artifact.load()
 
 
 def mlflow_tracking_uri() -> str:
@@ -60,19 +69,38 @@ def register_mlflow_version(run_id: str, artifact_uri: str, zenml_version: int) 
     return version.version
 
 
-def set_mlflow_alias(stage: str, zenml_version: int) -> None:
-    client = _mlflow_client()
+def _mlflow_version(client: Any, zenml_version: int) -> str:
     for version in client.search_model_versions(f"name='{MODEL_NAME}'"):
         if version.tags.get("zenml_model_version") == str(zenml_version):
-            client.set_registered_model_alias(MODEL_NAME, stage, version.version)
-            return
+            return version.version
+    raise LookupError(f"no MLflow version of {MODEL_NAME} mirrors ZenML version {zenml_version}")
 
 
-def set_stage(version_id: Any, stage: str) -> None:
+def sync_stages(held: dict[str, int]) -> None:
+    """Make ZenML stages and MLflow aliases exactly `held` (stage -> ZenML version number).
+
+    A version holding a stage it no longer has is archived and loses the alias. ZenML first, then
+    MLflow; the first failure is raised for the caller to report (the next sync repairs both).
+    """
     from zenml.client import Client
     from zenml.enums import ModelStages
 
-    Client().get_model_version(MODEL_NAME, version_id).set_stage(ModelStages(stage), force=True)
+    for stage in STAGES:
+        holders = Client().list_model_versions(model=MODEL_NAME, stage=ModelStages(stage), size=100)
+        for version in holders.items:
+            if version.number not in held.values():
+                version.set_stage(ModelStages.ARCHIVED, force=True)
+    for stage, number in held.items():
+        model_version(number).set_stage(ModelStages(stage), force=True)
+    client = _mlflow_client()
+    aliases = client.get_registered_model(MODEL_NAME).aliases
+    for stage in STAGES:
+        if stage in held:
+            client.set_registered_model_alias(
+                MODEL_NAME, stage, _mlflow_version(client, held[stage])
+            )
+        elif stage in aliases:
+            client.delete_registered_model_alias(MODEL_NAME, stage)
 
 
 def describe(version: Any) -> dict:

@@ -1,6 +1,7 @@
 """Deploy, promote and roll back.
 
-State first (atomic), then the target, then ZenML stages and MLflow aliases.
+State first (atomic), then the target, then ZenML stages and MLflow aliases, synced from the
+state: the state is the one source of truth of what serves, the registries only mirror it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pydantic import BaseModel
 
 from visionzero.platform.settings import paths, settings
 from visionzero.rollout import deployment_state as deployment
-from visionzero.rollout import kubernetes
+from visionzero.rollout import kubernetes, local_canary
+from visionzero.rollout.alerts import build_message, send
 from visionzero.serving.bento_build import Release
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ class Deployment(BaseModel):
     summary: str
     state: dict[str, Any]
     rollout: dict[str, Any] | None = None
+    registry_error: str | None = None  # the stages were not synced; the deployment stands
 
 
 def roll_out(state: dict, target: str) -> dict:
@@ -38,8 +41,15 @@ def roll_out(state: dict, target: str) -> dict:
     if target != "kubernetes":
         raise ValueError(f"unknown deploy target {target!r} (local or kubernetes)")
     out_dir = paths().home / "k8s"
+    previous = kubernetes.load_rendered(out_dir)
     files = kubernetes.render(state, out_dir)
-    result: dict = {"target": "kubernetes", "manifests": str(out_dir), "files": len(files)}
+    result: dict = {
+        "target": "kubernetes",
+        "manifests": str(out_dir),
+        "files": len(files),
+        # what the pruning apply does if the cluster holds the previous render
+        "plan": kubernetes.apply_plan(previous, kubernetes.load_rendered(out_dir)),
+    }
     for stage in ("production", "staging"):
         if state.get(stage):
             try:
@@ -57,7 +67,8 @@ def roll_out(state: dict, target: str) -> dict:
 
 
 def deploy(action: str, release: Release | None, target: str) -> Deployment:
-    """Record the decision in the deployment state, then roll the state out on the target."""
+    """Record the decision in the deployment state, roll the state out on the target, then sync
+    the registry stages from it. A registry failure is reported and never undoes the state."""
     with deployment.locked_state() as state:
         changed = (
             deployment.apply_decision(state, action, release.model_dump())
@@ -67,33 +78,53 @@ def deploy(action: str, release: Release | None, target: str) -> Deployment:
         snapshot = dict(state)
     if changed == "none" or release is None:
         return Deployment(changed="none", summary="no change", state=snapshot)
+    rollout = roll_out(snapshot, target)
+    registry_error = None
+    try:
+        sync_registry_stages(snapshot)
+    except Exception as exc:  # noqa: BLE001 - the deployment state is already the truth
+        registry_error = f"{type(exc).__name__}: {exc}"
+        log.warning("deploy: registry stages not updated (%s)", registry_error)
     return Deployment(
         changed=changed,
         state=snapshot,
-        rollout=roll_out(snapshot, target),
+        rollout=rollout,
+        registry_error=registry_error,
         summary=f"{changed}: model {release.model_version} ({release.bento_tag})",
     )
 
 
 def sync_registry_stages(state: dict) -> None:
-    """ZenML stages and MLflow aliases follow the deployment state after promote/rollback."""
-    from visionzero.platform.registry import set_mlflow_alias, set_stage
+    """ZenML stages and MLflow aliases follow the deployment state: its production and staging
+    hold them, every other version loses them (staging is cleared by promote and rollback)."""
+    from visionzero.platform.registry import STAGES, sync_stages
 
-    for stage in ("production", "staging"):
-        release = state.get(stage)
-        if release:
-            set_stage(release["model_version"], stage)
-            set_mlflow_alias(stage, release["model_version"])
+    sync_stages({stage: state[stage]["model_version"] for stage in STAGES if state.get(stage)})
 
 
 def promote_or_rollback(kind: str, target: str = "local") -> dict:
     """Run `promote` or `rollback` under the state lock.
 
+    The new production must first pass the check `serve` makes (its Bento started on a free port:
+    /readyz, then a real prediction): a release that fails it leaves the state, and so the
+    traffic, as they were, alerts and raises CanaryError with the model server's reason.
     Idempotent (a second call changes nothing).
     """
-    with deployment.locked_state() as state:
-        release = (deployment.promote if kind == "promote" else deployment.rollback)(state)
-        snapshot = dict(state)
+    try:
+        with deployment.locked_state() as state:
+            serving = state["production"]
+            release = (deployment.promote if kind == "promote" else deployment.rollback)(state)
+            if release is not None and release != serving:
+                local_canary.preflight(release)
+            snapshot = dict(state)
+    except local_canary.BackendFailed as exc:
+        fields = {
+            "refused version": exc.release["model_version"],
+            "bento": exc.release["bento_tag"],
+            "production (unchanged)": (serving or {}).get("model_version", "none"),
+        }
+        send(build_message("failure", f"Crash-risk model: {kind} refused", fields, [str(exc)]))
+        raise local_canary.CanaryError(f"{kind} refused, nothing changed: {exc}") from exc
     if release is None:
         return {
             "changed": False,

@@ -3,7 +3,8 @@ when configured.
 
 What Yatai did for BentoML <= 1.1, with plain manifests: production and staging Deployments of
 the Bento images, an ingress-nginx canary Ingress and, as its replacement, a Gateway API
-HTTPRoute, both 50/50.
+HTTPRoute, both 50/50. Every object carries the `part-of` label, so `kubectl apply --prune`
+deletes what the state no longer has (the canary and the staging objects after a rollback).
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from visionzero.platform.settings import REPO_ROOT, settings
 
 TEMPLATES = REPO_ROOT / "k8s"
 PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml"]
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+PART_OF = "visionzero-risk"
+# Every kind render() can write, as kubectl's --prune-allowlist names them (group/version/kind,
+# "core" for the core group). The Namespace is left out: it is never pruned.
+PRUNE_ALLOWLIST = [
+    "core/v1/Service",
+    "apps/v1/Deployment",
+    "autoscaling/v2/HorizontalPodAutoscaler",
+    "networking.k8s.io/v1/NetworkPolicy",
+    "networking.k8s.io/v1/Ingress",
+    "gateway.networking.k8s.io/v1/HTTPRoute",
+]
 
 
 class NoContainerEngine(RuntimeError):
@@ -78,6 +91,8 @@ def render(state: dict, out_dir: Path) -> list[Path]:
     ] + ([{"name": "crash-risk-staging", "port": 80, "weight": weight}] if weight else [])
     docs.append(("httproute", route))
 
+    for _, doc in docs:
+        doc["metadata"].setdefault("labels", {})[PART_OF_LABEL] = PART_OF
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -117,15 +132,65 @@ def containerize_and_push(release: dict, registry: str) -> dict[str, str]:
     return images
 
 
+def load_rendered(manifest_dir: Path) -> list[dict]:
+    """The objects of a render (none when the folder does not exist yet)."""
+    return [yaml.safe_load(path.read_text()) for path in sorted(manifest_dir.glob("*.yaml"))]
+
+
+def _prune_kind(doc: dict) -> str:
+    api = doc["apiVersion"]
+    return f"{api if '/' in api else 'core/' + api}/{doc['kind']}"
+
+
+def _identity(doc: dict) -> tuple[str, str, str]:
+    return _prune_kind(doc), doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
+
+
+def apply_plan(live: list[dict], rendered: list[dict]) -> dict[str, list[str]]:
+    """What `apply_command` does to a cluster holding `live`: create, update and (prune) delete,
+    as sorted "Kind/name" lists. Only labelled objects of an allowlisted kind are pruned."""
+    present = {_identity(d) for d in live}
+    kept = {_identity(d) for d in rendered}
+
+    def names(docs: list[dict]) -> list[str]:
+        return sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+
+    return {
+        "create": names([d for d in rendered if _identity(d) not in present]),
+        "update": names([d for d in rendered if _identity(d) in present]),
+        "delete": names(
+            [
+                d
+                for d in live
+                if _identity(d) not in kept
+                and _prune_kind(d) in PRUNE_ALLOWLIST
+                and (d["metadata"].get("labels") or {}).get(PART_OF_LABEL) == PART_OF
+            ]
+        ),
+    }
+
+
+def apply_command(manifest_dir: Path) -> list[str]:
+    """`kubectl apply` that also deletes the project's objects the render no longer has."""
+    return [
+        "kubectl",
+        "apply",
+        "-f",
+        str(manifest_dir),
+        "--prune",
+        "-l",
+        f"{PART_OF_LABEL}={PART_OF}",
+        *(f"--prune-allowlist={kind}" for kind in PRUNE_ALLOWLIST),
+    ]
+
+
 def apply(manifest_dir: Path) -> str:
-    """kubectl apply with the configured KUBECONFIG; returns kubectl's output."""
+    """kubectl apply --prune with the configured KUBECONFIG; returns kubectl's output."""
     if not settings().kubeconfig:
         raise RuntimeError("KUBECONFIG is not set: manifests rendered but not applied")
     if not shutil.which("kubectl"):
         raise RuntimeError("kubectl is not installed: manifests rendered but not applied")
-    out = subprocess.run(
-        ["kubectl", "apply", "-f", str(manifest_dir)], check=False, capture_output=True, text=True
-    )
+    out = subprocess.run(apply_command(manifest_dir), check=False, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"kubectl apply failed: {out.stderr[-1000:]}")
     return out.stdout
