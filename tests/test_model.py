@@ -81,6 +81,28 @@ def test_level_thresholds_increase(model: CrashRiskModel) -> None:
         level_thresholds(np.zeros(100))
 
 
+def test_levels_are_cut_per_resolution(model: CrashRiskModel) -> None:
+    assert model.resolutions == [7, 8, 9]
+    cuts = [model.thresholds_at(r) for r in model.resolutions]
+    assert cuts[0] == model.thresholds
+    for coarse, fine in itertools.pairwise(cuts):
+        assert all(b > a for a, b in itertools.pairwise(fine))
+        assert fine[-1] < coarse[-1]  # a Dangerous block is rarer than a Dangerous district
+
+
+def test_finer_zones_sum_exactly_to_their_parent(model: CrashRiskModel) -> None:
+    import h3
+
+    for parent in model.shares.zones[::40]:
+        for resolution in (8, 9):
+            kids = h3.cell_to_children(parent, resolution)
+            day = pd.DatetimeIndex(["2025-02-03"] * len(kids))
+            for block in range(6):
+                whole, _ = model.expected(np.array([parent]), day[:1], np.array([block]))
+                parts, _ = model.expected(np.array(kids), day, np.full(len(kids), block))
+                assert parts.sum() == pytest.approx(whole[0], rel=1e-9)
+
+
 def test_save_load_gives_identical_predictions(
     model: CrashRiskModel, real_data, tmp_path: Path
 ) -> None:

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import h3
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from visionzero.model import features as F
 from visionzero.model.grain import Grain
+from visionzero.model.hierarchy import ChildShares
 from visionzero.model.levels import assign_levels, level_thresholds
 
 VOLUME_FILE = "volume.json"
@@ -47,7 +49,27 @@ class ModelConfig(BaseModel):
     daytype_prior_strength: float = Field(
         50.0, ge=0, description="pseudo-crashes pulling P(zone|block,daytype) toward P(zone|block)"
     )
+    finest_resolution: int = Field(
+        9, ge=0, le=15, description="finest H3 resolution served (9: ~0.1 km2, a few blocks)"
+    )
+    child_zone_strength: float = Field(
+        5.0,
+        gt=0,
+        description="pseudo-crashes pulling a child cell's share toward 1/7 of its parent",
+    )
+    child_block_strength: float = Field(
+        50.0, gt=0, description="pseudo-crashes pulling a child's share in a block toward its day"
+    )
+    child_halflife_days: float = Field(
+        1460.0, gt=0, description="recency weight of the child-share history"
+    )
     seed: int = Field(7, description="random seed of XGBoost and the tuner")
+
+    @model_validator(mode="after")
+    def _finest_below_base(self) -> ModelConfig:
+        if self.finest_resolution < self.resolution:
+            raise ValueError("finest_resolution must be at least resolution")
+        return self
 
     @property
     def grain(self) -> Grain:
@@ -72,6 +94,8 @@ def prepare(
     rows = crashes[crashes["crash_date"].isin(days) & crashes["geocoded"]].copy()
     grain = cfg.grain
     rows["zone"] = grain.zones_of(rows["latitude"].to_numpy(), rows["longitude"].to_numpy())
+    finest = Grain(cfg.finest_resolution, cfg.block_hours)
+    rows["cell"] = finest.zones_of(rows["latitude"].to_numpy(), rows["longitude"].to_numpy())
     timed = rows["crash_minute"].notna().to_numpy()
     rows["block"] = -1
     rows.loc[timed, "block"] = grain.block_of_minute(rows.loc[timed, "crash_minute"].to_numpy(int))
@@ -145,12 +169,74 @@ class ShareTable:
         return out * self.p_block[dtype, block]
 
 
+def fit_children(
+    prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, base_zones: list[str]
+) -> list[ChildShares]:
+    """Child shares one resolution at a time, from the base zones down to the finest cells, on the
+    timed crashes of training days only."""
+    rows = prepared.crashes[
+        prepared.crashes["crash_date"].isin(train_days) & (prepared.crashes["block"] >= 0)
+    ]
+    age = (train_days.max() - rows["crash_date"]).dt.days.to_numpy()
+    weights = 0.5 ** (age / cfg.child_halflife_days)
+    finest = rows["cell"].to_numpy()
+    levels: list[ChildShares] = []
+    parents = base_zones
+    for resolution in range(cfg.resolution + 1, cfg.finest_resolution + 1):
+        cells = (
+            finest
+            if resolution == cfg.finest_resolution
+            else np.array([h3.cell_to_parent(c, resolution) for c in finest], dtype=object)
+        )
+        level = ChildShares.fit(
+            parents,
+            cells,
+            rows["block"].to_numpy(),
+            weights,
+            cfg.grain.n_blocks,
+            cfg.child_zone_strength,
+            cfg.child_block_strength,
+        )
+        levels.append(level)
+        parents = level.zones
+    return levels
+
+
+@dataclass
+class ZoneTable:
+    """Every zone the model answers for, at every resolution, in one lookup: the row of its base
+    zone in the share table and the product of its child shares per block (1 for a base zone)."""
+
+    row_of: dict[str, int]
+    resolution: np.ndarray  # [N]
+    base_rows: np.ndarray  # [N]
+    factor: np.ndarray  # [N, B]
+
+    @classmethod
+    def build(cls, shares: ShareTable, children: list[ChildShares], resolution: int) -> ZoneTable:
+        n_blocks = shares.p_zone.shape[1]
+        zones = list(shares.zones)
+        base = np.arange(len(zones))
+        factor = np.ones((len(zones), n_blocks))
+        parts = [(np.full(len(zones), resolution), base, factor)]
+        for level in children:
+            base, factor = base[level.parent_rows], factor[level.parent_rows] * level.share
+            zones += level.zones
+            parts.append((np.full(len(level.zones), level.resolution), base, factor))
+        return cls(
+            row_of={zone: row for row, zone in enumerate(zones)},
+            resolution=np.concatenate([p[0] for p in parts]),
+            base_rows=np.concatenate([p[1] for p in parts]),
+            factor=np.concatenate([p[2] for p in parts]),
+        )
+
+
 @dataclass
 class CrashRiskModel:
     booster: xgb.Booster
     shares: ShareTable
     meta: dict = field(default_factory=dict)
-    _zone_rows: dict[str, int] | None = field(default=None, repr=False)
+    children: list[ChildShares] = field(default_factory=list)  # finer resolutions, coarse first
     _volume_cache: dict[int, float] = field(default_factory=dict, repr=False)
 
     @cached_property
@@ -160,13 +246,41 @@ class CrashRiskModel:
 
     @property
     def thresholds(self) -> list[float]:
+        """The base resolution's level cuts."""
         return list(self.meta["thresholds"])
 
+    @property
+    def resolutions(self) -> list[int]:
+        """Every H3 resolution the model answers at, coarse to fine."""
+        return [self.grain.resolution] + [level.resolution for level in self.children]
+
+    def thresholds_at(self, resolution: int) -> list[float]:
+        """Level cuts of one resolution: a Dangerous block is rarer than a Dangerous district."""
+        by_resolution = self.meta.get("thresholds_by_resolution") or {}
+        return list(by_resolution.get(str(resolution), self.meta["thresholds"]))
+
+    @cached_property
+    def zone_table(self) -> ZoneTable:
+        return ZoneTable.build(self.shares, self.children, self.grain.resolution)
+
     def zone_index(self, zones: np.ndarray) -> np.ndarray:
-        """Row of each zone in the share table, -1 for a zone with no training history."""
-        if self._zone_rows is None:
-            self._zone_rows = {zone: row for row, zone in enumerate(self.shares.zones)}
-        return np.array([self._zone_rows.get(z, -1) for z in zones], dtype=np.int64)
+        """Row of each zone in the zone table, -1 for a zone outside every trained zone."""
+        row_of = self.zone_table.row_of
+        return np.array([row_of.get(z, -1) for z in zones], dtype=np.int64)
+
+    def _share(self, zones: np.ndarray, blocks: np.ndarray, dtype: np.ndarray) -> np.ndarray:
+        """P(block | day type) x P(zone | block, day type) at each zone's own resolution. A zone
+        outside the trained ones gets the unknown-zone share split evenly down to its size."""
+        rows = self.zone_index(zones)
+        known = rows >= 0
+        table = self.zone_table
+        base = np.where(known, table.base_rows[rows], -1)
+        factor = np.ones(len(rows))
+        factor[known] = table.factor[rows[known], blocks[known]]
+        if not known.all():
+            depth = [h3.get_resolution(z) - self.grain.resolution for z in zones[~known]]
+            factor[~known] = (1 / 7) ** np.maximum(np.array(depth, dtype=float), 0)
+        return self.shares.share(base, blocks, dtype) * factor
 
     def expected(
         self,
@@ -197,7 +311,7 @@ class CrashRiskModel:
         volume = self._volume(X, days[first] if weather is None and item_weather is None else None)
         dow, holiday = X[:, F.DAY_FEATURES.index("dow")], X[:, F.DAY_FEATURES.index("is_holiday")]
         dtype = F.daytype_of(dow, holiday)[inverse]
-        share = self.shares.share(self.zone_index(zones), np.asarray(blocks, dtype=int), dtype)
+        share = self._share(np.asarray(zones, dtype=object), np.asarray(blocks, dtype=int), dtype)
         return volume[inverse] * share, source
 
     def _volume(self, X: np.ndarray, cache_days: np.ndarray | None) -> np.ndarray:
@@ -217,8 +331,15 @@ class CrashRiskModel:
                 self._volume_cache[keys[i]] = value
         return np.array([self._volume_cache[key] for key in keys])
 
-    def levels(self, expected: np.ndarray) -> np.ndarray:
-        return assign_levels(expected, self.thresholds)
+    def levels(self, expected: np.ndarray, resolutions: np.ndarray | None = None) -> np.ndarray:
+        """Level index of each expected count, cut on its own resolution's thresholds."""
+        if resolutions is None:
+            return assign_levels(expected, self.thresholds)
+        out = np.empty(len(expected), dtype=np.int64)
+        for resolution in np.unique(resolutions):
+            mine = resolutions == resolution
+            out[mine] = assign_levels(expected[mine], self.thresholds_at(int(resolution)))
+        return out
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -229,6 +350,7 @@ class CrashRiskModel:
             "p_block": self.shares.p_block.tolist(),
             "p_zone": self.shares.p_zone.tolist(),
             "unknown_zone_share": self.shares.unknown_zone_share,
+            "children": [level.to_json() for level in self.children],
         }
         (directory / META_FILE).write_text(json.dumps(meta))
         return directory
@@ -245,7 +367,8 @@ class CrashRiskModel:
             p_zone=np.asarray(meta.pop("p_zone")),
             unknown_zone_share=meta.pop("unknown_zone_share"),
         )
-        return cls(booster=booster, shares=shares, meta=meta)
+        children = [ChildShares.from_json(level) for level in meta.pop("children", [])]
+        return cls(booster=booster, shares=shares, meta=meta, children=children)
 
 
 def zone_slot_grid(zones: list[str], days: pd.DatetimeIndex, grain: Grain) -> pd.DataFrame:
@@ -277,6 +400,7 @@ def train(
     model = CrashRiskModel(
         booster=regressor.get_booster(),
         shares=shares,
+        children=fit_children(prepared, train_days, cfg, shares.zones),
         meta={
             "feature_names": list(X.columns),
             "climatology": clim,
@@ -300,4 +424,23 @@ def train(
         train_weather,
     )
     model.meta["thresholds"] = level_thresholds(expected)
+    model.meta["thresholds_by_resolution"] = level_thresholds_by_resolution(model, expected)
     return model
+
+
+def level_thresholds_by_resolution(
+    model: CrashRiskModel, base_expected: np.ndarray, max_slots: int = 5_000_000
+) -> dict[str, list[float]]:
+    """Quintile cuts of every resolution on its own training zone-slots. A finer zone's expected
+    count is its base zone's times its child shares, so the base grid's predictions are reused;
+    days are thinned evenly to keep at most `max_slots` zone-slots per resolution."""
+    table = model.zone_table
+    n_base, n_blocks = model.shares.p_zone.shape[:2]
+    base = base_expected.reshape(-1, n_base, n_blocks)  # zone_slot_grid order: day, zone, block
+    out = {str(model.grain.resolution): model.meta["thresholds"]}
+    for resolution in model.resolutions[1:]:
+        rows = np.flatnonzero(table.resolution == resolution)
+        step = max(1, int(np.ceil(len(base) * len(rows) * n_blocks / max_slots)))
+        fine = base[::step][:, table.base_rows[rows], :] * table.factor[rows][None, :, :]
+        out[str(resolution)] = level_thresholds(fine.ravel())
+    return out
