@@ -86,16 +86,6 @@ def test_zones_of_points() -> None:
     assert Grain(10, 4).zones_of(np.array([lat]), np.array([lon]))[0].startswith("8a2a1072")
 
 
-def test_parse_zone_checks_the_resolution() -> None:
-    grain = Grain(7, 4)
-    assert grain.parse_zone(f"  {LOWER_MANHATTAN_R7.upper()} ") == LOWER_MANHATTAN_R7
-    with pytest.raises(ValueError, match="H3 resolution 10; this model uses resolution 7"):
-        grain.parse_zone(RESOLUTION_10_CELL)
-    assert Grain(10, 4).parse_zone(RESOLUTION_10_CELL) == RESOLUTION_10_CELL
-    with pytest.raises(ValueError, match="'not-a-cell' is not an H3 cell"):
-        grain.parse_zone("not-a-cell")
-
-
 def test_config_and_saved_model_metadata_give_the_grain() -> None:
     assert ModelConfig(resolution=8, block_hours=6).grain == Grain(8, 6)
     shares = ShareTable(

@@ -30,8 +30,9 @@ def test_single_prediction_follows_the_contract(served: str, trained: dict) -> N
     assert response.status_code == 200
     (item,) = response.json()["predictions"]
     assert (
-        item["zone"].startswith("87") and item["date"] == "2025-02-03" and item["block"] == [8, 12]
+        item["zone"].startswith("89") and item["date"] == "2025-02-03" and item["block"] == [8, 12]
     )
+    assert item["resolution"] == 9  # street scale by default
     assert item["risk_level"] == RISK_LEVELS[item["risk_index"]]
     assert 0 < item["p_at_least_one"] < 1 and item["expected_crashes"] > 0
     assert item["weather_source"] == "climatology"
@@ -58,9 +59,30 @@ def test_batch_keeps_item_order_and_zone_input(served: str) -> None:
     assert predictions[2]["weather_source"] == "request"
 
 
+def test_each_resolution_answers_and_children_sum_to_their_parent(served: str) -> None:
+    import h3
+
+    (district,) = predict(served, {"items": [{**POINT, "resolution": 7}]}).json()["predictions"]
+    assert district["resolution"] == 7 and h3.get_resolution(district["zone"]) == 7
+    assert district["zone"] == h3.latlng_to_cell(POINT["latitude"], POINT["longitude"], 7)
+    (middle,) = predict(served, {"items": [{**POINT, "resolution": 8}]}).json()["predictions"]
+    assert middle["resolution"] == 8  # H3 cells nest by index, not exactly in space
+    children = [
+        {"zone": cell, "datetime": POINT["datetime"]}
+        for cell in h3.cell_to_children(district["zone"], 9)
+    ]
+    blocks = predict(served, {"items": children}).json()["predictions"]
+    assert {p["resolution"] for p in blocks} == {9}
+    total = sum(p["expected_crashes"] for p in blocks)
+    assert total == pytest.approx(district["expected_crashes"], rel=1e-9)
+
+
 def test_metadata(served: str, trained: dict) -> None:
     meta = requests.get(served + "/metadata", timeout=30).json()
-    assert meta["zone_system"] == "h3" and meta["zone_resolution"] == 7
+    assert meta["zone_system"] == "h3" and meta["zone_resolution"] == 9
+    assert meta["zone_resolutions"] == [7, 8, 9]
+    assert meta["thresholds"] == meta["thresholds_by_resolution"]["9"]
+    assert meta["thresholds_by_resolution"]["9"][-1] < meta["thresholds_by_resolution"]["7"][-1]
     assert meta["time_blocks"] == [[0, 4], [4, 8], [8, 12], [12, 16], [16, 20], [20, 24]]
     assert meta["risk_levels"] == RISK_LEVELS and len(meta["thresholds"]) == 4
     assert meta["model_version"] == str(trained["production"]["model_version"])
@@ -89,6 +111,15 @@ def test_metadata(served: str, trained: dict) -> None:
         ),  # San Francisco
         ({"items": [POINT, POINT, {**POINT, "latitude": "north"}]}, "items[2].latitude"),
         ({"items": [{**POINT, "precipitation": -1}]}, "items[0].precipitation"),
+        ({"items": [{**POINT, "resolution": 10}]}, "items[0].resolution"),
+        (
+            {
+                "items": [
+                    {"zone": "872a1072cffffff", "resolution": 9, "datetime": "2025-02-03T08:30"}
+                ]
+            },
+            "items[0].resolution",
+        ),  # a zone carries its own resolution
         ({"items": [POINT] * 10_001}, "items"),
         ({"things": []}, "items"),
         ('{"items": [', "body"),

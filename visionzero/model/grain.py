@@ -58,16 +58,3 @@ class Grain:
             h3.latlng_to_cell(a, b, self.resolution) for a, b in zip(lat[ok], lon[ok], strict=True)
         ]
         return out
-
-    def parse_zone(self, zone_id: str) -> str:
-        """The normalised H3 cell a client's zone id names; ValueError unless it is a cell at this
-        grain's resolution, since a zone of another size has no share in the model."""
-        cell = zone_id.strip().lower()
-        if not h3.is_valid_cell(cell):
-            raise ValueError(f"{zone_id!r} is not an H3 cell")
-        if h3.get_resolution(cell) != self.resolution:
-            raise ValueError(
-                f"H3 resolution {h3.get_resolution(cell)}; this model uses "
-                f"resolution {self.resolution}"
-            )
-        return cell

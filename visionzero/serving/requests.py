@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from visionzero.data.schema import NYC_BOX
 from visionzero.model import features as F
 from visionzero.model.crash_risk import CrashRiskModel
+from visionzero.model.grain import Grain
 from visionzero.model.levels import RISK_LEVELS, p_at_least_one
 
 MAX_ITEMS = 10_000
@@ -57,6 +58,11 @@ class Item(BaseModel):
     latitude: float | None = None
     longitude: float | None = None
     zone: str | None = Field(None, max_length=64, description="H3 cell, 15 hex digits")
+    resolution: int | None = Field(
+        None,
+        description="H3 resolution of the answer for a latitude/longitude: one of /metadata "
+        "zone_resolutions (default zone_resolution, the finest); a zone carries its own",
+    )
     datetime: str = Field(
         max_length=64,
         description=f"ISO 8601, {DATETIME_FORMAT}. Without an offset: New York local time; with "
@@ -74,6 +80,7 @@ class Item(BaseModel):
 
 class Prediction(BaseModel):
     zone: str
+    resolution: int
     date: str
     block: list[int]
     expected_crashes: float
@@ -124,7 +131,9 @@ def _fail(index: Sequence[int] | np.ndarray, field: str, why: str) -> None:
         raise InvalidItems(f"items[{int(index[0])}].{field}", f"{why}{more}")
 
 
-def _zones(items: list[Item], model: CrashRiskModel) -> np.ndarray:
+def _zones(items: list[Item], model: CrashRiskModel) -> tuple[np.ndarray, np.ndarray]:
+    """The zone of each item and its H3 resolution: a point at the asked (or default) resolution,
+    a zone id at its own, which must be one the model answers at."""
     n = len(items)
     lat = np.array([np.nan if it.latitude is None else it.latitude for it in items], dtype=float)
     lon = np.array([np.nan if it.longitude is None else it.longitude for it in items], dtype=float)
@@ -147,20 +156,37 @@ def _zones(items: list[Item], model: CrashRiskModel) -> np.ndarray:
         f"lon {NYC_BOX['lon_min']}..{NYC_BOX['lon_max']})",
     )
     zones = np.empty(n, dtype=object)
+    resolutions = np.full(n, model.resolutions[-1], dtype=np.int64)
+    asked = [(i, it.resolution) for i, it in enumerate(items) if it.resolution is not None]
+    for i, resolution in asked:
+        if resolution not in model.resolutions:
+            _fail([i], "resolution", f"{resolution}; this model answers at {model.resolutions}")
+        resolutions[i] = resolution
     located = has_point & ~has_zone
-    zones[located] = model.grain.zones_of(lat[located], lon[located])
+    for resolution in np.unique(resolutions[located]):
+        mine = located & (resolutions == resolution)
+        grain = Grain(int(resolution), model.grain.block_hours)
+        zones[mine] = grain.zones_of(lat[mine], lon[mine])
     for i in np.flatnonzero(has_zone):
-        if not H3_CELL.fullmatch(given[i].strip().lower()):
+        cell = given[i].strip().lower()
+        if not H3_CELL.fullmatch(cell) or not h3.is_valid_cell(cell):
             _fail([i], "zone", f"{given[i][:32]!r} is not an H3 cell (15 hex digits)")
-        try:
-            cell = model.grain.parse_zone(given[i])
-        except ValueError as exc:
-            _fail([i], "zone", str(exc))
+        resolution = h3.get_resolution(cell)
+        if resolution not in model.resolutions:
+            _fail(
+                [i],
+                "zone",
+                f"H3 resolution {resolution}; this model answers at {model.resolutions}",
+            )
+        if items[i].resolution not in (None, resolution):
+            _fail(
+                [i], "resolution", f"{items[i].resolution}, but the zone is resolution {resolution}"
+            )
         clat, clon = h3.cell_to_latlng(cell)
         if not F.inside_nyc(np.array([clat]), np.array([clon]))[0]:
             _fail([i], "zone", f"{given[i]!r} is outside New York City")
-        zones[i] = cell
-    return zones
+        zones[i], resolutions[i] = cell, resolution
+    return zones, resolutions
 
 
 def supported_dates(model: CrashRiskModel) -> tuple[np.datetime64, np.datetime64]:
@@ -281,11 +307,11 @@ def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[
     if not items:
         return []
     stamps = new_york_minutes([it.datetime for it in items], *supported_dates(model))
-    zones = _zones(items, model)
+    zones, resolutions = _zones(items, model)
     days = stamps.astype("datetime64[D]")
     blocks = model.grain.block_of_datetime(stamps)
     expected, source = model.expected(zones, days, blocks, item_weather=_item_weather(items))
-    levels = model.levels(expected)
+    levels = model.levels(expected, resolutions)
     p_one = p_at_least_one(expected)
     version = str(model.meta.get("model_version", "unknown"))
     day_strings = days.astype(str)
@@ -293,6 +319,7 @@ def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[
     return [
         {
             "zone": z,
+            "resolution": r,
             "date": d,
             "block": spans[b],
             "expected_crashes": e,
@@ -303,8 +330,9 @@ def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[
             "model_version": version,
             "stage": stage,
         }
-        for z, d, b, e, lv, p, s in zip(
+        for z, r, d, b, e, lv, p, s in zip(
             zones,
+            resolutions.tolist(),
             day_strings.tolist(),
             blocks.tolist(),
             expected.tolist(),
@@ -322,10 +350,12 @@ def metadata(model: CrashRiskModel, stage: str) -> dict:
         "model_version": str(model.meta.get("model_version", "unknown")),
         "stage": stage,
         "zone_system": "h3",
-        "zone_resolution": model.grain.resolution,
+        "zone_resolution": model.resolutions[-1],  # the default: the finest
+        "zone_resolutions": model.resolutions,
         "time_blocks": [list(span) for span in model.grain.spans],
         "risk_levels": RISK_LEVELS,
-        "thresholds": model.thresholds,
+        "thresholds": model.thresholds_at(model.resolutions[-1]),
+        "thresholds_by_resolution": {str(r): model.thresholds_at(r) for r in model.resolutions},
         "training_window": model.meta["training_window"],
         "supported_dates": [str(first), str(last)],
         "data_version": model.meta.get("data_version"),
