@@ -324,6 +324,15 @@ def test_promote_and_rollback_under_load_answer_every_request(
         assert not serve.leftovers(), "processes outlived serve"
 
 
+def assert_few_failures(load: Load) -> None:
+    """Under 1% (the issue's bound after a kill). Not zero: when serve reloads nginx to take the
+    replacement in, an old worker closes its idle keep-alive connections, and a client that sends
+    on one at that instant gets a ConnectionError (seen once in 7,871 requests); retrying is the
+    client's part, /predict being a pure read."""
+    share = sum(load.failures.values()) / max(load.total, 1)
+    assert share < 0.01, f"{load.failures} of {load.total} requests failed"
+
+
 def test_a_killed_backend_is_routed_around_and_restarted(releases: tuple[dict, dict]) -> None:
     """Case 3: after kill -9 of the staging backend nginx sends staging's share to production and
     serve restarts staging; after kill -9 of its leader alone, serve replaces it and stops the
@@ -345,7 +354,7 @@ def test_a_killed_backend_is_routed_around_and_restarted(releases: tuple[dict, d
                 timeout=120,
                 what="serve did not restart staging",
             )
-        assert not load.failures, load.statuses
+        assert_few_failures(load)
 
         (leader,) = serve.leaders("staging")
         orphans = leader.children()
@@ -356,7 +365,7 @@ def test_a_killed_backend_is_routed_around_and_restarted(releases: tuple[dict, d
                 timeout=150,
                 what="the killed leader's workers still run",
             )
-        assert not load.failures, load.statuses
+        assert_few_failures(load)
         assert [p.pid for p in serve.leaders("staging")] not in ([], [leader.pid])
         assert serve.terminate() == 0
         assert not serve.leftovers(), "processes outlived serve"
