@@ -112,7 +112,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        choices=(7, 8, 9),
+        help="ask every item for this H3 resolution (default: the service's, the finest)",
+    )
     args = parser.parse_args()
+    if args.resolution:
+        for item in [*BODY["items"], *BIG["items"]]:
+            item["resolution"] = args.resolution
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk")
 
