@@ -76,6 +76,19 @@ def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
+def start_serve(port: int) -> subprocess.Popen:
+    """`python run.py serve --port PORT` in a session of its own, its output on a pipe."""
+    return subprocess.Popen(
+        [sys.executable, "run.py", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=os.environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 class LocalServer:
     """A real HTTP server on 127.0.0.1 in a thread, answering with a handler class."""
 

@@ -35,14 +35,19 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
 
 
-@pytest.fixture
-def canary_docs(tmp_path: Path) -> list[dict]:
-    state = {
+def canary_state() -> dict:
+    """Production 1 with staging 2 taking the canary share."""
+    return {
         "production": release(1),
         "staging": release(2),
         "previous_production": None,
         "canary_weight": 50,
     }
+
+
+@pytest.fixture
+def canary_docs(tmp_path: Path) -> list[dict]:
+    state = canary_state()
     render(state, tmp_path / "out")
     return load(tmp_path / "out")
 
@@ -180,12 +185,7 @@ def test_after_rollback_the_apply_prunes_the_canary(tmp_path: Path) -> None:
     the apply plan between the two renders deletes every staging object and the canary."""
     from visionzero.rollout.kubernetes import PRUNE_ALLOWLIST, apply_command, apply_plan
 
-    state = {
-        "production": release(1),
-        "staging": release(2),
-        "previous_production": None,
-        "canary_weight": 50,
-    }
+    state = canary_state()
     render(state, tmp_path / "canary")
     assert deployment_state.rollback(state)["model_version"] == 1 and state["staging"] is None
     render(state, tmp_path / "rolled-back")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from visionzero.evaluation.decision import DecisionRule, decide
+from visionzero.evaluation.decision import Decision, DecisionRule, decide
 from visionzero.evaluation.holdout import hit_rate, poisson_deviance, score
 from visionzero.model.levels import assign_levels, level_thresholds, p_at_least_one
 
@@ -136,12 +136,16 @@ def test_the_first_deployable_model_becomes_production() -> None:
     ]
 
 
+def against_production(candidate: dict) -> Decision:
+    """The rule for a candidate against production at deviance 0.50 and hit@10% 0.31."""
+    return decide(
+        {"candidate": candidate, "baseline": BASELINE, "production": scores(0.50, 0.31)}, RULE
+    )
+
+
 def test_a_challenger_that_wins_by_the_margin_goes_to_staging() -> None:
     # Production deviance 0.50 needs <= 0.50 x (1 - 0.005) = 0.4975; 0.49 wins. Hit 0.31 >= 0.305.
-    decision = decide(
-        {"candidate": scores(0.49, 0.31), "baseline": BASELINE, "production": scores(0.50, 0.31)},
-        RULE,
-    )
+    decision = against_production(scores(0.49, 0.31))
     assert (decision.action, decision.deployable) == ("staging", True)
     assert "deviance 0.4900 vs production 0.5000 (needs <= 0.4975): wins" in decision.reasons
     assert "hit@10% 0.3100 vs production 0.3100 (tolerance 0.005): kept" in decision.reasons
@@ -158,10 +162,7 @@ def test_exactly_the_margin_and_exactly_the_tolerance_still_win() -> None:
 
 def test_a_challenger_below_the_margin_changes_nothing() -> None:
     # 0.499 > 0.4975: a 0.2% improvement is not the required 0.5%.
-    decision = decide(
-        {"candidate": scores(0.499, 0.31), "baseline": BASELINE, "production": scores(0.50, 0.31)},
-        RULE,
-    )
+    decision = against_production(scores(0.499, 0.31))
     assert (decision.action, decision.deployable) == ("none", True)
     assert (
         "deviance 0.4990 vs production 0.5000 (needs <= 0.4975): does not win" in decision.reasons
@@ -171,10 +172,7 @@ def test_a_challenger_below_the_margin_changes_nothing() -> None:
 
 def test_a_challenger_losing_more_than_the_hit_tolerance_changes_nothing() -> None:
     # Deviance 0.45 wins, but hit 0.30 < 0.31 - 0.005 = 0.305.
-    decision = decide(
-        {"candidate": scores(0.45, 0.30), "baseline": BASELINE, "production": scores(0.50, 0.31)},
-        RULE,
-    )
+    decision = against_production(scores(0.45, 0.30))
     assert (decision.action, decision.deployable) == ("none", True)
     assert "deviance 0.4500 vs production 0.5000 (needs <= 0.4975): wins" in decision.reasons
     assert "hit@10% 0.3000 vs production 0.3100 (tolerance 0.005): lost" in decision.reasons

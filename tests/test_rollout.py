@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import ROOT, free_port, start_serve, wait_http
 from visionzero.rollout import deployment_state as deployment
 
 POINT = {"items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]}
@@ -141,15 +141,7 @@ def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
     staging = str(challenger["staging"]["model_version"])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    serve = subprocess.Popen(
-        [sys.executable, "run.py", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=os.environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    serve = start_serve(port)
     try:
         wait_http(url + "/readyz", timeout=180, process=serve)
         session = requests.Session()

@@ -26,7 +26,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import ROOT, free_port, start_serve, wait_http
 from visionzero.rollout import deployment_state as deployment
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -110,15 +110,7 @@ class Serve:
         self.url = f"http://127.0.0.1:{self.port}"
         self.groups: set[int] = set()
         self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "run.py", "serve", "--port", str(self.port)],
-            cwd=ROOT,
-            env=os.environ,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        self.process = start_serve(self.port)
         self.threads = [
             threading.Thread(target=self._read, daemon=True),
             threading.Thread(target=self._sample, daemon=True),
