@@ -280,12 +280,12 @@ def dashboard(port: int, stop: bool) -> None:
 @click.option("--port", default=5000, show_default=True, help="Port on 127.0.0.1.")
 def mlflow_ui(port: int) -> None:
     """The MLflow UI on the project's tracking store (trials, metrics, registry) until Ctrl-C."""
-    import signal
     import subprocess
 
     from visionzero.platform.output import MLFLOW_UI_WARNINGS
     from visionzero.platform.registry import mlflow_tracking_uri
     from visionzero.platform.stack import ensure_stack
+    from visionzero.rollout.local_canary import Child, stopping_on_signals
 
     ensure_stack()
     uri = mlflow_tracking_uri()
@@ -293,36 +293,24 @@ def mlflow_ui(port: int) -> None:
         click.echo(f"The MLflow tracker logs to {uri}: open its UI there.")
         return
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    # One worker is plenty for one user and starts fastest. Own process group: we stop mlflow and
-    # its worker together on Ctrl-C or SIGTERM.
-    proc = subprocess.Popen(
-        [
-            mlflow,
-            "ui",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        start_new_session=True,
-        env={**os.environ, "PYTHONWARNINGS": MLFLOW_UI_WARNINGS},
-    )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
-    click.echo(f"MLflow UI on http://127.0.0.1:{port}  ({uri}); Ctrl-C stops it.")
-    try:
-        sys.exit(proc.wait())  # mlflow exiting by itself (e.g. port taken) keeps its exit code
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-            click.echo("stopped")
+    argv = [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    # One worker is plenty for one user and starts fastest; stopped like serve's children.
+    argv += ["--workers", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": MLFLOW_UI_WARNINGS}
+    code = None
+    with stopping_on_signals():  # SIGTERM, like Ctrl-C, reaches the finally block
+        child = Child("mlflow", subprocess.Popen(argv, start_new_session=True, env=env))
+        click.echo(f"MLflow UI on http://127.0.0.1:{port}  ({uri}); Ctrl-C stops it.")
+        try:
+            code = child.process.wait()  # mlflow exiting by itself (port taken) keeps its code
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if child.process.poll() is None:
+                child.stop()
+                click.echo("stopped")
+    if code is not None:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

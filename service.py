@@ -148,6 +148,8 @@ class CrashRisk:
 
     def __init__(self) -> None:
         self.model = CrashRiskModel.load(Path(self.model_ref.path))
+        self.model.zone_table  # noqa: B018 - built now, not on the first request
+        self.metadata = metadata(self.model, STAGE)  # fixed for the worker's life
         # Risk-level mix per stage, for the Grafana dashboard that compares production and
         # staging. Created here, once per worker, not at import: bento_build re-imports this
         # module per build.
@@ -181,7 +183,7 @@ class CrashRisk:
     @read_routes.get("/metadata")
     async def model_metadata(self) -> dict:
         """What model answers: version, stage, zones, time blocks, level thresholds, metrics."""
-        return metadata(self.model, STAGE)
+        return self.metadata
 
 
 CrashRisk.add_asgi_middleware(OneErrorShape)

@@ -71,9 +71,11 @@ def _span(value: object) -> str:
 
 def _traffic(state: dict, stage: str) -> str:
     """The share of requests a stage takes: staging its canary weight, production the rest."""
+    from visionzero.rollout.deployment_state import staging_weight
+
     if not state.get(stage):
         return "-"
-    weight = int(state.get("canary_weight") or 0) if state.get("staging") else 0
+    weight = staging_weight(state)
     return f"{weight if stage == 'staging' else 100 - weight}%"
 
 

@@ -79,12 +79,7 @@ def deploy(action: str, release: Release | None, target: str) -> Deployment:
     if changed == "none" or release is None:
         return Deployment(changed="none", summary="no change", state=snapshot)
     rollout = roll_out(snapshot, target)
-    registry_error = None
-    try:
-        sync_registry_stages(snapshot)
-    except Exception as exc:  # noqa: BLE001 - the deployment state is already the truth
-        registry_error = f"{type(exc).__name__}: {exc}"
-        log.warning("deploy: registry stages not updated (%s)", registry_error)
+    registry_error = sync_reported(snapshot, "deploy")
     return Deployment(
         changed=changed,
         state=snapshot,
@@ -100,6 +95,18 @@ def sync_registry_stages(state: dict) -> None:
     from visionzero.platform.registry import STAGES, sync_stages
 
     sync_stages({stage: state[stage]["model_version"] for stage in STAGES if state.get(stage)})
+
+
+def sync_reported(state: dict, what: str) -> str | None:
+    """sync_registry_stages, its failure logged and returned rather than raised: the deployment
+    state is already the truth, and the next sync repairs the registries."""
+    try:
+        sync_registry_stages(state)
+    except Exception as exc:  # noqa: BLE001 - any registry failure, reported the same way
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("%s: registry stages not updated (%s)", what, error)
+        return error
+    return None
 
 
 def promote_or_rollback(kind: str, target: str = "local") -> dict:
@@ -139,10 +146,7 @@ def promote_or_rollback(kind: str, target: str = "local") -> dict:
         "state": snapshot,
         "summary": f"{kind}: model {release['model_version']} now serves 100% as production",
     }
-    try:
-        sync_registry_stages(snapshot)
-    except Exception as exc:  # noqa: BLE001 - the deployment state is already the truth
-        result["registry_error"] = str(exc)
-        log.warning("%s: registry stages not updated (%s)", kind, exc)
+    if registry_error := sync_reported(snapshot, kind):
+        result["registry_error"] = registry_error
     result["rollout"] = roll_out(snapshot, target)
     return result

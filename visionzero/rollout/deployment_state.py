@@ -32,6 +32,11 @@ EMPTY_STATE = {
 }
 
 
+def staging_weight(state: dict) -> int:
+    """Percent of traffic staging takes: the canary weight while there is a staging, else 0."""
+    return int(state.get("canary_weight", CANARY_WEIGHT)) if state.get("staging") else 0
+
+
 def state_path() -> Path:
     return paths().deployment_state
 

@@ -17,6 +17,7 @@ from string import Template
 import yaml
 
 from visionzero.platform.settings import REPO_ROOT, settings
+from visionzero.rollout.deployment_state import staging_weight
 
 TEMPLATES = REPO_ROOT / "k8s"
 PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml"]
@@ -66,7 +67,7 @@ def render(state: dict, out_dir: Path) -> list[Path]:
     if not state.get("production"):
         raise ValueError("no production release in the deployment state: nothing to render")
     conf = template_values()
-    weight = int(state["canary_weight"]) if state.get("staging") else 0
+    weight = staging_weight(state)
     base = {**conf, "CANARY_WEIGHT": str(weight)}
     docs: list[tuple[str, dict]] = [("namespace", d) for d in _render("namespace.yaml", base)]
     for stage in ("production", "staging"):

@@ -37,7 +37,7 @@ import psutil
 import requests
 
 from visionzero.rollout.alerts import build_message, send
-from visionzero.rollout.deployment_state import CANARY_WEIGHT
+from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
 
 NGINX_TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("visionzero.rollout"),
@@ -549,7 +549,7 @@ class LocalCanary:
                     raise failure
                 return False
         kept = {s: b for s, b in self.backends.items() if s in target and s not in fresh}
-        weight = int(state.get("canary_weight", CANARY_WEIGHT))
+        weight = staging_weight(state)
         if not fresh and kept == self.backends and weight == self.weight:
             return False  # e.g. only the history changed
         try:
