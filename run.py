@@ -59,6 +59,7 @@ def train(offline: bool, config_path: Path) -> None:
         data=params.data.model_copy(update={"offline": offline or params.data.offline}),
         model=params.model,
         tuning=params.tuning,
+        evaluation=params.evaluation,
         decision=params.decision,
         deploy_target=settings().vz_deploy_target,
     )
@@ -108,10 +109,10 @@ def status(as_json: bool) -> None:
 
 @cli.command()
 def report() -> None:
-    """The newest model's holdout table: new model vs previous production vs historical average."""
+    """The newest model's evaluation: every resolution, holdout and backtest, with intervals."""
     from zenml.client import Client
 
-    from visionzero.evaluation.holdout import METRIC_KEYS
+    from visionzero.evaluation.plots import markdown_table
     from visionzero.platform.settings import MODEL_NAME
     from visionzero.platform.stack import ensure_stack
 
@@ -120,30 +121,17 @@ def report() -> None:
         version = Client().get_model_version(MODEL_NAME)
     except KeyError as exc:  # ZenML's answer when the model has no version yet
         raise click.ClickException("no model yet: run `make run` first") from exc
+    artifact = version.get_artifact("evaluation_report")
+    if artifact is None:
+        raise click.ClickException(f"model version {version.number} has no evaluation report")
     meta = version.run_metadata
-    calibration = meta.get("calibration_ratio") or {}
-    rows = [
-        (f"new model v{version.number}", meta.get("metrics"), calibration.get("candidate")),
-        (
-            "production on the same holdout",
-            meta.get("production_metrics_same_holdout"),
-            calibration.get("production"),
-        ),
-        (
-            "historical average (zone x weekday x block)",
-            meta.get("baseline_metrics"),
-            calibration.get("baseline"),
-        ),
-    ]
-    click.echo(f"holdout {meta.get('holdout_window')}, data {meta.get('data_version')}")
-    click.echo("| model | " + " | ".join(METRIC_KEYS) + " | predicted/observed crashes |")
-    click.echo("|---" * (len(METRIC_KEYS) + 2) + "|")
-    for name, scores, ratio in rows:
-        if scores:
-            cells = [f"{scores[k]:.4f}" for k in METRIC_KEYS] + [f"{ratio:.3f}" if ratio else "-"]
-            click.echo(f"| {name} | " + " | ".join(cells) + " |")
+    click.echo(f"model version {version.number}, data {meta.get('data_version')}")
+    for line in markdown_table(artifact.load()):
+        click.echo(line)
     decision = meta.get("decision") or {}
-    click.echo(f"decision: {decision.get('action')} - " + "; ".join(decision.get("reasons", [])))
+    click.echo(f"decision: {decision.get('action')}")
+    for reason in decision.get("reasons", []):
+        click.echo(f"  - {reason}")
 
 
 @cli.command()

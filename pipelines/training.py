@@ -1,5 +1,5 @@
-"""The training pipeline: load -> tune -> train -> evaluate -> decide -> build Bentos
--> deploy -> alert.
+"""The training pipeline: load -> tune -> train -> evaluate -> decide -> refit on every day
+-> build Bentos -> deploy -> alert.
 
 `TrainingParameters` is the schema of configs/training.yaml: `run.py` validates the file against it
 before any step runs, so a misspelt or out-of-range key fails at once with the key's name.
@@ -16,10 +16,11 @@ from zenml import Model, pipeline
 
 from steps.data import data_loader
 from steps.evaluation import evaluator, trigger_decision
-from steps.model import hp_tuner, trainer
+from steps.model import hp_tuner, refitter, trainer
 from steps.rollout import deployer, discord_alert
 from steps.serving import bento_builder
 from visionzero.data.dataset import LoadConfig
+from visionzero.evaluation.backtest import EvaluationConfig
 from visionzero.evaluation.decision import DecisionRule
 from visionzero.model.crash_risk import ModelConfig
 from visionzero.model.tuning import TuningConfig
@@ -35,6 +36,7 @@ class TrainingParameters(BaseModel):
     data: LoadConfig = LoadConfig()
     model: ModelConfig = ModelConfig()
     tuning: TuningConfig = TuningConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     decision: DecisionRule = DecisionRule()
 
 
@@ -105,14 +107,16 @@ def training_pipeline(
     data: LoadConfig,
     model: ModelConfig,
     tuning: TuningConfig,
+    evaluation: EvaluationConfig,
     decision: DecisionRule,
     deploy_target: Literal["local", "kubernetes"],
 ) -> None:
     dataset = data_loader(data)
     best_params = hp_tuner(dataset, model, tuning)
-    crash_model = trainer(dataset, best_params, model)
-    report, _ = evaluator(dataset, crash_model, model)
+    scored_model = trainer(dataset, best_params, model)
+    report, _ = evaluator(dataset, scored_model, model, evaluation)
     verdict = trigger_decision(report, decision)
-    release = bento_builder(crash_model, report, verdict, dataset)
+    served_model = refitter(dataset, scored_model, report)
+    release = bento_builder(served_model, report, verdict, dataset)
     deployment = deployer(verdict, release, deploy_target)
     discord_alert(verdict, report, deployment)

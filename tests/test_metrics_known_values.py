@@ -8,62 +8,113 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from visionzero.evaluation.decision import Decision, DecisionRule, decide
-from visionzero.evaluation.holdout import hit_rate, poisson_deviance, score
+from visionzero.evaluation.decision import Decision, DecisionRule, decide_on
+from visionzero.evaluation.grid import DenseGrid
+from visionzero.evaluation.holdout import ResolutionResult
+from visionzero.evaluation.metrics import (
+    DaySums,
+    Interval,
+    block_bootstrap,
+    intervals,
+    point_scores,
+    quadratic_kappa,
+)
+from visionzero.model.deviance import poisson_deviance
 from visionzero.model.levels import assign_levels, level_thresholds, p_at_least_one
 
-DAY = pd.Timestamp("2025-01-06")
+DAY = pd.DatetimeIndex(["2025-01-06"])
 
 
-def slot_grid(counts_by_block: list[list[int]]) -> pd.DataFrame:
+def slot_grid(counts_by_block: list[list[int]], outside: float = 0.0) -> DenseGrid:
     """One day; zones z0, z1, ... in grid order, one block per list of counts."""
-    rows = [
-        {"date": DAY, "zone": f"z{zone}", "block": block, "count": count}
-        for block, counts in enumerate(counts_by_block)
-        for zone, count in enumerate(counts)
-    ]
-    return pd.DataFrame(rows)
+    observed = np.array(counts_by_block, dtype=float).T[None, :, :]  # [day, zone, block]
+    zones = [f"z{zone}" for zone in range(observed.shape[1])]
+    return DenseGrid(9, zones, DAY, observed, np.array([outside]))
+
+
+def dense(values_by_block: list[list[float]]) -> np.ndarray:
+    return np.array(values_by_block, dtype=float).T[None, :, :]
+
+
+def hit_rate(grid: DenseGrid, predicted: np.ndarray, k_percent: int) -> float:
+    sums = DaySums.of(grid, predicted)
+    return float(sums.hits[:, k_percent - 1].sum() / sums.crashes.sum())
 
 
 # Block 0: 10 zone-slots holding 4 crashes; the riskiest forecast (0.9) is z1, which had 2.
 # Block 1: 10 zone-slots holding 5 crashes, every forecast equal (0.5).
-GRID = slot_grid([[0, 2, 0, 0, 1, 0, 0, 0, 1, 0], [1, 0, 0, 4, 0, 0, 0, 0, 0, 0]])
-PREDICTED = np.array([0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.05] + [0.5] * 10)
+COUNTS = [[0, 2, 0, 0, 1, 0, 0, 0, 1, 0], [1, 0, 0, 4, 0, 0, 0, 0, 0, 0]]
+GRID = slot_grid(COUNTS)
+PREDICTED = dense([[0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.05], [0.5] * 10])
 
 
 def test_hit_rate_ranks_within_each_date_and_block() -> None:
     # k = 10% of 10 zone-slots = 1 per block. Block 0 picks z1 (2 crashes). Block 1 is all ties,
     # broken by grid order, so z0 (1 crash), not z3 (4): hit = (2 + 1) / 9 crashes.
-    assert hit_rate(GRID, PREDICTED, 0.10) == pytest.approx(3 / 9)
+    assert hit_rate(GRID, PREDICTED, 10) == pytest.approx(3 / 9)
     # k = 20%: 2 per block. Block 0 adds z8 (0.8, 1 crash); block 1 adds z1 (0 crashes): 4 / 9.
-    assert hit_rate(GRID, PREDICTED, 0.20) == pytest.approx(4 / 9)
+    assert hit_rate(GRID, PREDICTED, 20) == pytest.approx(4 / 9)
     # k = 5% of 10 = 0.5, rounded up to 1 zone-slot per block: the same as 10%.
-    assert hit_rate(GRID, PREDICTED, 0.05) == pytest.approx(3 / 9)
+    assert hit_rate(GRID, PREDICTED, 5) == pytest.approx(3 / 9)
 
 
 def test_hit_rate_counts_crashes_outside_known_zones_as_missed() -> None:
     # 3 holdout crashes fell in zones the model has no row for: (2 + 1) / (9 + 3).
-    assert hit_rate(GRID, PREDICTED, 0.10, outside=3.0) == pytest.approx(0.25)
+    assert hit_rate(slot_grid(COUNTS, outside=3.0), PREDICTED, 10) == pytest.approx(0.25)
 
 
 def test_hit_rate_rounds_the_share_of_zone_slots_up() -> None:
     # 15 zone-slots: 10% is 1.5, so the 2 riskiest count: z14 (1 crash) and z13 (2) of 6 crashes.
     grid = slot_grid([[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 1]])
-    predicted = np.arange(15) / 100.0
-    assert hit_rate(grid, predicted, 0.10) == pytest.approx(3 / 6)
+    predicted = dense([list(np.arange(15) / 100.0)])
+    assert hit_rate(grid, predicted, 10) == pytest.approx(3 / 6)
 
 
 def test_hit_rate_without_any_crash_is_undefined() -> None:
-    assert math.isnan(hit_rate(slot_grid([[0] * 10]), np.ones(10), 0.10))
+    with np.errstate(invalid="ignore"):
+        assert math.isnan(hit_rate(slot_grid([[0] * 10]), dense([[1.0] * 10]), 10))
 
 
 def test_pai_is_hit_rate_over_the_share_of_zone_slots() -> None:
     # hit@10% = 3/9, so PAI@10% = (3/9) / 0.10 = 10/3.
-    report = score(GRID, PREDICTED, thresholds=[0.2, 0.4, 0.6, 0.8])
-    assert report["hit_rate_at_10"] == pytest.approx(1 / 3)
-    assert report["pai_at_10"] == pytest.approx(10 / 3)
-    assert report["observed_total"] == 9.0
-    assert report["predicted_total"] == pytest.approx(9.55)  # 4.55 in block 0 + 10 x 0.5
+    report = point_scores(GRID, PREDICTED, DaySums.of(GRID, PREDICTED), [0.2, 0.4, 0.6, 0.8])
+    assert report.hit_rate_at_10 == pytest.approx(1 / 3)
+    assert report.pai_at_10 == pytest.approx(10 / 3)
+    assert report.observed_total == 9.0
+    assert report.predicted_total == pytest.approx(9.55)  # 4.55 in block 0 + 10 x 0.5
+    assert report.calibration_ratio == pytest.approx(9.55 / 9)
+
+
+def test_quadratic_kappa_agrees_with_the_hand_formula() -> None:
+    # Levels (realised, predicted): (0,0) (0,1) (1,1) (4,4). Observed weighted disagreement:
+    # one pair off by one, (0-1)^2 / 4 = 0.25; the chance disagreement is sum_ij (i-j)^2 r_i p_j
+    # over the marginals realised [2,1,0,0,1]/4 and predicted [1,2,0,0,1]/4.
+    realised, predicted = np.array([0, 0, 1, 4]), np.array([0, 1, 1, 4])
+    r, p = np.bincount(realised, minlength=5) / 4, np.bincount(predicted, minlength=5) / 4
+    w = np.subtract.outer(np.arange(5), np.arange(5)) ** 2
+    expected = 1 - 0.25 / float((w * np.outer(r, p)).sum())
+    assert quadratic_kappa(realised, predicted) == pytest.approx(expected)
+    assert quadratic_kappa(np.zeros(4, int), np.zeros(4, int)) == 0.0
+
+
+def test_bootstrap_draws_stay_inside_each_part_in_runs_of_consecutive_days() -> None:
+    draws = block_bootstrap([10, 5], block_days=3, reps=50, seed=1)
+    assert draws.shape == (50, 15)
+    assert ((draws[:, :10] >= 0) & (draws[:, :10] < 10)).all()
+    assert ((draws[:, 10:] >= 10) & (draws[:, 10:] < 15)).all()
+    assert (np.diff(draws[:, :3], axis=1) == 1).all()  # the first block is 3 consecutive days
+
+
+def test_paired_intervals_of_an_identical_model_are_exactly_zero() -> None:
+    grid = slot_grid(COUNTS)
+    sums = DaySums.of(grid, PREDICTED)
+    own, differences = intervals(
+        {"candidate": sums, "production": sums}, block_bootstrap([1], 1, 100, 0)
+    )
+    change = differences["vs_production"]["poisson_deviance"]
+    assert (change.estimate, change.low, change.high) == (0.0, 0.0, 0.0)
+    assert not change.excludes_zero()
+    assert own["candidate"]["hit_rate_at_10"].estimate == pytest.approx(1 / 3)
 
 
 def test_poisson_deviance() -> None:
@@ -103,76 +154,93 @@ def test_p_at_least_one() -> None:
 
 
 RULE = DecisionRule(min_deviance_improvement=0.005, hit_rate_tolerance=0.005)
-BASELINE = {"poisson_deviance": 0.55, "hit_rate_at_10": 0.295}
 
 
-def scores(deviance: float, hit: float) -> dict:
-    return {"poisson_deviance": deviance, "hit_rate_at_10": hit}
+def change(estimate: float, low: float, high: float) -> Interval:
+    return Interval(estimate=estimate, low=low, high=high)
+
+
+def evidence(vs_baseline: tuple[Interval, Interval], vs_production=None) -> ResolutionResult:
+    """Deviance and hit@10% changes (new minus other) with intervals; production deviance 0.50."""
+    differences = {
+        "vs_baseline": {"poisson_deviance": vs_baseline[0], "hit_rate_at_10": vs_baseline[1]}
+    }
+    roles = {"candidate": {}, "baseline": {}}
+    if vs_production:
+        differences["vs_production"] = {
+            "poisson_deviance": vs_production[0],
+            "hit_rate_at_10": vs_production[1],
+        }
+        roles["production"] = {"poisson_deviance": change(0.50, 0.48, 0.52)}
+    return ResolutionResult(
+        days=90,
+        zones=10,
+        zone_slots=900,
+        crashes_outside_known_zones=0,
+        roles=roles,
+        differences=differences,
+    )
+
+
+BETTER = (change(-0.05, -0.06, -0.04), change(0.02, 0.01, 0.03))
 
 
 def test_a_candidate_worse_than_the_baseline_is_not_deployable() -> None:
-    decision = decide(
-        {"candidate": scores(0.60, 0.31), "baseline": BASELINE, "production": None}, RULE
+    decision = decide_on(
+        evidence((change(0.05, 0.04, 0.06), change(0.02, 0.01, 0.03))), "here", None, RULE
     )
     assert (decision.action, decision.deployable) == ("none", False)
-    assert "deviance 0.6000 vs baseline 0.5500: not better" in decision.reasons
-    assert "hit@10% 0.3100 vs baseline 0.2950: better" in decision.reasons
+    assert (
+        "deviance vs status quo change +0.0500 [+0.0400, +0.0600]: not proven" in decision.reasons
+    )
+    assert (
+        "hit@10% vs status quo change +0.0200 [+0.0100, +0.0300]: better (interval above 0)"
+        in decision.reasons
+    )
 
 
-def test_equal_to_the_baseline_is_not_better() -> None:
-    decision = decide({"candidate": scores(0.50, 0.295), "baseline": BASELINE}, RULE)
+def test_an_interval_touching_zero_is_not_better() -> None:
+    # The point estimate is better, but the interval of the hit@10% change reaches below zero.
+    decision = decide_on(evidence((BETTER[0], change(0.004, -0.001, 0.009))), "here", None, RULE)
     assert (decision.action, decision.deployable) == ("none", False)
-    assert "hit@10% 0.2950 vs baseline 0.2950: not better" in decision.reasons
+    assert decision.reasons[-1] == "not deployable: it must beat the historical average on both"
 
 
 def test_the_first_deployable_model_becomes_production() -> None:
-    decision = decide(
-        {"candidate": scores(0.50, 0.31), "baseline": BASELINE, "production": None}, RULE
-    )
+    decision = decide_on(evidence(BETTER), "res 9, 4 backtest origins", None, RULE)
     assert (decision.action, decision.deployable) == ("production", True)
-    assert decision.reasons[:2] == [
-        "deviance 0.5000 vs baseline 0.5500: better",
-        "hit@10% 0.3100 vs baseline 0.2950: better",
-    ]
+    assert decision.reasons[0].startswith("evidence: res 9, 4 backtest origins, 90 days")
 
 
-def against_production(candidate: dict) -> Decision:
-    """The rule for a candidate against production at deviance 0.50 and hit@10% 0.31."""
-    return decide(
-        {"candidate": candidate, "baseline": BASELINE, "production": scores(0.50, 0.31)}, RULE
-    )
+def against_production(dev: Interval, hit: Interval) -> Decision:
+    """The rule against production at deviance 0.50: the margin 0.005 asks an interval of the
+    deviance change ending below -0.0025, the tolerance a hit@10% change starting above -0.005."""
+    return decide_on(evidence(BETTER, (dev, hit)), "here", None, RULE)
 
 
-def test_a_challenger_that_wins_by_the_margin_goes_to_staging() -> None:
-    # Production deviance 0.50 needs <= 0.50 x (1 - 0.005) = 0.4975; 0.49 wins. Hit 0.31 >= 0.305.
-    decision = against_production(scores(0.49, 0.31))
+def test_a_challenger_whose_interval_clears_the_margin_goes_to_staging() -> None:
+    decision = against_production(change(-0.01, -0.015, -0.005), change(0.0, -0.004, 0.004))
     assert (decision.action, decision.deployable) == ("staging", True)
-    assert "deviance 0.4900 vs production 0.5000 (needs <= 0.4975): wins" in decision.reasons
-    assert "hit@10% 0.3100 vs production 0.3100 (tolerance 0.005): kept" in decision.reasons
-
-
-def test_exactly_the_margin_and_exactly_the_tolerance_still_win() -> None:
-    production = scores(0.50, 0.31)
-    candidate = scores(0.50 * (1 - 0.005), 0.31 - 0.005)  # 0.4975 and 0.305, computed as the rule
-    decision = decide(
-        {"candidate": candidate, "baseline": BASELINE, "production": production}, RULE
-    )
-    assert decision.action == "staging"
-
-
-def test_a_challenger_below_the_margin_changes_nothing() -> None:
-    # 0.499 > 0.4975: a 0.2% improvement is not the required 0.5%.
-    decision = against_production(scores(0.499, 0.31))
-    assert (decision.action, decision.deployable) == ("none", True)
     assert (
-        "deviance 0.4990 vs production 0.5000 (needs <= 0.4975): does not win" in decision.reasons
+        "deviance vs production (interval must end below -0.0025) change "
+        "-0.0100 [-0.0150, -0.0050]: wins" in decision.reasons
     )
+
+
+def test_a_better_point_estimate_with_an_interval_over_the_margin_changes_nothing() -> None:
+    decision = against_production(change(-0.01, -0.02, 0.001), change(0.0, -0.004, 0.004))
+    assert (decision.action, decision.deployable) == ("none", True)
     assert decision.reasons[-1] == "challenger loses: production stays, nothing changes"
 
 
-def test_a_challenger_losing_more_than_the_hit_tolerance_changes_nothing() -> None:
-    # Deviance 0.45 wins, but hit 0.30 < 0.31 - 0.005 = 0.305.
-    decision = against_production(scores(0.45, 0.30))
+def test_a_challenger_that_may_lose_more_than_the_hit_tolerance_changes_nothing() -> None:
+    decision = against_production(change(-0.01, -0.015, -0.005), change(-0.002, -0.006, 0.002))
     assert (decision.action, decision.deployable) == ("none", True)
-    assert "deviance 0.4500 vs production 0.5000 (needs <= 0.4975): wins" in decision.reasons
-    assert "hit@10% 0.3000 vs production 0.3100 (tolerance 0.005): lost" in decision.reasons
+    assert any(line.endswith(": lost") for line in decision.reasons)
+
+
+def test_a_production_of_another_grain_stays() -> None:
+    reason = "production has grain res 7..9/4h, candidate res 8..9/4h: not comparable"
+    decision = decide_on(evidence(BETTER), "here", reason, RULE)
+    assert (decision.action, decision.deployable) == ("none", True)
+    assert reason in decision.reasons[-1] and "production stays" in decision.reasons[-1]

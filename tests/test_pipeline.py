@@ -93,7 +93,10 @@ def test_typed_artifacts_visualization_and_model_card(trained: dict) -> None:
 
     run = Client().get_pipeline(name_id_or_prefix="training_pipeline").last_run
     steps = run.steps
-    assert steps["trainer"].outputs["crash_model"][0].type == ArtifactType.MODEL
+    assert steps["refitter"].outputs["crash_model"][0].type == ArtifactType.MODEL
+    served = steps["refitter"].outputs["crash_model"][0].load()
+    scored = steps["trainer"].outputs["scored_model"][0].load()
+    assert served.meta["training_window"][1] > scored.meta["training_window"][1]  # holdout too
     assert isinstance(steps["evaluator"].outputs["evaluation_report"][0].load(), EvaluationReport)
     page = steps["evaluator"].outputs["evaluation_visualization"][0]
     assert [v.type for v in page.visualizations] == [VisualizationType.HTML]

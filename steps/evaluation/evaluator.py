@@ -1,7 +1,9 @@
-"""evaluator: new model vs production model vs historical average, on one time-ordered holdout.
+"""evaluator: new model vs production vs the historical average at every served resolution, on the
+latest holdout and a rolling-origin backtest, with bootstrap intervals.
 
 Production is what the deployment state says serves (its release's model version), never a
-registry stage: a stale stage must not decide what the challenger is compared with."""
+registry stage: a stale stage must not decide what the challenger is compared with. Its recipe is
+refit on the candidate's training days (visionzero.evaluation.holdout says why)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from visionzero.data.dataset import DatasetRef
+from visionzero.evaluation.backtest import EvaluationConfig
 from visionzero.evaluation.holdout import EvaluationReport, evaluate
-from visionzero.evaluation.plots import report_html, write_plots
+from visionzero.evaluation.plots import markdown_table, report_html, write_plots
 from visionzero.model.crash_risk import CrashRiskModel, ModelConfig
 from visionzero.model.training_data import load_split
 from visionzero.platform.registry import version_model
@@ -28,7 +31,10 @@ logger = get_logger(__name__)
 
 @step(experiment_tracker=TRACKER_NAME)
 def evaluator(
-    dataset: DatasetRef, crash_model: CrashRiskModel, model: ModelConfig
+    dataset: DatasetRef,
+    crash_model: CrashRiskModel,
+    model: ModelConfig,
+    evaluation: EvaluationConfig,
 ) -> tuple[
     Annotated[EvaluationReport, "evaluation_report"],
     Annotated[HTMLString, "evaluation_visualization"],
@@ -36,8 +42,6 @@ def evaluator(
     prepared, train_days, holdout_days = load_split(dataset, model)
     serving = read_state().get("production")
     production = version_model(serving["model_version"]) if serving else None
-    if isinstance(production, Path):  # saved before CrashRiskModelMaterializer: a folder
-        production = CrashRiskModel.load(production)
     report = evaluate(
         prepared,
         train_days,
@@ -45,6 +49,7 @@ def evaluator(
         crash_model,
         production,
         serving["model_version"] if serving else None,
+        evaluation,
     )
     roles = {
         "candidate": report.candidate,
@@ -54,13 +59,17 @@ def evaluator(
     for role, scores in roles.items():
         if scores is not None:
             mlflow.log_metrics({f"{role}_{k}": v for k, v in scores.model_dump().items()})
-            logger.info("%-10s %s", role, {k: round(v, 4) for k, v in scores.headline().items()})
+    for line in markdown_table(report):
+        logger.info("%s", line)
     with tempfile.TemporaryDirectory(prefix="evaluation_") as tmp:
         out = Path(tmp)
         (out / "evaluation.json").write_text(report.model_dump_json(indent=2))
         page = report_html(report, write_plots(report, out))
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
     metadata = {
+        "resolution": report.resolution,
+        "scored_fit": report.scored_fit,
+        "served_fit": report.served_fit,
         "metrics": report.candidate.headline(),
         "baseline_metrics": report.baseline.headline(),
         "holdout_window": report.holdout_window,

@@ -21,7 +21,7 @@ def trigger_decision(
     evaluation_report: EvaluationReport, rule: DecisionRule
 ) -> Annotated[Decision, "decision"]:
     model_version = get_step_context().model_version
-    decision = decide(evaluation_report.model_dump(), rule).model_copy(
+    decision = decide(evaluation_report, rule).model_copy(
         update={
             "model_version": model_version.number,
             "production_version": evaluation_report.production_version,

@@ -1,22 +1,18 @@
-"""trainer: fit the two-stage model on training days; ZenML stores it (XGBoost JSON + JSON metadata,
-CrashRiskModelMaterializer) and MLflow gets the same files, with no temporary folder left behind."""
+"""trainer: fit the two-stage model on the training days only: the fit the evaluator scores. The
+model that serves is this recipe refit on every complete day (refitter)."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 import mlflow
-from zenml import ArtifactConfig, get_step_context, log_metadata, step
-from zenml.enums import ArtifactType
+from zenml import step
 from zenml.logger import get_logger
 
 from visionzero.data.dataset import DatasetRef
 from visionzero.model.crash_risk import CrashRiskModel, ModelConfig, train
 from visionzero.model.materializer import CrashRiskModelMaterializer
 from visionzero.model.training_data import load_split
-from visionzero.platform.registry import MODEL_ARTIFACT, register_mlflow_version
 from visionzero.platform.stack import TRACKER_NAME
 
 logger = get_logger(__name__)
@@ -25,33 +21,15 @@ logger = get_logger(__name__)
 @step(experiment_tracker=TRACKER_NAME, output_materializers=CrashRiskModelMaterializer)
 def trainer(
     dataset: DatasetRef, best_params: dict, model: ModelConfig
-) -> Annotated[
-    CrashRiskModel, ArtifactConfig(name=MODEL_ARTIFACT, artifact_type=ArtifactType.MODEL)
-]:
+) -> Annotated[CrashRiskModel, "scored_model"]:
     prepared, train_days, _ = load_split(dataset, model)
     crash_model = train(prepared, train_days, best_params, model, dataset.version)
     mlflow.log_params({f"volume_{k}": v for k, v in best_params.items()})
     mlflow.log_params(model.model_dump())
-    with tempfile.TemporaryDirectory(prefix="crash_model_") as tmp:
-        mlflow.log_artifacts(str(crash_model.save(Path(tmp))), artifact_path="model")
-    active = mlflow.active_run()
-    register_mlflow_version(
-        active.info.run_id,
-        f"{active.info.artifact_uri}/model",
-        get_step_context().model_version.number,
-    )
     logger.info(
         "trainer: window %s, %d zones, level thresholds %s",
         crash_model.meta["training_window"],
         len(crash_model.shares.zones),
         [round(t, 4) for t in crash_model.thresholds],
-    )
-    log_metadata(
-        metadata={
-            "training_window": crash_model.meta["training_window"],
-            "data_version": dataset.version,
-            "thresholds": crash_model.thresholds,
-        },
-        infer_model=True,
     )
     return crash_model

@@ -272,8 +272,8 @@ def test_production_of_another_grain_is_not_scored_on_the_candidate_grid(small_c
 
     report = evaluate(*fine_data, fine, coarse, production_version=1)
     assert report.production is None and report.production_version == 1
-    reason = "production has grain res 7/4h, candidate res 8/4h: not comparable"
+    reason = "production has grain res 7..9/4h, candidate res 8..9/4h: not comparable"
     assert report.production_not_comparable == reason
-    decision = decide(report.model_dump(), DecisionRule())
+    decision = decide(report, DecisionRule())
     assert decision.action == "none"
     assert any(reason in line for line in decision.reasons), decision.reasons

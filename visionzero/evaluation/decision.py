@@ -1,14 +1,17 @@
 """The deploy rule, explicit and logged.
 
-Beat the status quo first, then beat production by a margin.
+Beat the status quo first, then beat production; "beat" means the 95% interval of the improvement
+excludes zero (pooled rolling-origin backtest at the served resolution), never a point estimate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from visionzero.evaluation.holdout import EvaluationReport, ResolutionResult
+from visionzero.evaluation.metrics import Interval
 
 
 class DecisionRule(BaseModel):
@@ -17,12 +20,15 @@ class DecisionRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_deviance_improvement: float = Field(
-        0.005,
-        description="a challenger's Poisson deviance "
-        "must be at least this fraction lower than production's",
+        0.0,
+        description="the upper end of the interval of a challenger's deviance change must lie "
+        "below minus this fraction of production's deviance (0: the interval excludes zero)",
     )
     hit_rate_tolerance: float = Field(
-        0.005, ge=0, description="... while losing at most this much hit@10% (absolute)"
+        0.005,
+        ge=0,
+        description="... while the lower end of its hit@10% change stays above minus this "
+        "(absolute)",
     )
 
 
@@ -36,41 +42,70 @@ class Decision(BaseModel):
     production_version: int | None = None
 
 
-def decide(report: Mapping[str, Any], rule: DecisionRule) -> Decision:
-    new, base, prod = report["candidate"], report["baseline"], report.get("production")
-    reasons: list[str] = []
-    beats_dev = new["poisson_deviance"] < base["poisson_deviance"]
-    beats_hit = new["hit_rate_at_10"] > base["hit_rate_at_10"]
-    reasons.append(
-        f"deviance {new['poisson_deviance']:.4f} vs baseline {base['poisson_deviance']:.4f}: "
-        f"{'better' if beats_dev else 'not better'}"
+def _line(what: str, change: Interval, verdict: bool, yes: str, no: str) -> str:
+    return f"{what} change {change}: {yes if verdict else no}"
+
+
+def decide(report: EvaluationReport, rule: DecisionRule) -> Decision:
+    """The rule on the report's decisive evidence (`EvaluationReport.decisive`)."""
+    return decide_on(
+        report.decisive(),
+        f"res {report.resolution}, {len(report.origins)} backtest origins",
+        report.production_not_comparable,
+        rule,
     )
-    reasons.append(
-        f"hit@10% {new['hit_rate_at_10']:.4f} vs baseline {base['hit_rate_at_10']:.4f}: "
-        f"{'better' if beats_hit else 'not better'}"
-    )
+
+
+def decide_on(
+    evidence: ResolutionResult,
+    where: str,
+    production_not_comparable: str | None,
+    rule: DecisionRule,
+) -> Decision:
+    versus_base = evidence.differences["vs_baseline"]
+    dev, hit = versus_base["poisson_deviance"], versus_base["hit_rate_at_10"]
+    beats_dev, beats_hit = dev.high < 0, hit.low > 0
+    reasons = [
+        f"evidence: {where}, {evidence.days} days; changes are new model minus other, "
+        "with 95% day-block bootstrap intervals",
+        _line("deviance vs status quo", dev, beats_dev, "better (interval below 0)", "not proven"),
+        _line("hit@10% vs status quo", hit, beats_hit, "better (interval above 0)", "not proven"),
+    ]
+    if production_not_comparable:
+        reasons.append(
+            f"{production_not_comparable}: production stays (a new grain changes the zones and "
+            "blocks clients get, so it is never rolled out unscored)"
+        )
     if not (beats_dev and beats_hit):
         reasons.append("not deployable: it must beat the historical average on both")
         return Decision(action="none", deployable=False, reasons=reasons)
-    if report.get("production_not_comparable"):
-        reasons.append(
-            f"{report['production_not_comparable']} on one holdout: production stays (a new "
-            "grain changes the zones and blocks clients get, so it is never rolled out unscored)"
-        )
+    if production_not_comparable:
         return Decision(action="none", deployable=True, reasons=reasons)
-    if prod is None:
+    versus_prod = evidence.differences.get("vs_production")
+    if versus_prod is None:
         reasons.append("no production model: the first deployable model becomes production")
         return Decision(action="production", deployable=True, reasons=reasons)
-    needed = prod["poisson_deviance"] * (1 - rule.min_deviance_improvement)
-    wins_dev = new["poisson_deviance"] <= needed
-    keeps_hit = new["hit_rate_at_10"] >= prod["hit_rate_at_10"] - rule.hit_rate_tolerance
+    prod_dev = evidence.roles["production"]["poisson_deviance"].estimate
+    needed = -rule.min_deviance_improvement * prod_dev
+    dev, hit = versus_prod["poisson_deviance"], versus_prod["hit_rate_at_10"]
+    wins_dev, keeps_hit = dev.high < needed, hit.low >= -rule.hit_rate_tolerance
     reasons.append(
-        f"deviance {new['poisson_deviance']:.4f} vs production {prod['poisson_deviance']:.4f} "
-        f"(needs <= {needed:.4f}): {'wins' if wins_dev else 'does not win'}"
+        _line(
+            f"deviance vs production (interval must end below {needed:+.4f})",
+            dev,
+            wins_dev,
+            "wins",
+            "does not win",
+        )
     )
     reasons.append(
-        f"hit@10% {new['hit_rate_at_10']:.4f} vs production {prod['hit_rate_at_10']:.4f} "
-        f"(tolerance {rule.hit_rate_tolerance}): {'kept' if keeps_hit else 'lost'}"
+        _line(
+            f"hit@10% vs production (interval must start above {-rule.hit_rate_tolerance:+.4f})",
+            hit,
+            keeps_hit,
+            "kept",
+            "lost",
+        )
     )
     if wins_dev and keeps_hit:
         reasons.append("challenger wins: it becomes staging and takes the canary share of traffic")

@@ -1,6 +1,9 @@
-"""Holdout scoring.
+"""The evaluation report: candidate, production and the status quo at every served resolution, on
+the latest holdout and on a rolling-origin backtest, with day-block bootstrap intervals.
 
-Shared by the new model, the production model and the historical-average baseline.
+Like with like: the candidate at the holdout is the fit the trainer made on the training days;
+production is its recipe refit on those same days (the served production fit has seen days that
+are now the holdout); at earlier origins both recipes are refit on the days before the origin.
 """
 
 from __future__ import annotations
@@ -8,142 +11,201 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
-from sklearn.metrics import cohen_kappa_score
 
-from visionzero.model.crash_risk import CrashRiskModel, Prepared, zone_slot_grid
-from visionzero.model.deviance import poisson_deviance
-from visionzero.model.grain import Grain
-from visionzero.model.levels import assign_levels
+from visionzero.evaluation.backtest import (
+    EvaluationConfig,
+    Origin,
+    backtest_origins,
+    not_comparable,
+    refit,
+)
+from visionzero.evaluation.grid import (
+    DenseGrid,
+    crash_zones,
+    model_expected,
+    model_zones,
+    status_quo_expected,
+)
+from visionzero.evaluation.metrics import (
+    CURVE_PERCENTS,
+    DaySums,
+    Interval,
+    Scores,
+    block_bootstrap,
+    intervals,
+    point_scores,
+)
+from visionzero.model.crash_risk import CrashRiskModel, Prepared
 
-METRIC_KEYS = ["poisson_deviance", "hit_rate_at_10", "hit_rate_at_5", "pai_at_10", "qwk"]
+ROLES = ("candidate", "baseline", "production")  # baseline: the status quo (historical average)
 
 
-class Scores(BaseModel):
-    """One predictor's scores on a zone-slot grid."""
-
-    model_config = ConfigDict(ser_json_inf_nan="strings")  # a slice without crashes has NaN rates
-
-    poisson_deviance: float
-    hit_rate_at_10: float
-    hit_rate_at_5: float
-    pai_at_10: float
-    qwk: float
-    predicted_total: float
-    observed_total: float
-    calibration_ratio: float
-
-    def headline(self) -> dict[str, float]:
-        return {key: getattr(self, key) for key in METRIC_KEYS}
-
-
-class EvaluationReport(BaseModel):
-    """The evaluator artifact: candidate, production (re-scored) and baseline on one holdout.
-
-    Production is re-scored only at the candidate's grain; of another grain it has no scores and
-    `production_not_comparable` says why (its zones and blocks are not the candidate's).
-    """
+class ResolutionResult(BaseModel):
+    """One resolution over some days: every role's metrics and the candidate's differences to the
+    others (`vs_baseline`, `vs_production`), each with a 95% day-block bootstrap interval."""
 
     model_config = ConfigDict(ser_json_inf_nan="strings")
 
+    days: int
+    zones: int
+    zone_slots: int
+    crashes_outside_known_zones: float
+    roles: dict[str, dict[str, Interval]]
+    differences: dict[str, dict[str, Interval]]
+
+
+class OriginResult(BaseModel):
+    """One backtest origin: its windows and every role's point scores per resolution."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    train_window: list[str]
+    train_days: int
+    test_window: list[str]
+    test_days: int
+    scores: dict[str, dict[str, Scores]]  # resolution -> role -> scores
+
+
+class EvaluationReport(BaseModel):
+    """The evaluator artifact. `candidate`, `baseline` and `production` are the holdout scores at
+    the served default `resolution`; `holdout` and `backtest` hold every resolution with intervals.
+
+    Production is scored only when its recipe has the candidate's grain; else
+    `production_not_comparable` says why."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    resolution: int
+    resolutions: list[int]
     holdout_window: list[str]
     holdout_days: int
     zone_slots: int
     crashes_outside_known_zones: float
     weather_source_share: dict[str, float]
+    scored_fit: str
+    served_fit: str
     candidate: Scores
     baseline: Scores
     production: Scores | None = None
     production_version: int | None = None
     production_not_comparable: str | None = None
+    holdout: dict[str, ResolutionResult]
+    origins: list[OriginResult]  # oldest first; the last is the holdout
+    backtest: dict[str, ResolutionResult]  # every origin's days pooled
     slices: dict[str, dict[str, dict[str, Scores]]]  # slice kind -> role -> slice value -> scores
     hit_rate_curve: dict[str, list[float]]  # k_percent and one curve per role
 
+    def decisive(self) -> ResolutionResult:
+        """What the deploy rule reads: the pooled backtest at the served resolution."""
+        return self.backtest[str(self.resolution)]
 
-class HistoricalAverage:
-    """The status quo: mean crashes per zone x weekday x block over the training days."""
 
-    def __init__(self, prepared: Prepared, train_days: pd.DatetimeIndex) -> None:
-        slots = prepared.slots[prepared.slots["date"].isin(train_days)]
-        days_per_dow = pd.Series(train_days.dayofweek).value_counts()
-        totals = (
-            slots.assign(dow=slots["date"].dt.dayofweek)
-            .groupby(["zone", "dow", "block"])["count"]
-            .sum()
+def window(days: pd.DatetimeIndex) -> list[str]:
+    return [str(days.min().date()), str(days.max().date())]
+
+
+class Scored:
+    """One origin at one resolution: the grid, each role's predictions, day sums and scores."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        zones_by_crash: np.ndarray,
+        origin: Origin,
+        models: dict[str, CrashRiskModel],
+        resolution: int,
+        keep_predictions: bool,
+    ) -> None:
+        candidate = models["candidate"]
+        self.grid = DenseGrid.build(
+            prepared,
+            zones_by_crash,
+            model_zones(candidate, resolution),
+            origin.test_days,
+            candidate.grain.n_blocks,
         )
-        self.mean = totals / days_per_dow.reindex(totals.index.get_level_values("dow")).to_numpy()
+        self.predicted: dict[str, np.ndarray] = {}
+        self.weather_source = np.array([])
+        for role, model in models.items():
+            self.predicted[role], source = model_expected(model, self.grid, prepared.weather)
+            if role == "candidate":
+                self.weather_source = source
+        self.predicted["baseline"] = status_quo_expected(
+            prepared, zones_by_crash, origin.train_days, self.grid
+        )
+        self.sums = {role: DaySums.of(self.grid, pred) for role, pred in self.predicted.items()}
+        self.thresholds = {
+            role: (models.get(role) or candidate).thresholds_at(resolution)
+            for role in self.predicted
+        }
+        self.scores = {
+            role: point_scores(self.grid, pred, self.sums[role], self.thresholds[role])
+            for role, pred in self.predicted.items()
+        }
+        if not keep_predictions:  # a resolution-9 origin holds ~100 MB per array
+            self.predicted = {}
+            self.grid.observed = self.grid.observed[:0]
 
-    def expected(self, grid: pd.DataFrame) -> np.ndarray:
-        keys = pd.MultiIndex.from_arrays([grid["zone"], grid["date"].dt.dayofweek, grid["block"]])
-        return self.mean.reindex(keys).fillna(0.0).to_numpy()
-
-
-def holdout_frame(
-    prepared: Prepared, zones: list[str], holdout_days: pd.DatetimeIndex, grain: Grain
-) -> tuple[pd.DataFrame, float]:
-    """Zone-slot grid of the holdout with observed counts, and the holdout crashes outside those
-    zones."""
-    grid = zone_slot_grid(zones, holdout_days, grain)
-    observed = prepared.slots[prepared.slots["date"].isin(holdout_days)]
-    grid = grid.merge(observed, on=["date", "zone", "block"], how="left").fillna({"count": 0})
-    outside = float(observed["count"].sum() - grid["count"].sum())
-    return grid, outside
-
-
-def hit_rate(grid: pd.DataFrame, predicted: np.ndarray, k: float, outside: float = 0.0) -> float:
-    """Share of holdout crashes in the k% riskiest zone-slots, ranked within each date x block."""
-    frame = grid[["date", "block", "count"]].assign(pred=predicted, zone_order=np.arange(len(grid)))
-    frame = frame.sort_values(
-        ["date", "block", "pred", "zone_order"], ascending=[True, True, False, True]
-    )
-    rank = frame.groupby(["date", "block"]).cumcount()
-    per_slot = frame.groupby(["date", "block"])["count"].transform("size")
-    top = rank < np.ceil(k * per_slot)
-    total = frame["count"].sum() + outside
-    return float(frame.loc[top, "count"].sum() / total) if total else float("nan")
-
-
-def score(
-    grid: pd.DataFrame, predicted: np.ndarray, thresholds: list[float], outside: float = 0.0
-) -> dict[str, float]:
-    y = grid["count"].to_numpy(dtype=float)
-    hit10 = hit_rate(grid, predicted, 0.10, outside)
-    realised = assign_levels(y, thresholds)
-    levels = assign_levels(predicted, thresholds)
-    both_constant = len(np.unique(realised)) == 1 and len(np.unique(levels)) == 1
-    return {
-        "poisson_deviance": poisson_deviance(y, predicted),
-        "hit_rate_at_10": hit10,
-        "hit_rate_at_5": hit_rate(grid, predicted, 0.05, outside),
-        "pai_at_10": hit10 / 0.10,
-        "qwk": 0.0
-        if both_constant
-        else float(cohen_kappa_score(realised, levels, weights="quadratic")),
-        "predicted_total": float(predicted.sum()),
-        "observed_total": float(y.sum()),
-        "calibration_ratio": float(predicted.sum() / y.sum()) if y.sum() else float("nan"),
-    }
-
-
-def sliced(
-    grid: pd.DataFrame, predicted: np.ndarray, thresholds: list[float], by: pd.Series
-) -> dict[str, dict[str, float]]:
-    out = {}
-    for key in sorted(by.dropna().unique(), key=str):
-        mask = (by == key).to_numpy()
-        out[str(key)] = score(grid[mask].reset_index(drop=True), predicted[mask], thresholds)
-    return out
+    def sliced(self, role: str, slice_of_zone: dict[str, str]) -> dict[str, dict[str, Scores]]:
+        """Scores per time block and per borough (a zone's majority borough): where the model
+        helps and where it does not."""
+        grid, pred = self.grid, self.predicted[role]
+        labels = np.array([slice_of_zone.get(zone, "UNKNOWN") for zone in grid.zones])
+        out: dict[str, dict[str, Scores]] = {"block": {}, "borough": {}}
+        for block in range(grid.n_blocks):
+            part = DenseGrid(
+                grid.resolution,
+                grid.zones,
+                grid.days,
+                grid.observed[:, :, block : block + 1],
+                np.zeros(len(grid.days)),
+            )
+            sub = pred[:, :, block : block + 1]
+            out["block"][str(block)] = point_scores(
+                part, sub, DaySums.of(part, sub), self.thresholds[role]
+            )
+        for borough in sorted(set(labels)):
+            mask = labels == borough
+            zones = [z for z, keep in zip(grid.zones, mask, strict=True) if keep]
+            part = DenseGrid(
+                grid.resolution,
+                zones,
+                grid.days,
+                grid.observed[:, mask, :],
+                np.zeros(len(grid.days)),
+            )
+            sub = pred[:, mask, :]
+            out["borough"][borough] = point_scores(
+                part, sub, DaySums.of(part, sub), self.thresholds[role]
+            )
+        return out
 
 
-def zone_boroughs(prepared: Prepared, train_days: pd.DatetimeIndex) -> dict[str, str]:
+def zone_boroughs(
+    prepared: Prepared, zones_by_crash: np.ndarray, train_days: pd.DatetimeIndex
+) -> dict[str, str]:
     """Majority borough of a zone's training crashes (crashes without a borough are not counted)."""
-    rows = prepared.crashes[
-        prepared.crashes["crash_date"].isin(train_days) & prepared.crashes["borough"].notna()
-    ]
-    return rows.groupby("zone")["borough"].agg(lambda s: s.value_counts().index[0]).to_dict()
+    crashes = prepared.crashes.assign(slice_zone=zones_by_crash)
+    rows = crashes[crashes["crash_date"].isin(train_days) & crashes["borough"].notna()]
+    return rows.groupby("slice_zone")["borough"].agg(lambda s: s.value_counts().index[0]).to_dict()
 
 
-def grain_name(grain: Grain) -> str:
-    return f"res {grain.resolution}/{grain.block_hours}h"
+def resolution_result(scored: list[Scored], cfg: EvaluationConfig) -> ResolutionResult:
+    """Pool the days of `scored` (one per origin) and bootstrap them, each origin on its own."""
+    roles = scored[0].sums.keys()
+    pooled = {role: DaySums.concat([s.sums[role] for s in scored]) for role in roles}
+    draws = block_bootstrap(
+        [len(s.grid.days) for s in scored], cfg.block_days, cfg.bootstrap_reps, cfg.seed
+    )
+    own, differences = intervals(pooled, draws)
+    return ResolutionResult(
+        days=sum(len(s.grid.days) for s in scored),
+        zones=len(scored[-1].grid.zones),
+        zone_slots=sum(len(s.grid.days) * len(s.grid.zones) * s.grid.n_blocks for s in scored),
+        crashes_outside_known_zones=float(sum(s.grid.outside.sum() for s in scored)),
+        roles=own,
+        differences=differences,
+    )
 
 
 def evaluate(
@@ -153,58 +215,74 @@ def evaluate(
     candidate: CrashRiskModel,
     production: CrashRiskModel | None,
     production_version: int | None = None,
+    cfg: EvaluationConfig | None = None,
 ) -> EvaluationReport:
-    """Score candidate, production (re-scored here) and baseline on one holdout zone-slot grid,
-    the candidate's: a production model of another grain never saw those zones and blocks, so it
-    is not scored, with the reason in the report."""
-    grain = candidate.grain
-    grid, outside = holdout_frame(prepared, candidate.shares.zones, holdout_days, grain)
-    weather = prepared.weather
-    dates = pd.DatetimeIndex(grid["date"])
-    pred_new, weather_source = candidate.expected(
-        grid["zone"].to_numpy(), dates, grid["block"].to_numpy(), weather
+    """Candidate, production's recipe and the status quo at every resolution the candidate serves,
+    at every backtest origin; the holdout (last origin) also gets slices and hit-rate curves at
+    the served default resolution, the finest."""
+    cfg = cfg or EvaluationConfig()
+    reason = not_comparable(candidate, production) if production is not None else None
+    origins = backtest_origins(train_days, holdout_days, cfg)
+    resolutions = candidate.resolutions
+    base = candidate.grain.resolution
+    zones_by_crash = {r: crash_zones(prepared, r, base) for r in resolutions}
+    scored: dict[int, list[Scored]] = {r: [] for r in resolutions}
+    default = resolutions[-1]
+    for origin in origins:
+        last = origin is origins[-1]
+        models = {"candidate": candidate if last else refit(candidate, prepared, origin.train_days)}
+        if production is not None and reason is None:
+            models["production"] = refit(production, prepared, origin.train_days)
+        for r in resolutions:
+            keep = last and r == default  # the holdout's slices and curves need the arrays
+            scored[r].append(Scored(prepared, zones_by_crash[r], origin, models, r, keep))
+    holdout = scored[default][-1]
+    top = holdout.scores
+    boroughs = zone_boroughs(prepared, zones_by_crash[default], train_days)
+    by_role = {role: holdout.sliced(role, boroughs) for role in ("candidate", "baseline")}
+    block_label = dict(enumerate(candidate.grain.labels))
+    slices = {
+        "block": {
+            role: {block_label[int(k)]: v for k, v in parts["block"].items()}
+            for role, parts in by_role.items()
+        },
+        "borough": {role: parts["borough"] for role, parts in by_role.items()},
+    }
+    all_days = train_days.union(holdout_days)
+    return EvaluationReport(
+        resolution=default,
+        resolutions=resolutions,
+        holdout_window=window(holdout_days),
+        holdout_days=len(holdout_days),
+        zone_slots=holdout.grid.observed.size,
+        crashes_outside_known_zones=float(holdout.grid.outside.sum()),
+        weather_source_share={
+            s: float(np.mean(holdout.weather_source == s))
+            for s in np.unique(holdout.weather_source)
+        },
+        scored_fit=f"fit on {len(train_days)} complete days {' .. '.join(window(train_days))}",
+        served_fit=f"the same recipe refit on all {len(all_days)} complete days "
+        f"{' .. '.join(window(all_days))}, holdout included",
+        candidate=top["candidate"],
+        baseline=top["baseline"],
+        production=top.get("production"),
+        production_version=production_version,
+        production_not_comparable=reason,
+        holdout={str(r): resolution_result(scored[r][-1:], cfg) for r in resolutions},
+        origins=[
+            OriginResult(
+                train_window=window(origin.train_days),
+                train_days=len(origin.train_days),
+                test_window=window(origin.test_days),
+                test_days=len(origin.test_days),
+                scores={str(r): scored[r][i].scores for r in resolutions},
+            )
+            for i, origin in enumerate(origins)
+        ],
+        backtest={str(r): resolution_result(scored[r], cfg) for r in resolutions},
+        slices=slices,
+        hit_rate_curve={
+            "k_percent": CURVE_PERCENTS.tolist(),
+            **{role: holdout.sums[role].curve() for role in ("candidate", "baseline")},
+        },
     )
-    baseline = HistoricalAverage(prepared, train_days)
-    pred_base = baseline.expected(grid)
-    boroughs = grid["zone"].map(zone_boroughs(prepared, train_days)).fillna("UNKNOWN")
-    blocks = grid["block"].map(dict(enumerate(grain.labels)))
-    thresholds = candidate.thresholds
-    report = {
-        "holdout_window": [str(holdout_days.min().date()), str(holdout_days.max().date())],
-        "holdout_days": len(holdout_days),
-        "zone_slots": len(grid),
-        "crashes_outside_known_zones": outside,
-        "weather_source_share": {
-            s: float(np.mean(weather_source == s)) for s in np.unique(weather_source)
-        },
-        "candidate": score(grid, pred_new, thresholds, outside),
-        "baseline": score(grid, pred_base, thresholds, outside),
-        "production": None,
-        "production_version": production_version,
-        "production_not_comparable": None,
-        "slices": {
-            "borough": {
-                "candidate": sliced(grid, pred_new, thresholds, boroughs),
-                "baseline": sliced(grid, pred_base, thresholds, boroughs),
-            },
-            "block": {
-                "candidate": sliced(grid, pred_new, thresholds, blocks),
-                "baseline": sliced(grid, pred_base, thresholds, blocks),
-            },
-        },
-    }
-    if production is not None and production.grain != grain:
-        report["production_not_comparable"] = (
-            f"production has grain {grain_name(production.grain)}, "
-            f"candidate {grain_name(grain)}: not comparable"
-        )
-    elif production is not None:
-        zones = grid["zone"].to_numpy()
-        pred_prod, _ = production.expected(zones, dates, grid["block"].to_numpy(), weather)
-        report["production"] = score(grid, pred_prod, production.thresholds, outside)
-    curves = {
-        name: [hit_rate(grid, pred, k / 100, outside) for k in range(1, 51)]
-        for name, pred in (("candidate", pred_new), ("baseline", pred_base))
-    }
-    report["hit_rate_curve"] = {"k_percent": list(range(1, 51)), **curves}
-    return EvaluationReport.model_validate(report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 from pathlib import Path
 
 import matplotlib
@@ -10,7 +11,65 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from visionzero.evaluation.holdout import METRIC_KEYS, EvaluationReport  # noqa: E402
+from visionzero.evaluation.holdout import EvaluationReport, ResolutionResult  # noqa: E402
+from visionzero.evaluation.metrics import INTERVAL_KEYS, METRIC_KEYS  # noqa: E402
+
+METRIC_NAMES = {
+    "poisson_deviance": "deviance",
+    "hit_rate_at_10": "hit@10%",
+    "hit_rate_at_5": "hit@5%",
+    "pai_at_10": "PAI@10%",
+    "calibration_ratio": "predicted/observed",
+}
+
+
+def _rows(resolution: str, result: ResolutionResult) -> list[str]:
+    has_production = "production" in result.roles
+    rows = []
+    for key in INTERVAL_KEYS:
+        cells = [
+            f"res {resolution}",
+            METRIC_NAMES[key],
+            f"{result.roles['candidate'][key].estimate:.4f}",
+            f"{result.roles['baseline'][key].estimate:.4f}",
+            str(result.differences["vs_baseline"][key]),
+        ]
+        if has_production:
+            cells += [
+                f"{result.roles['production'][key].estimate:.4f}",
+                str(result.differences["vs_production"][key]),
+            ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def markdown_table(report: EvaluationReport) -> list[str]:
+    """Every resolution, holdout then pooled backtest: each role's value and the new model's
+    change against the status quo and production with 95% day-block bootstrap intervals."""
+    has_production = report.production is not None
+    header = "| resolution | metric | new model | status quo | new - status quo [95% CI] |"
+    rule = "|---|---|---|---|---|"
+    if has_production:
+        header += f" production v{report.production_version} | new - production [95% CI] |"
+        rule += "---|---|"
+    origins = ", ".join(" .. ".join(o.test_window) for o in report.origins)
+    lines = [
+        f"Scored fit: {report.scored_fit}. Served: {report.served_fit}.",
+        f"Production: {report.production_not_comparable}"
+        if report.production_not_comparable
+        else "Production: its recipe refit on the same training days at every origin.",
+        "",
+        f"Latest holdout {' .. '.join(report.holdout_window)} ({report.holdout_days} days):",
+        header,
+        rule,
+    ]
+    for resolution, result in report.holdout.items():
+        lines += _rows(resolution, result)
+    lines += ["", f"Rolling-origin backtest, {len(report.origins)} origins ({origins}), pooled:"]
+    lines += [header, rule]
+    for resolution, result in report.backtest.items():
+        lines += _rows(resolution, result)
+    return lines
 
 
 def write_plots(report: EvaluationReport, out: Path) -> list[Path]:
@@ -86,8 +145,10 @@ def report_html(report: EvaluationReport, plot_files: list[Path]) -> str:
         for path in plot_files
     )
     window = " .. ".join(report.holdout_window)
+    table = html.escape("\n".join(markdown_table(report)))
     return (
         f"<html><body><h2>Holdout {window} ({report.holdout_days} complete days, "
-        f"{report.zone_slots:,} zone-slots)</h2><table border='1' cellpadding='4'>"
-        f"<tr><th>model</th>{header}</tr>{rows}</table>{images}</body></html>"
+        f"{report.zone_slots:,} zone-slots at resolution {report.resolution})</h2>"
+        f"<table border='1' cellpadding='4'><tr><th>model</th>{header}</tr>{rows}</table>"
+        f"<h3>Every resolution, with intervals</h3><pre>{table}</pre>{images}</body></html>"
     )
