@@ -60,6 +60,13 @@ class ModelConfig(BaseModel):
         gt=0,
         description="pseudo-crashes pulling a child cell's share toward its prior in its parent",
     )
+    child_neighbour_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="weight of the ring-1 neighbourhood split in a child's prior (the rest is "
+        "uniform): a crash-free cell beside busy cells is not a crash-free cell in a park",
+    )
     child_block_strength: float = Field(
         200.0,
         gt=0,
@@ -205,6 +212,7 @@ def fit_children(
             cfg.grain.n_blocks,
             cfg.child_zone_strength,
             cfg.child_block_strength,
+            cfg.child_neighbour_weight,
         )
         levels.append(level)
         parents = level.zones
