@@ -1,4 +1,5 @@
-"""Child shares: they sum to their parent, shrink to a uniform split and follow strong evidence."""
+"""Child shares: they sum to their parent, shrink to a uniform or neighbourhood split and follow
+strong evidence."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import h3
 import numpy as np
 import pytest
 
-from visionzero.model.hierarchy import ChildShares
+from visionzero.model.hierarchy import ChildShares, neighbourhood_counts
 
 PARENTS = [h3.latlng_to_cell(40.7128, -74.0060, 7), h3.latlng_to_cell(40.6782, -73.9442, 7)]
 
 
 def fit(
-    cells: list[str], blocks: list[int], zone_strength: float = 5.0, block_strength: float = 20.0
+    cells: list[str],
+    blocks: list[int],
+    zone_strength: float = 5.0,
+    block_strength: float = 20.0,
+    neighbour_weight: float = 0.0,
 ) -> ChildShares:
     return ChildShares.fit(
         PARENTS,
@@ -22,6 +27,7 @@ def fit(
         6,
         zone_strength,
         block_strength,
+        neighbour_weight,
     )
 
 
@@ -63,3 +69,37 @@ def test_json_round_trip() -> None:
     assert again.zones == shares.zones and again.resolution == 8
     np.testing.assert_array_equal(again.share, shares.share)
     np.testing.assert_array_equal(again.parent_rows, shares.parent_rows)
+
+
+def test_a_quiet_child_beside_busy_cells_gets_more_than_one_beside_quiet_cells() -> None:
+    centre = h3.cell_to_center_child(PARENTS[0], 8)
+    rim = [k for k in h3.cell_to_children(PARENTS[0], 8) if k != centre]
+    busy_child = rim[0]
+    # a busy cell just across the parent's border: it touches busy_child but not quiet_child
+    busy = next(n for n in h3.grid_disk(busy_child, 1) if h3.cell_to_parent(n, 7) != PARENTS[0])
+    quiet_child = next(k for k in rim if h3.grid_distance(k, busy) > 1)
+    crashes = [busy] * 40 + [centre] * 3  # neither child has a crash of its own
+    shares = fit(crashes, [2] * 43, neighbour_weight=0.5)
+    row = {zone: i for i, zone in enumerate(shares.zones)}
+    for block in range(6):
+        assert shares.share[row[busy_child], block] > shares.share[row[quiet_child], block]
+    for parent in range(2):
+        np.testing.assert_allclose(shares.share[shares.parent_rows == parent].sum(axis=0), 1.0)
+    # without the neighbourhood, both crash-free children get the same share
+    plain = fit(crashes, [2] * 43)
+    assert plain.share[row[busy_child], 2] == pytest.approx(plain.share[row[quiet_child], 2])
+
+
+def test_no_neighbour_crashes_keeps_the_uniform_split() -> None:
+    np.testing.assert_allclose(fit([], [], neighbour_weight=1.0).share, 1 / 7)
+
+
+def test_neighbourhood_counts_exclude_the_cell_itself() -> None:
+    cell = h3.cell_to_center_child(PARENTS[0], 8)
+    ring = [n for n in h3.grid_disk(cell, 1) if n != cell]
+    counts = neighbourhood_counts(
+        [cell, *ring], np.array([cell] * 4 + [ring[0]], dtype=object), np.ones(5)
+    )
+    assert counts[0] == 1.0  # only ring[0]'s crash
+    assert counts[1] == 4.0  # ring[0] sees the centre's four, not its own
+    assert counts[2:].min() >= 4.0  # every ring cell touches the centre
