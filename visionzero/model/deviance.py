@@ -9,11 +9,11 @@ from scipy.special import xlogy
 MU_FLOOR = 1e-4
 
 
-def unit_poisson_deviance(y: np.ndarray, mu: np.ndarray) -> np.ndarray:
-    """Poisson deviance of each count y under its forecast mu (mu floored at MU_FLOOR): summed
+def unit_poisson_deviance(y: np.ndarray, mu: np.ndarray, floor: float = MU_FLOOR) -> np.ndarray:
+    """Poisson deviance of each count y under its forecast mu (mu floored at `floor`): summed
     per day, it lets the evaluation bootstrap days without recomputing anything."""
     y = np.asarray(y, dtype=float)
-    mu = np.maximum(np.asarray(mu, dtype=float), MU_FLOOR)
+    mu = np.maximum(np.asarray(mu, dtype=float), floor)
     return 2.0 * (xlogy(y, y / mu) - y + mu)
 
 
