@@ -109,8 +109,8 @@ def training_pipeline(
     deploy_target: Literal["local", "kubernetes"],
 ) -> None:
     dataset = data_loader(data)
-    best_params = hp_tuner(dataset, model, tuning)
-    crash_model = trainer(dataset, best_params, model)
+    tuned_params = hp_tuner(dataset, model, tuning)
+    crash_model = trainer(dataset, tuned_params, model)
     report, _ = evaluator(dataset, crash_model, model)
     verdict = trigger_decision(report, decision)
     release = bento_builder(crash_model, report, verdict, dataset)
