@@ -112,8 +112,8 @@ def training_pipeline(
     deploy_target: Literal["local", "kubernetes"],
 ) -> None:
     dataset = data_loader(data)
-    best_params = hp_tuner(dataset, model, tuning)
-    scored_model = trainer(dataset, best_params, model)
+    tuned_params = hp_tuner(dataset, model, tuning)
+    scored_model = trainer(dataset, tuned_params, model)
     report, _ = evaluator(dataset, scored_model, model, evaluation)
     verdict = trigger_decision(report, decision)
     served_model = refitter(dataset, scored_model, report)

@@ -104,3 +104,19 @@ def test_typed_artifacts_visualization_and_model_card(trained: dict) -> None:
     model = Client().get_model(MODEL_NAME)
     assert model.limitations and "complete days" in model.limitations
     assert model.use_cases and model.audience and model.ethics
+
+
+def test_tuned_shares_land_in_the_trained_model(trained: dict) -> None:
+    from zenml.client import Client
+
+    from visionzero.model.tuning import SHARE_SPACE, TunedParams
+
+    run = Client().get_pipeline(name_id_or_prefix="training_pipeline").last_run
+    tuner = run.steps["hp_tuner"]
+    tuned = tuner.outputs["tuned_params"][0].load()
+    assert isinstance(tuned, TunedParams)
+    assert set(tuned.shares) == {dim.name for dim in SHARE_SPACE} and tuned.volume
+    assert tuner.run_metadata["share_tuning"]["best_params"] == tuned.shares
+    model = run.steps["trainer"].outputs["crash_model"][0].load()
+    assert {k: model.meta["config"][k] for k in tuned.shares} == tuned.shares
+    assert model.meta["params"] == tuned.volume

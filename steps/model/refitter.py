@@ -49,6 +49,7 @@ def refitter(
     )
     log_metadata(
         metadata={
+            "data_version": dataset.version,
             "training_window": served.meta["training_window"],
             "scored_training_window": scored_model.meta["training_window"],
             "thresholds": served.thresholds,

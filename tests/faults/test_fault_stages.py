@@ -25,7 +25,7 @@ slow = pytest.mark.slow  # these run the pipeline
 
 LOSE = {"min_deviance_improvement": 1.0}  # needs a deviance <= 0: a challenger never wins
 WIN = {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0}  # any deployable one wins
-QUICK_TUNING = {"max_trials": 2, "cv_folds": 2}
+QUICK_TUNING = {"max_trials": 2, "share_trials": 2, "cv_folds": 2}
 
 
 def run_pipeline(tmp: Path, decision: dict) -> None:

@@ -199,13 +199,16 @@ def fit_children(
     age = (train_days.max() - rows["crash_date"]).dt.days.to_numpy()
     weights = 0.5 ** (age / cfg.child_halflife_days)
     finest = rows["cell"].to_numpy()
+    of_row, distinct = pd.factorize(finest)  # h3 once per distinct cell, not once per crash
     levels: list[ChildShares] = []
     parents = base_zones
     for resolution in range(cfg.resolution + 1, cfg.finest_resolution + 1):
         cells = (
             finest
             if resolution == cfg.finest_resolution
-            else np.array([h3.cell_to_parent(c, resolution) for c in finest], dtype=object)
+            else np.array([h3.cell_to_parent(c, resolution) for c in distinct], dtype=object)[
+                of_row
+            ]
         )
         level = ChildShares.fit(
             parents,
