@@ -60,12 +60,13 @@ def markdown_table(report: EvaluationReport) -> list[str]:
         else "Production: its recipe refit on the same training days at every origin.",
         "",
         f"Latest holdout {' .. '.join(report.holdout_window)} ({report.holdout_days} days):",
+        "",
         header,
         rule,
     ]
     for resolution, result in report.holdout.items():
         lines += _rows(resolution, result)
-    lines += ["", f"Rolling-origin backtest, {len(report.origins)} origins ({origins}), pooled:"]
+    lines += ["", f"Rolling-origin backtest, {len(report.origins)} origins ({origins}), pooled:", ""]
     lines += [header, rule]
     for resolution, result in report.backtest.items():
         lines += _rows(resolution, result)
