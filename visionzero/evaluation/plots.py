@@ -66,8 +66,8 @@ def markdown_table(report: EvaluationReport) -> list[str]:
     ]
     for resolution, result in report.holdout.items():
         lines += _rows(resolution, result)
-    lines += ["", f"Rolling-origin backtest, {len(report.origins)} origins ({origins}), pooled:", ""]
-    lines += [header, rule]
+    title = f"Rolling-origin backtest, {len(report.origins)} origins ({origins}), pooled:"
+    lines += ["", title, "", header, rule]
     for resolution, result in report.backtest.items():
         lines += _rows(resolution, result)
     return lines
