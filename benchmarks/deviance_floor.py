@@ -26,6 +26,7 @@ def main() -> None:
     from visionzero.data.dataset import LoadConfig, build_dataset
     from visionzero.evaluation.grid import (
         DenseGrid,
+        base_expected,
         crash_zones,
         model_expected,
         model_zones,
@@ -48,7 +49,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for resolution in model.resolutions:
-        zones_by_crash = crash_zones(prepared, resolution, cfg.resolution)
+        zones_by_crash = crash_zones(prepared, resolution)
         grid = DenseGrid.build(
             prepared,
             zones_by_crash,
@@ -56,7 +57,8 @@ def main() -> None:
             holdout_days,
             cfg.grain.n_blocks,
         )
-        mu, _ = model_expected(model, grid, prepared.weather)
+        base, _ = base_expected(model, holdout_days, prepared.weather)
+        mu = model_expected(model, grid, prepared.weather, base)
         status_quo = status_quo_expected(prepared, zones_by_crash, train_days, grid)
         y = grid.observed
         model_dev = unit_poisson_deviance(y, mu).mean()

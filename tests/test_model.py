@@ -17,6 +17,7 @@ from sklearn.model_selection import TimeSeriesSplit
 from visionzero.evaluation.backtest import EvaluationConfig, backtest_origins, refit
 from visionzero.evaluation.grid import (
     DenseGrid,
+    base_expected,
     crash_zones,
     model_expected,
     model_zones,
@@ -93,26 +94,28 @@ def test_no_backtest_origin_learns_from_its_future(real_data, model: CrashRiskMo
         for resolution in (7, 9):
             grid = DenseGrid.build(
                 prepared,
-                crash_zones(prepared, resolution, cfg.resolution),
+                crash_zones(prepared, resolution),
                 model_zones(clean, resolution),
                 origin.test_days[:7],
                 cfg.grain.n_blocks,
             )
             # The forecast day's own weather is an input, not something learned: pass the same.
-            np.testing.assert_array_equal(
-                model_expected(dirty, grid, prepared.weather)[0],
-                model_expected(clean, grid, prepared.weather)[0],
+            weather = prepared.weather
+            dirty_mu, clean_mu = (
+                model_expected(m, grid, weather, base_expected(m, grid.days, weather)[0])
+                for m in (dirty, clean)
             )
+            np.testing.assert_array_equal(dirty_mu, clean_mu)
             np.testing.assert_array_equal(
                 status_quo_expected(
                     scrambled,
-                    crash_zones(scrambled, resolution, cfg.resolution),
+                    crash_zones(scrambled, resolution),
                     origin.train_days,
                     grid,
                 ),
                 status_quo_expected(
                     prepared,
-                    crash_zones(prepared, resolution, cfg.resolution),
+                    crash_zones(prepared, resolution),
                     origin.train_days,
                     grid,
                 ),

@@ -117,6 +117,6 @@ def test_tuned_shares_land_in_the_trained_model(trained: dict) -> None:
     assert isinstance(tuned, TunedParams)
     assert set(tuned.shares) == {dim.name for dim in SHARE_SPACE} and tuned.volume
     assert tuner.run_metadata["share_tuning"]["best_params"] == tuned.shares
-    model = run.steps["trainer"].outputs["crash_model"][0].load()
+    model = run.steps["refitter"].outputs["crash_model"][0].load()
     assert {k: model.meta["config"][k] for k in tuned.shares} == tuned.shares
     assert model.meta["params"] == tuned.volume

@@ -277,3 +277,37 @@ def test_production_of_another_grain_is_not_scored_on_the_candidate_grid(small_c
     decision = decide(report, DecisionRule())
     assert decision.action == "none"
     assert any(reason in line for line in decision.reasons), decision.reasons
+
+
+def test_a_production_whose_recipe_cannot_be_rebuilt_is_not_comparable(small_city: tuple) -> None:
+    """Filling what an old production did not record with today's defaults scored a different
+    model under production's name; an unrecorded recipe is now 'not comparable'."""
+    from dataclasses import replace
+
+    from visionzero.evaluation.backtest import recipe_config
+    from visionzero.evaluation.holdout import evaluate
+
+    *data, model = fit(small_city, 7, 4)
+    config = model.meta["config"]
+    no_params = replace(model, meta={k: v for k, v in model.meta.items() if k != "params"})
+    lacking = replace(
+        model,
+        meta={
+            **model.meta,
+            "config": {k: v for k, v in config.items() if k != "finest_resolution"},
+        },
+    )
+    for production, why in ((no_params, "no configuration"), (lacking, "lacks finest_resolution")):
+        report = evaluate(*data, model, production, production_version=1)
+        assert report.production is None
+        assert "cannot be refit" in report.production_not_comparable and why in (
+            report.production_not_comparable
+        )
+    saved_before_neighbours = replace(
+        model,
+        meta={
+            **model.meta,
+            "config": {k: v for k, v in config.items() if k != "child_neighbour_weight"},
+        },
+    )
+    assert recipe_config(saved_before_neighbours).child_neighbour_weight == 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from visionzero.model.crash_risk import CrashRiskModel, ModelConfig, Prepared, train
 
@@ -65,12 +65,32 @@ def backtest_origins(
     return [*reversed(earlier), Origin(train_days=ordered, test_days=holdout_days)]
 
 
+# ModelConfig fields added after models were first saved, and the value that reproduces a model
+# saved before them. Any other missing field means the recipe cannot be rebuilt.
+ABSENT_MEANS = {"child_neighbour_weight": 0.0}
+
+
+class NoRecipe(ValueError):
+    """A saved model whose training recipe (configuration and volume parameters) cannot be
+    rebuilt, so it cannot be refit and compared."""
+
+
 def recipe_config(model: CrashRiskModel) -> ModelConfig:
-    """The configuration a model was trained with (keys of retired fields are ignored)."""
-    saved = model.meta["config"]
-    return ModelConfig.model_validate(
-        {k: v for k, v in saved.items() if k in ModelConfig.model_fields}
-    )
+    """The configuration a model was trained with, never today's defaults in place of what it
+    did not record (keys of retired fields are ignored)."""
+    saved = model.meta.get("config")
+    if saved is None or "params" not in model.meta:
+        raise NoRecipe("it recorded no configuration and volume parameters")
+    missing = [k for k in ModelConfig.model_fields if k not in saved and k not in ABSENT_MEANS]
+    if missing:
+        raise NoRecipe(f"its recorded configuration lacks {', '.join(missing)}")
+    known = {k: v for k, v in saved.items() if k in ModelConfig.model_fields}
+    try:
+        return ModelConfig.model_validate({**ABSENT_MEANS, **known})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field, why = first["loc"][0], first["msg"]
+        raise NoRecipe(f"its recorded {field} is no longer valid: {why}") from exc
 
 
 def refit(model: CrashRiskModel, prepared: Prepared, days: pd.DatetimeIndex) -> CrashRiskModel:
@@ -83,7 +103,11 @@ def refit(model: CrashRiskModel, prepared: Prepared, days: pd.DatetimeIndex) -> 
 
 def not_comparable(candidate: CrashRiskModel, production: CrashRiskModel) -> str | None:
     """Why production's recipe cannot be scored on the candidate's zones and blocks, if so."""
-    mine, theirs = recipe_config(candidate), recipe_config(production)
+    try:
+        theirs = recipe_config(production)
+    except NoRecipe as exc:
+        return f"production's recipe cannot be refit ({exc}): not comparable"
+    mine = recipe_config(candidate)
     keys = ("resolution", "block_hours", "finest_resolution")
     if all(getattr(mine, key) == getattr(theirs, key) for key in keys):
         return None

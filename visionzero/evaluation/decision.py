@@ -1,7 +1,7 @@
 """The deploy rule, explicit and logged.
 
 Beat the status quo first, then beat production; "beat" means the 95% interval of the improvement
-excludes zero (pooled rolling-origin backtest at the served resolution), never a point estimate.
+excludes zero (latest holdout at the served resolution), never a point estimate.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def decide(report: EvaluationReport, rule: DecisionRule) -> Decision:
     """The rule on the report's decisive evidence (`EvaluationReport.decisive`)."""
     return decide_on(
         report.decisive(),
-        f"res {report.resolution}, {len(report.origins)} backtest origins",
+        f"latest holdout {' .. '.join(report.holdout_window)} at res {report.resolution}",
         report.production_not_comparable,
         rule,
     )

@@ -14,16 +14,13 @@ import numpy as np
 import pandas as pd
 
 from visionzero.model.crash_risk import CrashRiskModel, Prepared, zone_slot_grid
+from visionzero.model.grain import ancestors
 
 
-def crash_zones(prepared: Prepared, resolution: int, base_resolution: int) -> np.ndarray:
-    """Zone of each crash row at `resolution`: at the base resolution the model's own zone, finer
-    the ancestor of the crash's finest cell (H3 nests by index: how the child shares were fit)."""
-    if resolution == base_resolution:
-        return prepared.crashes["zone"].to_numpy()
-    cells = prepared.crashes["cell"]
-    ancestor = {cell: h3.cell_to_parent(cell, resolution) for cell in pd.unique(cells)}
-    return cells.map(ancestor).to_numpy()
+def crash_zones(prepared: Prepared, resolution: int) -> np.ndarray:
+    """Zone of each crash row at `resolution`: its finest cell's ancestor, the mapping training
+    and serving use (`Grain.zones_of`)."""
+    return ancestors(prepared.crashes["cell"].to_numpy(), resolution)
 
 
 def model_zones(model: CrashRiskModel, resolution: int) -> list[str]:
@@ -91,22 +88,29 @@ def status_quo_expected(
     return mean[:, grid.days.dayofweek.to_numpy(), :].transpose(1, 0, 2)
 
 
-def model_expected(
-    model: CrashRiskModel, grid: DenseGrid, weather: pd.DataFrame
+def base_expected(
+    model: CrashRiskModel, days: pd.DatetimeIndex, weather: pd.DataFrame
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A model's expected counts on the grid [D, Z, B] and the weather source of each day. The
-    base resolution runs through `CrashRiskModel.expected`; a finer zone is its base zone's count
-    times its child shares, exactly what serving computes for it."""
+    """A model's expected counts on its base zones [D, Zbase, B] and each day's weather source:
+    every finer resolution reuses them, so the volume model runs once per origin."""
     base_zones = model.shares.zones
-    n_days, n_blocks = len(grid.days), grid.n_blocks
-    base_grid = zone_slot_grid(base_zones, grid.days, model.grain)
+    base_grid = zone_slot_grid(base_zones, days, model.grain)
     base, source = model.expected(
         base_grid["zone"].to_numpy(),
         pd.DatetimeIndex(base_grid["date"]),
         base_grid["block"].to_numpy(),
         weather,
     )
-    base = base.reshape(n_days, len(base_zones), n_blocks)
+    n_blocks = model.grain.n_blocks
+    return base.reshape(len(days), len(base_zones), n_blocks), source.reshape(len(days), -1)[:, 0]
+
+
+def model_expected(
+    model: CrashRiskModel, grid: DenseGrid, weather: pd.DataFrame, base: np.ndarray
+) -> np.ndarray:
+    """A model's expected counts on the grid [D, Z, B] from its base-zone counts (`base_expected`):
+    a finer zone is its base zone's count times its child shares, exactly what serving computes."""
+    n_days, n_blocks = len(grid.days), grid.n_blocks
     rows = model.zone_index(np.asarray(grid.zones, dtype=object))
     known = rows >= 0
     table = model.zone_table
@@ -122,5 +126,4 @@ def model_expected(
             weather,
         )
         out[:, ~known, :] = values.reshape(n_days, len(unknown), n_blocks)
-    day_source = source.reshape(n_days, -1)[:, 0]
-    return out, day_source
+    return out

@@ -54,9 +54,6 @@ class Interval(BaseModel):
     low: float
     high: float
 
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
     def __str__(self) -> str:
         return f"{self.estimate:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
 

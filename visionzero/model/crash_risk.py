@@ -22,7 +22,7 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from visionzero.model import features as F
-from visionzero.model.grain import Grain
+from visionzero.model.grain import Grain, ancestors
 from visionzero.model.hierarchy import ChildShares
 from visionzero.model.levels import assign_levels, level_thresholds
 
@@ -112,9 +112,9 @@ def prepare(
     days = pd.DatetimeIndex(complete_days["date"]).normalize().unique().sort_values()
     rows = crashes[crashes["crash_date"].isin(days) & crashes["geocoded"]].copy()
     grain = cfg.grain
-    rows["zone"] = grain.zones_of(rows["latitude"].to_numpy(), rows["longitude"].to_numpy())
     finest = Grain(cfg.finest_resolution, cfg.block_hours)
     rows["cell"] = finest.zones_of(rows["latitude"].to_numpy(), rows["longitude"].to_numpy())
+    rows["zone"] = ancestors(rows["cell"].to_numpy(), grain.resolution)
     timed = rows["crash_minute"].notna().to_numpy()
     rows["block"] = -1
     rows.loc[timed, "block"] = grain.block_of_minute(rows.loc[timed, "crash_minute"].to_numpy(int))
@@ -199,20 +199,12 @@ def fit_children(
     age = (train_days.max() - rows["crash_date"]).dt.days.to_numpy()
     weights = 0.5 ** (age / cfg.child_halflife_days)
     finest = rows["cell"].to_numpy()
-    of_row, distinct = pd.factorize(finest)  # h3 once per distinct cell, not once per crash
     levels: list[ChildShares] = []
     parents = base_zones
     for resolution in range(cfg.resolution + 1, cfg.finest_resolution + 1):
-        cells = (
-            finest
-            if resolution == cfg.finest_resolution
-            else np.array([h3.cell_to_parent(c, resolution) for c in distinct], dtype=object)[
-                of_row
-            ]
-        )
         level = ChildShares.fit(
             parents,
-            cells,
+            ancestors(finest, resolution),
             rows["block"].to_numpy(),
             weights,
             cfg.grain.n_blocks,

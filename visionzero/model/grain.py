@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import h3
 import numpy as np
+import pandas as pd
 
 H3_RESOLUTIONS = range(16)
 
@@ -47,14 +48,31 @@ class Grain:
         minutes = np.asarray(stamps, dtype="datetime64[m]")
         return self.block_of_minute((minutes - minutes.astype("datetime64[D]")).astype(np.int64))
 
-    def zones_of(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-        """H3 cell of each point (the one mapping used in training and serving); "" where a
-        coordinate is missing."""
+    def zones_of(self, lat: np.ndarray, lon: np.ndarray, finest: int | None = None) -> np.ndarray:
+        """Zone of each point, the one mapping used in training and serving; "" where a coordinate
+        is missing. With `finest`, the ancestor of the point's cell at that finer resolution: H3
+        cells nest by index, not exactly in space, so only this way does a point's coarse zone
+        contain its fine zone, as the child shares (and their sums) assume."""
         lat = np.asarray(lat, dtype=float)
         lon = np.asarray(lon, dtype=float)
         ok = np.isfinite(lat) & np.isfinite(lon)
+        at = max(finest or self.resolution, self.resolution)
         out = np.full(lat.shape, "", dtype=object)
-        out[ok] = [
-            h3.latlng_to_cell(a, b, self.resolution) for a, b in zip(lat[ok], lon[ok], strict=True)
-        ]
-        return out
+        out[ok] = [h3.latlng_to_cell(a, b, at) for a, b in zip(lat[ok], lon[ok], strict=True)]
+        return ancestors(out, self.resolution)
+
+
+def ancestors(cells: np.ndarray, resolution: int) -> np.ndarray:
+    """Each H3 cell's ancestor at `resolution` (a cell already that coarse, or "", stays as it
+    is); h3 runs once per distinct cell."""
+    of_row, distinct = pd.factorize(np.asarray(cells, dtype=object))
+    mapped = np.array(
+        [
+            h3.cell_to_parent(cell, resolution)
+            if cell and h3.get_resolution(cell) > resolution
+            else cell
+            for cell in distinct
+        ],
+        dtype=object,
+    )
+    return mapped[of_row]

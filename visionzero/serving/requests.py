@@ -166,7 +166,7 @@ def _zones(items: list[Item], model: CrashRiskModel) -> tuple[np.ndarray, np.nda
     for resolution in np.unique(resolutions[located]):
         mine = located & (resolutions == resolution)
         grain = Grain(int(resolution), model.grain.block_hours)
-        zones[mine] = grain.zones_of(lat[mine], lon[mine])
+        zones[mine] = grain.zones_of(lat[mine], lon[mine], finest=model.resolutions[-1])
     for i in np.flatnonzero(has_zone):
         cell = given[i].strip().lower()
         if not H3_CELL.fullmatch(cell) or not h3.is_valid_cell(cell):
