@@ -86,6 +86,17 @@ def test_zones_of_points() -> None:
     assert Grain(10, 4).zones_of(np.array([lat]), np.array([lon]))[0].startswith("8a2a1072")
 
 
+def test_zones_of_a_point_nest_through_its_finest_cell() -> None:
+    # Near this point the res-7 cell that contains it is not the parent of its res-9 cell (H3
+    # nests by index, not in space): with `finest` the district is the block's ancestor, so a
+    # block's crashes always count in its own district.
+    lat, lon = np.array([40.73297]), np.array([-73.92116])
+    assert Grain(7, 4).zones_of(lat, lon)[0] == "872a100c2ffffff"
+    assert Grain(9, 4).zones_of(lat, lon)[0].startswith("892a100d5")
+    assert Grain(7, 4).zones_of(lat, lon, finest=9)[0] == "872a100d5ffffff"
+    assert Grain(9, 4).zones_of(lat, lon, finest=9)[0] == Grain(9, 4).zones_of(lat, lon)[0]
+
+
 def test_config_and_saved_model_metadata_give_the_grain() -> None:
     assert ModelConfig(resolution=8, block_hours=6).grain == Grain(8, 6)
     shares = ShareTable(

@@ -64,9 +64,10 @@ def test_each_resolution_answers_and_children_sum_to_their_parent(served: str) -
 
     (district,) = predict(served, {"items": [{**POINT, "resolution": 7}]}).json()["predictions"]
     assert district["resolution"] == 7 and h3.get_resolution(district["zone"]) == 7
-    assert district["zone"] == h3.latlng_to_cell(POINT["latitude"], POINT["longitude"], 7)
+    block = h3.latlng_to_cell(POINT["latitude"], POINT["longitude"], 9)
+    assert district["zone"] == h3.cell_to_parent(block, 7)  # the point's block's district
     (middle,) = predict(served, {"items": [{**POINT, "resolution": 8}]}).json()["predictions"]
-    assert middle["resolution"] == 8  # H3 cells nest by index, not exactly in space
+    assert middle["resolution"] == 8 and middle["zone"] == h3.cell_to_parent(block, 8)
     children = [
         {"zone": cell, "datetime": POINT["datetime"]}
         for cell in h3.cell_to_children(district["zone"], 9)
