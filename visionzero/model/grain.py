@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import h3
 import numpy as np
-import pandas as pd
 
 H3_RESOLUTIONS = range(16)
 
@@ -59,20 +58,16 @@ class Grain:
         at = max(finest or self.resolution, self.resolution)
         out = np.full(lat.shape, "", dtype=object)
         out[ok] = [h3.latlng_to_cell(a, b, at) for a, b in zip(lat[ok], lon[ok], strict=True)]
-        return ancestors(out, self.resolution)
+        return out if at == self.resolution else ancestors(out, self.resolution)
 
 
 def ancestors(cells: np.ndarray, resolution: int) -> np.ndarray:
     """Each H3 cell's ancestor at `resolution` (a cell already that coarse, or "", stays as it
     is); h3 runs once per distinct cell."""
-    of_row, distinct = pd.factorize(np.asarray(cells, dtype=object))
-    mapped = np.array(
-        [
-            h3.cell_to_parent(cell, resolution)
-            if cell and h3.get_resolution(cell) > resolution
-            else cell
-            for cell in distinct
-        ],
-        dtype=object,
-    )
-    return mapped[of_row]
+    parent = {
+        cell: h3.cell_to_parent(cell, resolution)
+        if cell and h3.get_resolution(cell) > resolution
+        else cell
+        for cell in set(cells)
+    }
+    return np.array([parent[cell] for cell in cells], dtype=object)
