@@ -90,6 +90,7 @@ def wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, flo
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": ms("50%"),
         "p99_ms": ms("99%"),
@@ -192,8 +193,9 @@ def main() -> None:
                 log_dir = Path(tmp) / f"predictions-{round_}"
                 variant_env = {**env, "VZ_PREDICTION_LOG": str(log_dir) if log == "on" else "off"}
                 result = measure(bento_cmd, variant_env, args.seconds, args.connections, script)
-                if log == "on":
+                if log == "on":  # every answered item is a row: warm-up, wrk, 6 x 10,000
                     result["rows"] = logged_rows(log_dir)
+                    result["answered"] = 20 + result["requests"] + 6 * len(BIG["items"])
                 runs.append((f"bentoml, log {log}", result))
         runs.append(("fastapi", measure(fastapi_cmd, env, args.seconds, args.connections, script)))
     print(
@@ -203,10 +205,10 @@ def main() -> None:
     )
     print(
         f"{'server':<18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
-        f"{'non-2xx':>10}{'10k items ms':>15}{'rows logged':>14}"
+        f"{'non-2xx':>10}{'10k items ms':>15}{'rows logged / answered':>26}"
     )
     for name, r in runs:
-        rows = f"{r['rows']:>14,.0f}" if "rows" in r else ""
+        rows = f"{r['rows']:>14,.0f} / {r['answered']:,.0f}" if "rows" in r else ""
         print(
             f"{name:<18}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
             f"{r['non_2xx']:>10}{r['10k_items_ms']:>15.1f}{rows}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import uuid
 from datetime import date
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_rows_are_written_per_item_in_this_process_file(tmp_path: Path) -> None:
         ("req-1", 1),
         ("req-1", 2),
     ]
-    assert len(rows[3]["request_id"]) == 32 and rows[3]["item"] == 0  # a fresh uuid4
+    assert uuid.UUID(rows[3]["request_id"]).version == 4 and rows[3]["item"] == 0  # a new id
     assert rows[0] | {"time": None} == {
         "request_id": "req-1",
         "item": 0,
@@ -84,6 +85,18 @@ def test_rows_are_written_per_item_in_this_process_file(tmp_path: Path) -> None:
         "level": "Elevated",
     }
     assert rows[0]["time"].endswith("Z") and rows[0]["time"][:10] == day
+
+
+@pytest.mark.parametrize("header", ['a"},{"item": 9', "x" * 129, "two words", ""])
+def test_a_request_id_that_is_not_a_plain_token_is_replaced(tmp_path: Path, header: str) -> None:
+    log = writer(tmp_path)
+    log.record(header, answer(2))
+    log.close()
+    (path,) = files_under(tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["item"] for row in rows] == [0, 1]
+    assert rows[0]["request_id"] == rows[1]["request_id"] != header
+    assert uuid.UUID(rows[0]["request_id"]).version == 4
 
 
 def test_the_writer_thread_flushes_without_being_closed(tmp_path: Path) -> None:

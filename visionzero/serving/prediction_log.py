@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import re
 import select
 import socket
 import sys
@@ -52,8 +54,17 @@ MAX_ROWS = 200_000  # about 100 MB of buffered answers: ten full 10,000-item req
 FLUSH_ROWS = 20_000
 FLUSH_SECONDS = 1.0
 DROP_WARNING_SECONDS = 10.0
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 STDOUT_EVENT = "crash_risk_prediction"  # tells the log shipper which stdout lines are rows
 log = logging.getLogger("bentoml.crash_risk.prediction_log")
+
+
+def logged_request_id(header: str | None) -> str:
+    """The client's X-Request-ID when it is a plain token (letters, digits, `._:@/+=-`, at most
+    128), else a new uuid4: a header is free text, and a row must stay one short JSON line."""
+    if header is not None and REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.UUID(int=random.getrandbits(128), version=4).hex  # urandom costs ~10 us here
 
 
 def prediction_log_target() -> Path | str | None:
@@ -168,7 +179,7 @@ class PredictionLog:
         self.extra = {"event": STDOUT_EVENT} if isinstance(sink, Stdout) else {}
         self.dropped = 0
         self._last_warning = -DROP_WARNING_SECONDS
-        self._buffer: list[tuple[str, float, list[dict]]] = []
+        self._buffer: list[tuple[str | None, float, list[dict]]] = []
         self._rows = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -177,14 +188,15 @@ class PredictionLog:
         self._thread.start()
 
     def record(self, request_id: str | None, predictions: list[dict]) -> None:
-        """Keep one request's answer (the dicts are not copied: they must not change after)."""
+        """Keep one request's answer under the client's X-Request-ID (None: the writer gives it
+        a uuid4). The dicts are not copied: they must not change after."""
         rows = len(predictions)
         with self._lock:
             if self._rows + rows > self.max_rows:
                 self.dropped += rows
                 full = True
             else:
-                self._buffer.append((request_id or uuid.uuid4().hex, time.time(), predictions))
+                self._buffer.append((request_id, time.time(), predictions))
                 self._rows += rows
                 full = False
         if full:
@@ -234,36 +246,44 @@ class PredictionLog:
             self.dropped += rows
         self._count_drop(rows, reason)
 
-    def _encode(self, batch: list[tuple[str, float, list[dict]]]) -> list[tuple[str, bytes, int]]:
-        """JSON lines grouped by the UTC day they were answered on."""
-        days: dict[str, list[bytes]] = {}
-        stage, version, blocks = self.stage, self.model_version, self.block_of_start
-        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    def _encode(
+        self, batch: list[tuple[str | None, float, list[dict]]]
+    ) -> list[tuple[str, bytes, int]]:
+        """JSON lines grouped by the UTC day they were answered on. One orjson call per day then
+        splits the array into lines (twice as fast as a call per row): safe because no value
+        can hold `},{`: request ids are checked (`logged_request_id`), the rest are ours."""
+        days: dict[str, list[dict]] = {}
+        stage, version, blocks, extra = (
+            self.stage,
+            self.model_version,
+            self.block_of_start,
+            self.extra,
+        )
         for request_id, answered, predictions in batch:
             moment = datetime.fromtimestamp(answered, UTC)
             stamp = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            lines = days.setdefault(moment.date().isoformat(), [])
-            lines.extend(
-                dumps(
-                    {
-                        "request_id": request_id,
-                        "item": item,
-                        "time": stamp,
-                        "stage": stage,
-                        "model_version": version,
-                        "zone": p["zone"],
-                        "resolution": p["resolution"],
-                        "date": p["date"],
-                        "block": blocks[p["block"][0]],
-                        "expected": p["expected_crashes"],
-                        "level": p["risk_level"],
-                        **self.extra,
-                    },
-                    option=newline,
-                )
+            rid = logged_request_id(request_id)
+            days.setdefault(moment.date().isoformat(), []).extend(
+                {
+                    "request_id": rid,
+                    "item": item,
+                    "time": stamp,
+                    "stage": stage,
+                    "model_version": version,
+                    "zone": p["zone"],
+                    "resolution": p["resolution"],
+                    "date": p["date"],
+                    "block": blocks[p["block"][0]],
+                    "expected": p["expected_crashes"],
+                    "level": p["risk_level"],
+                    **extra,
+                }
                 for item, p in enumerate(predictions)
             )
-        return [(day, b"".join(lines), len(lines)) for day, lines in days.items()]
+        return [
+            (day, orjson.dumps(rows)[1:-1].replace(b"},{", b"}\n{") + b"\n", len(rows))
+            for day, rows in days.items()
+        ]
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the writer thread and write what is left (the worker is shutting down)."""
