@@ -97,6 +97,7 @@ def test_a_request_id_that_is_not_a_plain_token_is_replaced(tmp_path: Path, head
     assert [row["item"] for row in rows] == [0, 1]
     assert rows[0]["request_id"] == rows[1]["request_id"] != header
     assert uuid.UUID(rows[0]["request_id"]).version == 4
+    assert uuid.UUID(rows[0]["request_id"]).variant == uuid.RFC_4122
 
 
 def test_the_writer_thread_flushes_without_being_closed(tmp_path: Path) -> None:

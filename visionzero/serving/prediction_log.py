@@ -25,9 +25,8 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date
 from pathlib import Path
 from typing import BinaryIO
 
@@ -54,6 +53,8 @@ MAX_ROWS = 200_000  # about 100 MB of buffered answers: ten full 10,000-item req
 FLUSH_ROWS = 20_000
 FLUSH_SECONDS = 1.0
 DROP_WARNING_SECONDS = 10.0
+UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # version and variant bits of a uuid4
+UUID4_SET = (4 << 76) | (0x8000 << 48)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 STDOUT_EVENT = "crash_risk_prediction"  # tells the log shipper which stdout lines are rows
 log = logging.getLogger("bentoml.crash_risk.prediction_log")
@@ -64,7 +65,8 @@ def logged_request_id(header: str | None) -> str:
     128), else a new uuid4: a header is free text, and a row must stay one short JSON line."""
     if header is not None and REQUEST_ID.fullmatch(header):
         return header
-    return uuid.UUID(int=random.getrandbits(128), version=4).hex  # urandom costs ~10 us here
+    # uuid.uuid4() reads urandom and uuid.UUID validates: ~8 us each here; the same bits directly
+    return f"{random.getrandbits(128) & UUID4_CLEAR | UUID4_SET:032x}"
 
 
 def prediction_log_target() -> Path | str | None:
@@ -259,11 +261,14 @@ class PredictionLog:
             self.block_of_start,
             self.extra,
         )
+        second, prefix = -1, ""
         for request_id, answered, predictions in batch:
-            moment = datetime.fromtimestamp(answered, UTC)
-            stamp = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            if int(answered) != second:  # formatted once a second: most requests share one
+                second = int(answered)
+                prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            stamp = f"{prefix}.{int((answered - second) * 1000):03d}Z"
             rid = logged_request_id(request_id)
-            days.setdefault(moment.date().isoformat(), []).extend(
+            days.setdefault(prefix[:10], []).extend(
                 {
                     "request_id": rid,
                     "item": item,
