@@ -206,16 +206,20 @@ class PredictionLog:
         elif self._rows >= self.flush_rows:
             self._wake.set()
 
-    def _count_drop(self, rows: int, reason: str) -> None:
+    def _count_drop(self, rows: int, reason: str, error: Exception | None = None) -> None:
+        """Count dropped rows; say so at most every DROP_WARNING_SECONDS (a broken disk fails
+        every batch)."""
         if self.on_drop is not None:
             self.on_drop(rows, reason)
         now = time.monotonic()
         if now - self._last_warning >= DROP_WARNING_SECONDS:
             self._last_warning = now
             log.warning(
-                "prediction log: %d rows dropped so far (%s); the writer cannot keep up",
+                "prediction log: %d rows dropped so far, now %d (%s%s)",
                 self.dropped,
+                rows,
                 reason,
+                f": {error!r}" if error is not None else "; the writer cannot keep up",
             )
 
     def _run(self) -> None:
@@ -232,21 +236,20 @@ class PredictionLog:
             return
         try:
             encoded = self._encode(batch)
-        except Exception:  # a bug here must not stop the writer thread: count, say why
-            log.exception("prediction log: encoding a batch failed")
+        except Exception as error:  # a bug here must not stop the writer thread: count, say why
             encoded = []
-            self._lost(sum(len(predictions) for _, _, predictions in batch), "encode_error")
+            rows = sum(len(predictions) for _, _, predictions in batch)
+            self._lost(rows, "encode_error", error)
         for day, lines, rows in encoded:
             try:
                 self.sink.write(day, lines)
-            except Exception:  # a full disk must not take the service down: count, say why
-                log.exception("prediction log: writing %d rows failed", rows)
-                self._lost(rows, "write_error")
+            except Exception as error:  # a full disk must not take the service down
+                self._lost(rows, "write_error", error)
 
-    def _lost(self, rows: int, reason: str) -> None:
+    def _lost(self, rows: int, reason: str, error: Exception) -> None:
         with self._lock:
             self.dropped += rows
-        self._count_drop(rows, reason)
+        self._count_drop(rows, reason, error)
 
     def _encode(
         self, batch: list[tuple[str | None, float, list[dict]]]
