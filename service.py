@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visionzero.model.crash_risk import CrashRiskModel
+from visionzero.serving.prediction_log import PredictionLog, open_sink
 from visionzero.serving.requests import (
     MAX_ITEMS,
     InvalidItems,
@@ -158,24 +159,53 @@ class CrashRisk:
             documentation="Predictions served, by stage and risk level",
             labelnames=["stage", "risk_level"],
         )
+        # Every answer is logged for the monitor, off the request path (prediction_log.py).
+        self.prediction_log = self._open_prediction_log()
         # Everything loaded so far lives as long as the worker: keep it out of the garbage
         # collector's scans, which otherwise stall requests now and then (p99 at 32 connections).
         gc.collect()
         gc.freeze()
 
+    def _open_prediction_log(self) -> PredictionLog | None:
+        sink = open_sink(STAGE)
+        if sink is None:
+            return None
+        dropped = bentoml.metrics.Counter(
+            name="crash_risk_prediction_log_dropped",
+            documentation="Prediction log rows dropped (buffer full or a failed write)",
+            labelnames=["stage", "reason"],
+        )
+        return PredictionLog(
+            sink,
+            STAGE,
+            self.metadata["model_version"],
+            [start for start, _ in self.model.grain.spans],
+            on_drop=lambda rows, reason: dropped.labels(stage=STAGE, reason=reason).inc(rows),
+        )
+
+    @bentoml.on_shutdown
+    def close_prediction_log(self) -> None:
+        """Write the buffered rows before the worker exits (SIGTERM or Ctrl-C of the server)."""
+        if self.prediction_log is not None:
+            self.prediction_log.close()
+
     @bentoml.api(route="/predict")
     async def predict(
-        self, items: Annotated[list[Item], Field(max_length=MAX_ITEMS)]
+        self, items: Annotated[list[Item], Field(max_length=MAX_ITEMS)], ctx: bentoml.Context
     ) -> dict[str, list[Prediction]]:
-        """Expected crashes, risk level and P(at least one crash) per item, in item order.
+        """Expected crashes, risk level and P(at least one crash) per item, in item order; each
+        answer is logged under the request's X-Request-ID (a new id when it has none).
 
         The answer is encoded here with orjson and returned as a Response: BentoML otherwise
         rebuilds the output's JSON schema on every request (15% of a one-item request,
         measured with py-spy)."""
         try:
             predictions = predict_items(items, self.model, STAGE)
-        except InvalidItems as exc:  # OneErrorShape logs it
+        except InvalidItems as exc:  # OneErrorShape logs it; a refusal is not a prediction
+            ctx.response.status_code = 400  # BentoML applies the context's status to the answer
             return Response(orjson.dumps(exc.body()), 400, media_type="application/json")
+        if self.prediction_log is not None:
+            self.prediction_log.record(ctx.request.headers.get("x-request-id"), predictions)
         for level, count in Counter(p["risk_level"] for p in predictions).items():
             self.predictions_by_level.labels(stage=STAGE, risk_level=level).inc(count)
         return Response(orjson.dumps({"predictions": predictions}), media_type="application/json")

@@ -1,8 +1,8 @@
-"""Throughput and latency of the BentoML service vs a plain FastAPI app
-on the same model, in one run.
+"""Throughput and latency of the BentoML service, with its prediction log off and on, vs a plain
+FastAPI app on the same model, in one run.
 
 Needs a trained production model (`make run`) and wrk (Debian package `wrk`).
-Run: .venv/bin/python benchmarks/serving.py [--seconds 15] [--connections 32]
+Run: .venv/bin/python benchmarks/serving.py [--seconds 15] [--connections 32] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, flo
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": ms("50%"),
         "p99_ms": ms("99%"),
@@ -108,10 +109,41 @@ def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+def measure(
+    cmd: list[str], env: dict[str, str], seconds: int, connections: int, script: Path
+) -> dict[str, float]:
+    """One server: started, warmed up, loaded with wrk (one-item requests), then the median of
+    five 10,000-item requests; stopped with SIGTERM on every path."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start([part.format(port=port) for part in cmd], env)
+    try:
+        wait_ready(url)
+        for _ in range(20):
+            post(url, BODY)
+        post(url, BIG)
+        result = wrk(url, seconds, connections, script)
+        result["10k_items_ms"] = 1000 * statistics.median(post(url, BIG) for _ in range(5))
+        return result
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def logged_rows(root: Path) -> int:
+    return sum(sum(1 for _ in path.open("rb")) for path in root.rglob("*.jsonl"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="BentoML with the prediction log off and on, this many times, alternating the order",
+    )
     parser.add_argument(
         "--resolution",
         type=int,
@@ -142,76 +174,58 @@ def main() -> None:
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONPATH": str(ROOT),
     }
+    # The checkout's service.py (not the last built Bento), so the numbers are the code's.
+    bento_cmd = [sys.executable, "-m", "bentoml", "serve", "service:CrashRisk"]
+    bento_cmd += ["--arg", f"model_tag={release['model_tag']}", "--port", "{port}"]
+    fastapi_cmd = [sys.executable, "-m", "uvicorn", "benchmarks.fastapi_reference:app"]
+    fastapi_cmd += ["--workers", "2", "--port", "{port}", "--log-level", "warning"]
+    fastapi_cmd += ["--no-access-log"]
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = [[{json.dumps(BODY)}]]\n"
         )
-        results = {}
-        for name, cmd in (
-            (
-                "bentoml",
-                [
-                    sys.executable,
-                    "-m",
-                    "bentoml",
-                    "serve",
-                    release["bento_tag"],
-                    "--port",
-                    "{port}",
-                ],
-            ),
-            (
-                "fastapi",
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "benchmarks.fastapi_reference:app",
-                    "--workers",
-                    "2",
-                    "--port",
-                    "{port}",
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
-            ),
-        ):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            process = start([part.format(port=port) for part in cmd], env)
-            try:
-                wait_ready(url)
-                for _ in range(20):
-                    post(url, BODY)
-                post(url, BIG)
-                results[name] = wrk(url, args.seconds, args.connections, script)
-                results[name]["10k_items_ms"] = 1000 * statistics.median(
-                    post(url, BIG) for _ in range(5)
-                )
-            finally:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
+        runs: list[tuple[str, dict[str, float]]] = []
+        for round_ in range(args.rounds):
+            order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
+            for log in order:
+                log_dir = Path(tmp) / f"predictions-{round_}"
+                variant_env = {**env, "VZ_PREDICTION_LOG": str(log_dir) if log == "on" else "off"}
+                result = measure(bento_cmd, variant_env, args.seconds, args.connections, script)
+                if log == "on":  # every answered item is a row: warm-up, wrk, 6 x 10,000
+                    result["rows"] = logged_rows(log_dir)
+                    result["answered"] = 20 + result["requests"] + 6 * len(BIG["items"])
+                runs.append((f"bentoml, log {log}", result))
+        runs.append(("fastapi", measure(fastapi_cmd, env, args.seconds, args.connections, script)))
     print(
-        f"\nmachine: {os.cpu_count()} cores; "
+        f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
         f"wrk -t2 -c{args.connections} -d{args.seconds}s, one-item requests; "
         f"model {release['model_tag']}"
     )
     print(
-        f"{'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
-        f"{'non-2xx':>10}{'10k items ms':>15}"
+        f"{'server':<18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'non-2xx':>10}{'10k items ms':>15}{'rows logged / answered':>26}"
     )
-    for name, r in results.items():
+    for name, r in runs:
+        rows = f"{r['rows']:>14,.0f} / {r['answered']:,.0f}" if "rows" in r else ""
         print(
-            f"{name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>10}"
-            f"{r['10k_items_ms']:>15.1f}"
+            f"{name:<18}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
+            f"{r['non_2xx']:>10}{r['10k_items_ms']:>15.1f}{rows}"
         )
+
+    def mean(log: str, key: str) -> float:
+        return statistics.mean(r[key] for name, r in runs if name == f"bentoml, log {log}")
+
+    rps_off, rps_on = mean("off", "rps"), mean("on", "rps")
+    big_off, big_on = mean("off", "10k_items_ms"), mean("on", "10k_items_ms")
     print(
-        "throughput ratio bentoml/fastapi: "
-        f"{results['bentoml']['rps'] / results['fastapi']['rps']:.2f}"
+        f"with the prediction log on (mean of {args.rounds} rounds): one-item throughput "
+        f"{100 * (rps_on - rps_off) / rps_off:+.1f}% ({rps_off:.0f} -> {rps_on:.0f} req/s), "
+        f"10,000 items {100 * (big_on - big_off) / big_off:+.1f}% "
+        f"({big_off:.1f} -> {big_on:.1f} ms)"
     )
+    print(f"throughput ratio bentoml (log on)/fastapi: {rps_on / runs[-1][1]['rps']:.2f}")
 
 
 if __name__ == "__main__":

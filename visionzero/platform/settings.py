@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     vz_tracing: bool = Field(
         False, description="OpenTelemetry tracing of `/predict` (costs throughput: see Serving)"
     )
+    vz_prediction_log: str | None = Field(
+        None,
+        description="where every `/predict` answer is logged (see Serving): a directory (default "
+        "`$VZ_HOME/predictions`), `stdout` (JSON lines, for a cluster's log shipper) or `off`",
+    )
 
 
 def settings() -> Settings:
