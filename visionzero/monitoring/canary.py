@@ -43,6 +43,9 @@ class CanaryRule(BaseModel):
     min_requests: int = Field(
         100, ge=1, description="requests each stage needs in the window before health is judged"
     )
+    metrics_window_minutes: int = Field(
+        60, ge=1, description="the window of error rates and latency percentiles"
+    )
 
 
 class OperationalHealth(BaseModel):
@@ -60,6 +63,13 @@ class OperationalHealth(BaseModel):
     p99_ms: float | None = None
 
 
+class HealthReading(BaseModel):
+    """The canary_health artifact: each stage's health, or why it could not be read."""
+
+    health: dict[str, OperationalHealth] | None = None
+    error: str | None = None
+
+
 class CanaryDecision(BaseModel):
     """The canary_decider artifact: what to do with staging, and why."""
 
@@ -69,6 +79,8 @@ class CanaryDecision(BaseModel):
     production_version: int | None = None
     paired_days: int = 0
     days_needed: int | None = None  # more complete days both must be live for a verdict
+    acted: bool = False  # promote or rollback carried out
+    outcome: str | None = None  # what carrying it out did, or why it did not
 
 
 def health_verdict(

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.model.crash_risk import Prepared
 from visionzero.model.grain import ancestors
 
 UNKNOWN = "UNKNOWN"
+
+
+class TrafficConfig(BaseModel):
+    """Which logged requests the monitor reads (configs/monitoring.yaml `parameters.traffic`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lookback_days: int = Field(90, ge=1, description="requests of this many latest days are read")
+    top_zones: int = Field(10, ge=1, description="res-7 zones listed as the most asked about")
 
 
 class Calibration(BaseModel):
@@ -110,11 +119,15 @@ def calibration(predictions: pd.DataFrame, prepared: Prepared) -> list[Calibrati
 
 
 def traffic_view(
-    predictions: pd.DataFrame, prepared: Prepared, zone_borough: dict[str, str], top: int = 10
+    predictions: pd.DataFrame | None,
+    prepared: Prepared,
+    zone_borough: dict[str, str],
+    top: int = 10,
 ) -> TrafficReport:
     """Where and when people ask (res-7 zones and their majority borough, blocks, resolutions,
-    stages) and each stage's calibration on what it answered."""
-    if predictions.empty:
+    stages) and each stage's calibration on what it answered. No log (None) reads as no
+    requests."""
+    if predictions is None or predictions.empty:
         return TrafficReport(
             requests=0,
             window=None,
