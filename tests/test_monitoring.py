@@ -3,9 +3,7 @@ real complete days after it (the 2025 holdout days play the days that arrived la
 
 from __future__ import annotations
 
-import os
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,6 +25,7 @@ from visionzero.monitoring.forward import (
 )
 from visionzero.monitoring.retrain import RetrainRule, decide_retrain
 from visionzero.monitoring.traffic import reference_cells, traffic_view, zone7_boroughs
+from visionzero.platform.settings import paths
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +148,7 @@ def test_retrain_fires_when_forward_deviance_leaves_the_holdout_interval(real_da
 @pytest.fixture(scope="module")
 def frames(real_data) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
     # the folder the real_data fixture built (conftest: TMP/unit/data, TMP = VZ_HOME's parent)
-    crashes, complete, _ = load_frames(Path(os.environ["VZ_HOME"]).parent / "unit" / "data")
+    crashes, complete, _ = load_frames(paths().home.parent / "unit" / "data")
     return crashes, pd.DatetimeIndex(complete["date"])
 
 
