@@ -13,6 +13,7 @@ from visionzero.platform.output import configure_output
 from visionzero.platform.settings import REPO_ROOT, configure_environment, settings
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "training.yaml"
+MONITORING_CONFIG = REPO_ROOT / "configs" / "monitoring.yaml"
 
 
 @click.group(invoke_without_command=True)
@@ -63,6 +64,70 @@ def train(offline: bool, config_path: Path) -> None:
         decision=params.decision,
         deploy_target=settings().vz_deploy_target,
     )
+
+
+@cli.command()
+@click.option("--offline", is_flag=True, help="Never touch the network: use the data held.")
+@click.option(
+    "--config",
+    "monitor_config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=MONITORING_CONFIG,
+    show_default=True,
+    help="Monitoring run configuration (YAML).",
+)
+@click.pass_context
+def monitor(ctx: click.Context, offline: bool, monitor_config: Path) -> None:
+    """Judge the serving models by what happened: forward evaluation, traffic, health, drift, the
+    canary decision (carried out) and the retrain trigger (runs the training pipeline)."""
+    offline = offline or ctx.parent.params["offline"]
+    retrain = run_monitoring(offline, monitor_config)
+    if retrain:
+        click.echo("Retraining: the training pipeline runs now")
+        train(offline, ctx.parent.params["config_path"])
+        echo_training_summary()
+
+
+def run_monitoring(offline: bool, config_path: Path) -> bool:
+    """Validate the configuration, run the monitoring pipeline, print its verdicts; True when
+    the retrain trigger fired."""
+    from visionzero.platform.stack import ensure_stack, initialise_store
+
+    initialise_store()  # before pipelines.monitoring: importing it touches the store
+    from pipelines.monitoring import load_monitoring_config, monitoring_pipeline
+    from pipelines.training import InvalidConfig
+
+    try:
+        params = load_monitoring_config(config_path)
+    except InvalidConfig as exc:
+        raise click.ClickException(str(exc)) from exc
+    if offline:
+        from visionzero.platform.offline import forbid_network
+
+        forbid_network()
+    ensure_stack()
+    monitoring_pipeline(
+        data=params.data.model_copy(update={"offline": offline or params.data.offline}),
+        forward=params.forward,
+        traffic=params.traffic,
+        drift=params.drift,
+        canary=params.canary,
+        retrain=params.retrain,
+        act=params.act,
+        deploy_target=settings().vz_deploy_target,
+    )
+    from visionzero.monitoring.summary import load_summary
+
+    summary = load_summary() or {}
+    canary, retrain = summary.get("canary", {}), summary.get("retrain", {})
+    click.echo(f"\nCanary: {canary.get('action')} ({canary.get('outcome') or '-'})")
+    for reason in canary.get("reasons", []):
+        click.echo(f"  - {reason}")
+    click.echo(f"Drift flags: {', '.join(summary.get('drift_flags') or []) or 'none'}")
+    click.echo(f"Retrain: {'yes' if retrain.get('retrain') else 'no'}")
+    for reason in retrain.get("reasons", []):
+        click.echo(f"  - {reason}")
+    return bool(retrain.get("retrain"))
 
 
 @cli.command("config")

@@ -8,7 +8,7 @@ before any step runs, so a misspelt or out-of-range key fails at once with the k
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -48,15 +48,24 @@ class TrainingRunConfig(BaseModel):
     parameters: TrainingParameters = TrainingParameters()
 
 
+RunConfig = TypeVar("RunConfig", bound=BaseModel)
+
+
 class InvalidConfig(ValueError):
     """A configuration file that does not fit the schema; the message names the key."""
 
 
 def load_training_config(path: Path) -> TrainingParameters:
     """Parse and validate a run configuration; the first error names the file and the key."""
+    return load_run_config(path, TrainingRunConfig).parameters
+
+
+def load_run_config(path: Path, schema: type[RunConfig]) -> RunConfig:
+    """Parse a YAML run configuration and validate it against `schema` (a pipeline's
+    `...RunConfig`); the first error names the file and the key."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-        return TrainingRunConfig.model_validate(raw).parameters
+        return schema.model_validate(raw)
     except yaml.YAMLError as exc:
         raise InvalidConfig(f"{path}: not valid YAML ({exc})") from exc
     except ValidationError as exc:

@@ -194,11 +194,43 @@ def test_format_status_tables() -> None:
         "2024-03-31",
     ]
     assert "  staging     -" in lines
-    assert "Deployments (updated 2026-01-01T00:00:00+00:00)" in lines
-    assert [line.split()[-1] for line in lines[-3:-1]] == ["50%", "50%"]
+    deployments = lines.index("Deployments (updated 2026-01-01T00:00:00+00:00)")
+    assert [line.split()[-1] for line in lines[deployments + 2 : deployments + 4]] == ["50%", "50%"]
+    assert lines[-2:] == ["Monitoring", "  never run: `python run.py monitor`"]
     assert format_status({"data": None, "models": {}, "deployments": {}}).startswith(
         "Data\n  none yet: `python run.py` loads it"
     )
+
+
+def test_format_status_shows_the_last_monitoring_run() -> None:
+    interval = {"estimate": 0.0341, "low": 0.033, "high": 0.035}
+    summary = {
+        "at": "2026-01-02T03:04:05+00:00",
+        "resolution": 9,
+        "forward": {
+            "production": {
+                "model_version": 1,
+                "days": 20,
+                "model_poisson_deviance": interval,
+                "model_hit_rate_at_10": {**interval, "estimate": 0.41},
+                "status_quo_poisson_deviance": {**interval, "estimate": 0.044},
+            },
+            "staging": {"model_version": 2, "days": 0},
+        },
+        "drift_flags": ["data:borough mix"],
+        "canary": {"action": "wait", "outcome": "nothing to do", "reasons": ["wait 14 more"]},
+        "retrain": {"retrain": True, "reasons": []},
+    }
+    lines = format_status({**STATUS, "monitoring": summary}).splitlines()
+    start = lines.index("Monitoring (last run 2026-01-02T03:04:05+00:00, res 9)")
+    assert lines[start + 2].split() == ["production", "1", "20", "0.0341", "0.4100", "0.0440"]
+    assert lines[start + 3].split() == ["staging", "2", "0", "-"]
+    assert lines[start + 4 :] == [
+        "  drift flags: data:borough mix",
+        "  canary: wait (nothing to do)",
+        "    - wait 14 more",
+        "  retrain: yes",
+    ]
 
 
 def test_status_command_text_and_json(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,6 +72,31 @@ def test_a_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str) 
         load_training_config(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("parameters: {canary: {min_forward_dayz: 3}}", "parameters.canary.min_forward_dayz"),
+        ("parameters: {canary: {min_forward_days: 0}}", "parameters.canary.min_forward_days"),
+        ("parameters: {drift: {p_value: 2}}", "parameters.drift.p_value"),
+        ("parameters: {forward: {resolutions: []}}", "parameters.forward.resolutions"),
+    ],
+)
+def test_a_bad_monitoring_configuration_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    from pipelines.monitoring import load_monitoring_config
+
+    path = tmp_path / "monitoring.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidConfig, match=re.escape(f"{path}: {key}:")):
+        load_monitoring_config(path)
+
+
+def test_the_shipped_monitoring_configuration_is_valid() -> None:
+    from pipelines.monitoring import load_monitoring_config
+
+    params = load_monitoring_config(REPO_ROOT / "configs" / "monitoring.yaml")
+    assert params.canary.min_forward_days == 14 and params.act is True
+
+
 @pytest.mark.slow
 def test_run_refuses_a_bad_configuration_before_any_step(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"

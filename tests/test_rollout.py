@@ -57,6 +57,24 @@ def test_state_machine(tmp_path: Path) -> None:
     ]
 
 
+def test_canary_rollback_drops_staging_and_keeps_a_promoted_production(tmp_path: Path) -> None:
+    """After a promote, `rollback` would restore the older production; the canary's verdict on a
+    new staging must leave the promoted production serving."""
+    path = tmp_path / "deployment.json"
+    with deployment.locked_state(path) as state:
+        deployment.apply_decision(state, "production", release(1))
+        deployment.apply_decision(state, "staging", release(2))
+        deployment.promote(state)
+        deployment.apply_decision(state, "staging", release(3))
+        assert deployment.rollback_staging(state)["model_version"] == 2
+        assert deployment.rollback_staging(state) is None  # idempotent
+    state = deployment.read_state(path)
+    assert state["production"]["model_version"] == 2 and state["staging"] is None
+    assert state["previous_production"]["model_version"] == 1
+    assert state["history"][-1] == {**state["history"][-1], "event": "rollback_staging"}
+    assert state["history"][-1]["model_version"] == 3
+
+
 def test_concurrent_promotes_promote_once(tmp_path: Path) -> None:
     path = tmp_path / "deployment.json"
     with deployment.locked_state(path) as state:

@@ -53,7 +53,19 @@ def collect_status() -> dict:
         k: state.get(k)
         for k in ("production", "staging", "previous_production", "canary_weight", "updated_at")
     }
-    return {"data": data_status(), "models": models_status(state), "deployments": deployments}
+    return {
+        "data": data_status(),
+        "models": models_status(state),
+        "deployments": deployments,
+        "monitoring": monitoring_status(),
+    }
+
+
+def monitoring_status() -> dict | None:
+    """The last monitoring run's summary (`python run.py monitor`), None before the first."""
+    from visionzero.monitoring.summary import load_summary
+
+    return load_summary()
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
@@ -137,7 +149,38 @@ def format_status(status: dict) -> str:
             )
         )
     lines += _table(rows)
+    lines += ["", *format_monitoring(status.get("monitoring"))]
     return "\n".join(lines)
+
+
+def format_monitoring(summary: dict | None) -> list[str]:
+    """The last monitoring run: forward deviance and hit@10% per stage, drift, the canary."""
+    if not summary:
+        return ["Monitoring", "  never run: `python run.py monitor`"]
+    lines = [f"Monitoring (last run {summary['at']}, res {summary['resolution']})"]
+    rows = [["stage", "version", "forward days", "deviance", "hit@10%", "status quo deviance"]]
+    for stage, values in summary.get("forward", {}).items():
+        deviance = values.get("model_poisson_deviance")
+        rows.append(
+            [stage, str(values.get("model_version")), str(values.get("days"))]
+            + (
+                [
+                    f"{deviance['estimate']:.4f}",
+                    f"{values['model_hit_rate_at_10']['estimate']:.4f}",
+                    f"{values['status_quo_poisson_deviance']['estimate']:.4f}",
+                ]
+                if deviance
+                else ["-"]
+            )
+        )
+    lines += _table(rows)
+    canary = summary.get("canary") or {}
+    lines.append(f"  drift flags: {', '.join(summary.get('drift_flags') or []) or 'none'}")
+    lines.append(f"  canary: {canary.get('action')} ({canary.get('outcome') or '-'})")
+    lines += [f"    - {reason}" for reason in canary.get("reasons", [])]
+    retrain = summary.get("retrain") or {}
+    lines.append(f"  retrain: {'yes' if retrain.get('retrain') else 'no'}")
+    return lines
 
 
 def training_summary(decision: dict, deployment: dict, state: dict, port: int = 3000) -> str:

@@ -109,8 +109,15 @@ def sync_reported(state: dict, what: str) -> str | None:
     return None
 
 
+ROLLOUT_ACTIONS = {
+    "promote": deployment.promote,
+    "rollback": deployment.rollback,
+    "rollback_staging": deployment.rollback_staging,  # the canary's verdict: production stays
+}
+
+
 def promote_or_rollback(kind: str, target: str = "local") -> dict:
-    """Run `promote` or `rollback` under the state lock.
+    """Run `promote`, `rollback` or `rollback_staging` under the state lock.
 
     The new production must first pass the check `serve` makes (its Bento started on a free port:
     /readyz, then a real prediction): a release that fails it leaves the state, and so the
@@ -120,7 +127,7 @@ def promote_or_rollback(kind: str, target: str = "local") -> dict:
     try:
         with deployment.locked_state() as state:
             serving = state["production"]
-            release = (deployment.promote if kind == "promote" else deployment.rollback)(state)
+            release = ROLLOUT_ACTIONS[kind](state)
             if release is not None and release != serving:
                 local_canary.preflight(release)
             snapshot = dict(state)
@@ -138,7 +145,7 @@ def promote_or_rollback(kind: str, target: str = "local") -> dict:
             "state": snapshot,
             "summary": (
                 f"{kind}: nothing to do "
-                f"(no {'staging' if kind == 'promote' else 'previous production'})"
+                f"(no {'previous production' if kind == 'rollback' else 'staging'})"
             ),
         }
     result = {

@@ -130,3 +130,14 @@ def rollback(state: dict) -> dict | None:
         return None
     _event(state, "rollback", model_version=state["production"]["model_version"])
     return state["production"]
+
+
+def rollback_staging(state: dict) -> dict | None:
+    """The canary's own rollback: staging is dropped, production stays. (`rollback` also undoes the
+    last promote, which would throw away a good production for a bad canary.) None when there is
+    no staging (idempotent)."""
+    if not state["staging"]:
+        return None
+    dropped, state["staging"] = state["staging"], None
+    _event(state, "rollback_staging", model_version=dropped["model_version"])
+    return state["production"]

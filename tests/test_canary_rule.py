@@ -1,0 +1,110 @@
+"""The canary rule on hand-built evidence: each branch of the rule, pinned.
+
+The forward numbers come from real data in tests/test_monitoring.py; here only the rule's logic."""
+
+from __future__ import annotations
+
+import pytest
+
+from visionzero.evaluation.metrics import Interval
+from visionzero.monitoring.canary import CanaryRule, OperationalHealth, decide_canary
+from visionzero.monitoring.forward import ForwardReport, PairedForward, StageForward
+
+RULE = CanaryRule()
+
+
+def stage(version: int) -> StageForward:
+    return StageForward(
+        model_version=version,
+        deployed=None,
+        training_window=["2013-01-01", "2024-12-31"],
+        first_day="2025-01-01",
+        days=30,
+        window=["2025-01-01", "2025-01-30"],
+        metrics={},
+        vs_status_quo={},
+    )
+
+
+def report(days: int, deviance: tuple[float, float, float], hit=(0.01, 0.0, 0.02)) -> ForwardReport:
+    changes = {
+        "poisson_deviance": Interval(estimate=deviance[0], low=deviance[1], high=deviance[2]),
+        "hit_rate_at_10": Interval(estimate=hit[0], low=hit[1], high=hit[2]),
+    }
+    return ForwardReport(
+        resolutions=[9, 7],
+        last_complete_day="2025-01-30",
+        stages={"production": stage(1), "staging": stage(2)},
+        paired=PairedForward(
+            days=days, window=["2025-01-01", "2025-01-30"], differences={"9": changes}
+        ),
+    )
+
+
+def health(error_rate: float = 0.0, p99: float = 20.0, requests: float = 1000) -> dict:
+    return {
+        "production": OperationalHealth(
+            stage="production", requests=1000, error_rate=0.0, p99_ms=20.0
+        ),
+        "staging": OperationalHealth(
+            stage="staging", requests=requests, error_rate=error_rate, p99_ms=p99
+        ),
+    }
+
+
+def test_better_and_healthy_is_promoted() -> None:
+    decision = decide_canary(report(20, (-0.002, -0.003, -0.001)), health(), RULE)
+    assert decision.action == "promote"
+    assert decision.staging_version == 2 and decision.production_version == 1
+
+
+def test_better_but_health_unknown_waits() -> None:
+    decision = decide_canary(report(20, (-0.002, -0.003, -0.001)), None, RULE, "no Prometheus")
+    assert decision.action == "wait"
+    assert any("no Prometheus" in reason for reason in decision.reasons)
+    few = decide_canary(report(20, (-0.002, -0.003, -0.001)), health(requests=10), RULE)
+    assert few.action == "wait" and "not judged" in few.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("error_rate", "p99"), [(0.05, 20.0), (0.0, 200.0)], ids=["errors", "latency"]
+)
+def test_unhealthy_staging_is_rolled_back_whatever_the_days(error_rate: float, p99: float) -> None:
+    decision = decide_canary(report(2, (-0.002, -0.003, -0.001)), health(error_rate, p99), RULE)
+    assert decision.action == "rollback"
+    assert "beyond the margin" in " ".join(decision.reasons)
+
+
+def test_within_the_margins_is_healthy() -> None:
+    decision = decide_canary(report(20, (-0.002, -0.003, -0.001)), health(0.009, 69.0), RULE)
+    assert decision.action == "promote"
+
+
+def test_forward_worse_is_rolled_back() -> None:
+    decision = decide_canary(report(20, (0.002, 0.001, 0.003)), health(), RULE)
+    assert decision.action == "rollback" and "forward-worse" in decision.reasons[-1]
+
+
+def test_too_few_days_waits_and_says_how_many_more() -> None:
+    decision = decide_canary(report(9, (0.002, 0.001, 0.003)), health(), RULE)
+    assert decision.action == "wait" and decision.days_needed == 5
+    assert "wait 5 more complete days" in decision.reasons[-1]
+
+
+def test_an_interval_around_zero_waits_with_an_estimate_of_the_days() -> None:
+    # half-width 0.002, estimate 0.001: width shrinks as 1/sqrt(days): 4x the days, 60 more
+    decision = decide_canary(report(20, (-0.001, -0.003, 0.001)), health(), RULE)
+    assert decision.action == "wait" and decision.days_needed == 60
+
+
+def test_lost_ranking_blocks_promotion() -> None:
+    decision = decide_canary(
+        report(20, (-0.002, -0.003, -0.001), hit=(-0.02, -0.03, -0.01)), health(), RULE
+    )
+    assert decision.action == "wait" and "hit@10% lost" in decision.reasons[-1]
+
+
+def test_no_staging_is_nothing_to_do() -> None:
+    forward = report(20, (0.0, 0.0, 0.0))
+    forward.stages.pop("staging")
+    assert decide_canary(forward, health(), RULE).action == "none"

@@ -1,0 +1,1 @@
+"""Monitoring: the served models judged by what happened, drift, the canary decision."""

@@ -1,0 +1,200 @@
+"""The canary rule, explicit and logged like the deploy rule (visionzero/evaluation/decision.py).
+
+Staging is judged by what happened, never by a point estimate: it is promoted only when the 95%
+interval of its forward deviance change against production (paired, on the days both were live)
+lies below zero over enough complete days and it is operationally healthy; it is rolled back when
+it errs or lags beyond a margin, or when that interval lies above zero; otherwise it waits, and
+the decision says how many more days it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from visionzero.monitoring.forward import ForwardReport
+
+
+class CanaryRule(BaseModel):
+    """The canary rule's thresholds (configs/monitoring.yaml `parameters.canary`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_forward_days: int = Field(
+        14, ge=1, description="complete days both stages were live before forward evidence counts"
+    )
+    resolution: int = Field(9, ge=0, le=15, description="the resolution the rule reads")
+    hit_rate_tolerance: float = Field(
+        0.005,
+        ge=0,
+        description="to promote, the lower end of staging's hit@10% change may not fall below "
+        "minus this (absolute), as in the deploy rule",
+    )
+    error_rate_margin: float = Field(
+        0.01,
+        ge=0,
+        description="roll back when staging's error rate exceeds production's by more (absolute)",
+    )
+    p99_margin_ms: float = Field(
+        50.0, ge=0, description="roll back when staging's p99 latency exceeds production's by more"
+    )
+    min_requests: int = Field(
+        100, ge=1, description="requests each stage needs in the window before health is judged"
+    )
+    metrics_window_minutes: int = Field(
+        60, ge=1, description="the window of error rates and latency percentiles"
+    )
+
+
+class OperationalHealth(BaseModel):
+    """One stage's error rate and latency over the metrics window (from Prometheus)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    stage: str
+    source: str = "-"
+    requests: float
+    errors: float = 0.0
+    error_rate: float
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+
+
+class HealthReading(BaseModel):
+    """The canary_health artifact: each stage's health, or why it could not be read."""
+
+    health: dict[str, OperationalHealth] | None = None
+    error: str | None = None
+
+
+class CanaryDecision(BaseModel):
+    """The canary_decider artifact: what to do with staging, and why."""
+
+    action: Literal["promote", "rollback", "wait", "none"]
+    reasons: list[str] = []
+    staging_version: int | None = None
+    production_version: int | None = None
+    paired_days: int = 0
+    days_needed: int | None = None  # more complete days both must be live for a verdict
+    acted: bool = False  # promote or rollback carried out
+    outcome: str | None = None  # what carrying it out did, or why it did not
+
+
+def health_verdict(
+    health: dict[str, OperationalHealth] | None, health_error: str | None, rule: CanaryRule
+) -> tuple[bool | None, list[str]]:
+    """(True healthy / False unhealthy / None not shown, reasons)."""
+    if health is None:
+        return None, [f"operational health unknown ({health_error or 'no metrics source'})"]
+    staging, production = health.get("staging"), health.get("production")
+    if staging is None or production is None:
+        missing = "staging" if staging is None else "production"
+        return None, [f"operational health unknown: no metrics of {missing}"]
+    if min(staging.requests, production.requests) < rule.min_requests:
+        return None, [
+            f"operational health not judged: {staging.requests:.0f} staging and "
+            f"{production.requests:.0f} production requests (each needs {rule.min_requests})"
+        ]
+    reasons, healthy = [], True
+    error_limit = production.error_rate + rule.error_rate_margin
+    error_line = (
+        f"error rate staging {staging.error_rate:.4f} vs production {production.error_rate:.4f} "
+        f"(limit {error_limit:.4f})"
+    )
+    if staging.error_rate > error_limit:
+        healthy = False
+        reasons.append(f"{error_line}: staging errs beyond the margin")
+    else:
+        reasons.append(f"{error_line}: ok")
+    if staging.p99_ms is not None and production.p99_ms is not None:
+        p99_limit = production.p99_ms + rule.p99_margin_ms
+        p99_line = (
+            f"p99 staging {staging.p99_ms:.1f} ms vs production {production.p99_ms:.1f} ms "
+            f"(limit {p99_limit:.1f} ms)"
+        )
+        if staging.p99_ms > p99_limit:
+            healthy = False
+            reasons.append(f"{p99_line}: staging is slower beyond the margin")
+        else:
+            reasons.append(f"{p99_line}: ok")
+    return healthy, reasons
+
+
+def days_to_separate(estimate: float, low: float, high: float, days: int) -> int | None:
+    """More days until the interval would exclude zero, if its width shrinks as 1/sqrt(days)
+    and the estimate holds; None when the estimate is zero (no amount of days separates)."""
+    if estimate == 0:
+        return None
+    half_width = (high - low) / 2
+    total = math.ceil(days * (half_width / abs(estimate)) ** 2)
+    return max(total - days, 1)
+
+
+def decide_canary(
+    forward: ForwardReport,
+    health: dict[str, OperationalHealth] | None,
+    rule: CanaryRule,
+    health_error: str | None = None,
+) -> CanaryDecision:
+    """The rule on the forward report and the stages' health."""
+    staging, production = forward.stages.get("staging"), forward.stages.get("production")
+    versions = {
+        "staging_version": staging.model_version if staging else None,
+        "production_version": production.model_version if production else None,
+    }
+    if staging is None or production is None:
+        return CanaryDecision(
+            action="none", reasons=["no canary: staging and production must both serve"], **versions
+        )
+    healthy, reasons = health_verdict(health, health_error, rule)
+    paired = forward.paired
+    days = paired.days if paired else 0
+    versions["paired_days"] = days
+    if healthy is False:
+        reasons.append("staging is operationally worse than production: roll it back")
+        return CanaryDecision(action="rollback", reasons=reasons, **versions)
+    if days < rule.min_forward_days:
+        needed = rule.min_forward_days - days
+        reasons.append(
+            f"{days} complete days with both live, {rule.min_forward_days} needed: "
+            f"wait {needed} more complete days"
+        )
+        return CanaryDecision(action="wait", reasons=reasons, days_needed=needed, **versions)
+    changes = paired.differences[str(rule.resolution)]
+    dev, hit = changes["poisson_deviance"], changes["hit_rate_at_10"]
+    reasons.append(
+        f"evidence: {days} complete days {' .. '.join(paired.window or [])} at res "
+        f"{rule.resolution}; staging minus production with 95% day-block bootstrap intervals"
+    )
+    reasons.append(f"forward deviance change {dev}")
+    reasons.append(f"forward hit@10% change {hit}")
+    if dev.estimate == 0 and dev.low == 0 and dev.high == 0:
+        reasons.append(
+            "staging forecasts exactly as production: no number of days separates them, "
+            "nothing to do (a person may promote or roll back)"
+        )
+        return CanaryDecision(action="none", reasons=reasons, **versions)
+    if dev.low > 0:
+        reasons.append("staging is forward-worse (deviance interval above 0): roll it back")
+        return CanaryDecision(action="rollback", reasons=reasons, **versions)
+    if dev.high < 0 and hit.low >= -rule.hit_rate_tolerance:
+        if healthy:
+            reasons.append("staging beats production forward and is healthy: promote it")
+            return CanaryDecision(action="promote", reasons=reasons, **versions)
+        reasons.append("staging beats production forward, but its health is not shown: wait")
+        return CanaryDecision(action="wait", reasons=reasons, **versions)
+    if dev.high < 0:
+        reasons.append(
+            f"deviance better but hit@10% lost (interval must start above "
+            f"{-rule.hit_rate_tolerance:+.4f}): wait"
+        )
+        return CanaryDecision(action="wait", reasons=reasons, **versions)
+    more = days_to_separate(dev.estimate, dev.low, dev.high, days)
+    reasons.append(
+        "the deviance interval contains 0: wait"
+        + (f", about {more} more complete days at this difference" if more else "")
+    )
+    return CanaryDecision(action="wait", reasons=reasons, days_needed=more, **versions)
