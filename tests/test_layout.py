@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "visionzero"
 # A module may import its own stage and the stages before it; visionzero/status.py sits above all.
-STAGES = ["platform", "data", "model", "evaluation", "serving", "rollout"]
+STAGES = ["platform", "data", "model", "evaluation", "serving", "rollout", "monitoring"]
 
 
 def module_name(path: Path) -> str:

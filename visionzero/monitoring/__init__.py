@@ -1,0 +1,1 @@
+"""Watching what serves: operational canary metrics, and the monitoring built on them."""
