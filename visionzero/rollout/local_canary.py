@@ -36,6 +36,7 @@ import jinja2
 import psutil
 import requests
 
+from visionzero.platform.settings import paths
 from visionzero.rollout.alerts import build_message, send
 from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
 from visionzero.rollout.prometheus import (
@@ -256,6 +257,21 @@ class Backend:
         return BackendFailed(self.stage, self.release, f"{reason}: {log_cause(self.log)}")
 
 
+def backend_home(workdir: Path, name: str) -> Path:
+    """A BENTOML_HOME of the backend's own whose Bento and model stores link to the real ones.
+
+    BentoML keeps its multiprocess metrics in `$BENTOML_HOME/prometheus_multiproc_dir` and empties
+    that folder when a server starts: two backends on one home wipe each other's counters, then
+    each `/metrics` reports the sum of both stages (seen in tests/test_prometheus_serve.py)."""
+    real = Path(os.environ.get("BENTOML_HOME") or paths().bentoml)
+    home = workdir / f"bentoml-{name}"  # a port used again after a restart finds it made
+    home.mkdir(exist_ok=True)
+    for store in ("bentos", "models"):
+        if not (home / store).is_symlink():
+            (home / store).symlink_to(real / store, target_is_directory=True)
+    return home
+
+
 def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backend:
     port = free_port()
     name = f"{stage}-{port}"
@@ -263,7 +279,10 @@ def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backe
     argv = [sys.executable, "-m", "bentoml", "serve", release["bento_tag"]]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
     tag = f"{workdir.name}/{name}"
-    child = start_child(name, argv, log, tag, VZ_STAGE=stage, BENTOML_DO_NOT_TRACK="true", **env)
+    home = str(backend_home(workdir, name))
+    child = start_child(
+        name, argv, log, tag, VZ_STAGE=stage, BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=home, **env
+    )
     return Backend(stage, release, port, log, child)
 
 
