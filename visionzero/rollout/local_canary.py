@@ -36,7 +36,7 @@ import jinja2
 import psutil
 import requests
 
-from visionzero.platform.settings import paths
+from visionzero.platform.settings import paths, settings
 from visionzero.rollout.alerts import build_message, send
 from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
 from visionzero.rollout.prometheus import (
@@ -263,7 +263,7 @@ def backend_home(workdir: Path, name: str) -> Path:
     BentoML keeps its multiprocess metrics in `$BENTOML_HOME/prometheus_multiproc_dir` and empties
     that folder when a server starts: two backends on one home wipe each other's counters, then
     each `/metrics` reports the sum of both stages (seen in tests/test_prometheus_serve.py)."""
-    real = Path(os.environ.get("BENTOML_HOME") or paths().bentoml)
+    real = settings().bentoml_home or paths().bentoml  # what configure_environment exports
     home = workdir / f"bentoml-{name}"  # a port used again after a restart finds it made
     home.mkdir(exist_ok=True)
     for store in ("bentos", "models"):
