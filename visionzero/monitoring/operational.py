@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -97,10 +98,12 @@ def recorded_backends(pid_file: Path) -> dict[str, str]:
 # --- Prometheus ------------------------------------------------------------------------------
 
 
-def query(url: str, expr: str) -> list[tuple[dict[str, str], float]]:
-    """An instant query's vector: (labels, value) per series."""
+def query(url: str, expr: str, at: float) -> list[tuple[dict[str, str], float]]:
+    """An instant query's vector at time `at`: (labels, value) per series."""
     try:
-        response = requests.get(f"{url}/api/v1/query", params={"query": expr}, timeout=TIMEOUT)
+        response = requests.get(
+            f"{url}/api/v1/query", params={"query": expr, "time": f"{at:.3f}"}, timeout=TIMEOUT
+        )
         body = response.json()
     except (requests.RequestException, ValueError) as exc:
         raise MetricsUnavailable(f"Prometheus at {url} did not answer: {exc}") from exc
@@ -115,25 +118,36 @@ def by_stage(rows: list[tuple[dict[str, str], float]]) -> dict[str, float]:
 
 def from_prometheus(url: str, window_minutes: int) -> dict[str, StageHealth]:
     """Counts and percentiles over the window, per stage label; the stages are those scraped
-    now, so a stage that served earlier in the window but no longer is left out."""
+    now, so a stage that served earlier in the window but no longer is left out. Requests and
+    errors come from one query (by status code), so a scrape landing between two queries cannot
+    make errors outnumber requests; every query is evaluated at the same instant."""
+    at = time.time()
     window = f"[{window_minutes}m]"
-    stages = by_stage(query(url, f'max by (stage) (up{{stage=~"{"|".join(STAGES)}"}})'))
+    up = query(url, f'max by (stage) (up{{stage=~"{"|".join(STAGES)}"}})', at)
+    stages = sorted(by_stage(up))
     if not stages:
         raise MetricsUnavailable(f"Prometheus at {url} scrapes no target labelled with a stage")
     predict = f'endpoint="{ENDPOINT}"'
-    total = by_stage(query(url, f"sum by (stage) (increase({REQUESTS}{{{predict}}}{window}))"))
-    errors = by_stage(
-        query(
-            url,
-            f'sum by (stage) (increase({REQUESTS}{{{predict},http_response_code=~"5.."}}{window}))',
-        )
+    by_code = query(
+        url,
+        f"sum by (stage, http_response_code) (increase({REQUESTS}{{{predict}}}{window}))",
+        at,
     )
+    total = dict.fromkeys(stages, 0.0)
+    errors = dict.fromkeys(stages, 0.0)
+    for labels, value in by_code:
+        stage = labels.get("stage")
+        if stage in total:
+            total[stage] += value
+            if labels.get("http_response_code", "").startswith("5"):
+                errors[stage] += value
     percentiles = {
         name: by_stage(
             query(
                 url,
                 f"histogram_quantile({q}, sum by (stage, le) "
                 f"(increase({DURATION}_bucket{{{predict}}}{window})))",
+                at,
             )
         )
         for name, q in QUANTILES.items()
@@ -142,11 +156,11 @@ def from_prometheus(url: str, window_minutes: int) -> dict[str, StageHealth]:
         stage: health(
             stage,
             "prometheus",
-            round(total.get(stage, 0.0)),
-            round(errors.get(stage, 0.0)),
+            round(total[stage]),
+            round(errors[stage]),
             {name: values.get(stage) for name, values in percentiles.items()},
         )
-        for stage in sorted(stages)
+        for stage in stages
     }
 
 
