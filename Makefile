@@ -7,7 +7,7 @@ export KERAS_BACKEND := jax
 export ZENML_ANALYTICS_OPT_IN := false
 export ZENML_ENABLE_RICH_TRACEBACK := false
 
-.PHONY: setup run test check lint system-deps benchmark nginx-conf
+.PHONY: setup run test check lint system-deps benchmark nginx-conf prometheus-conf
 
 setup: $(VENV)/.synced
 
@@ -18,12 +18,17 @@ $(VENV)/.synced: requirements.lock
 	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
 	touch $@
 
-# nginx serves the local canary; Debian's package is installed when missing and we are root.
+# nginx serves the local canary and Prometheus scrapes it (`serve --monitor`); Debian's packages are
+# installed when missing and we are root.
 system-deps:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
 	    else echo "nginx is missing: install it (Debian/Ubuntu: sudo apt-get install nginx-light)"; exit 1; fi; }
+	@command -v prometheus >/dev/null 2>&1 || test -x /usr/bin/prometheus || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    else echo "prometheus is missing: install it (Debian/Ubuntu: sudo apt-get install prometheus)"; exit 1; fi; }
 
 run: setup
 	$(BIN)/python run.py
@@ -42,6 +47,11 @@ check: lint
 nginx-conf: setup
 	$(BIN)/python -c 'from visionzero.rollout.local_canary import render_container_nginx_conf as r; \
 	  print(r(), end="")' > container/nginx/canary.conf
+
+# The compose Prometheus config comes from the local one's template (tests check it is current).
+prometheus-conf: setup
+	$(BIN)/python -c 'from visionzero.rollout.prometheus import render_container_prometheus_config as r; \
+	  print(r(), end="")' > container/prometheus/prometheus.yml
 
 benchmark: setup
 	$(BIN)/python benchmarks/data_loader.py

@@ -31,7 +31,7 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
     """Without a sub-command: run the training pipeline."""
     configure_environment()
     configure_output()
-    if ctx.invoked_subcommand not in ("dashboard", "render-k8s", "config"):
+    if ctx.invoked_subcommand not in ("dashboard", "render-k8s", "config", "schedule"):
         from visionzero.platform.stack import ensure_local_server
 
         ensure_local_server()
@@ -201,13 +201,16 @@ def report() -> None:
 
 @cli.command()
 @click.option("--port", default=3000, show_default=True, help="Port nginx listens on (localhost).")
-def serve(port: int) -> None:
+@click.option(
+    "--monitor", is_flag=True, help="Also run Prometheus scraping both stages (every 5 s)."
+)
+def serve(port: int, monitor: bool) -> None:
     """Serve production (and staging, 50/50) behind nginx on localhost:PORT until Ctrl-C."""
     from visionzero.platform.settings import paths
     from visionzero.rollout.deployment_state import state_path
     from visionzero.rollout.local_canary import CanaryError, LocalCanary, stopping_on_signals
 
-    canary = LocalCanary(port, state_path(), paths().home / "serve.json")
+    canary = LocalCanary(port, state_path(), paths().home / "serve.json", monitor=monitor)
     failure = None
     with stopping_on_signals():  # SIGTERM too: stop() below runs on every way out
         try:
@@ -217,6 +220,8 @@ def serve(port: int) -> None:
         try:
             canary.start()
             click.echo(f"Serving on http://127.0.0.1:{port}  {json.dumps(canary.describe())}")
+            if canary.prometheus_url:
+                click.echo(f"Prometheus on {canary.prometheus_url} (scrapes both stages every 5 s)")
             click.echo("POST /predict, GET /metadata; Ctrl-C stops nginx and both model servers.")
             canary.watch()
         except CanaryError as exc:
@@ -291,6 +296,20 @@ def alerts(resend: bool) -> None:
         failed = sum(status != DELIVERED for status in results.values())
         click.echo(f"resent {len(results)}: {len(results) - failed} delivered, {failed} kept")
         sys.exit(1 if failed else 0)
+
+
+@cli.command()
+@click.option("--print", "print_", is_flag=True, help="Print the crontab lines.")
+def schedule(print_: bool) -> None:
+    """Crontab lines that run monitoring daily and training weekly on this machine, never both at
+    once. Install: (crontab -l; python run.py schedule --print) | crontab -"""
+    from visionzero.monitoring.schedule import crontab_lines
+    from visionzero.platform.settings import paths
+
+    if not print_:
+        raise click.UsageError("nothing is installed for you: run with --print and add the lines")
+    for line in crontab_lines(paths().home):
+        click.echo(line)
 
 
 @cli.command("render-k8s")

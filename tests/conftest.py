@@ -87,10 +87,10 @@ def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
-def start_serve(port: int) -> subprocess.Popen:
-    """`python run.py serve --port PORT` in a session of its own, its output on a pipe."""
+def start_serve(port: int, *options: str) -> subprocess.Popen:
+    """`python run.py serve --port PORT [options]` in a session of its own, output on a pipe."""
     return subprocess.Popen(
-        [sys.executable, "run.py", "serve", "--port", str(port)],
+        [sys.executable, "run.py", "serve", "--port", str(port), *options],
         cwd=ROOT,
         env=os.environ,
         stdout=subprocess.PIPE,

@@ -12,8 +12,14 @@ import yaml
 
 from tests.conftest import ROOT
 from visionzero.rollout.local_canary import render_container_nginx_conf
+from visionzero.rollout.prometheus import render_container_prometheus_config
 
 CONTAINER = ROOT / "container"
+FORWARD_GAUGES = (
+    "crash_risk_forward_deviance",
+    "crash_risk_forward_hit_rate_at_10",
+    "crash_risk_canary_decision",
+)
 
 
 def compose() -> dict:
@@ -58,10 +64,14 @@ def test_no_secret_is_committed() -> None:
     assert "minioadmin" not in text and "changeme" not in text
 
 
-def test_prometheus_scrapes_both_bentos() -> None:
+def test_prometheus_scrapes_both_bentos_and_the_pushgateway() -> None:
     config = yaml.safe_load((CONTAINER / "prometheus" / "prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
+    job, pushgateway = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
+    assert pushgateway["honor_labels"] is True  # the monitor's own `stage` label survives
+    (gateway,) = pushgateway["static_configs"][0]["targets"]
+    assert gateway.split(":")[0] in compose()["services"]
+    assert gateway.split(":")[1] in compose()["services"]["pushgateway"]["ports"][0]
     targets = {c["labels"]["stage"]: c["targets"][0] for c in job["static_configs"]}
     assert targets == {
         "production": "crash-risk-production:3000",
@@ -84,8 +94,18 @@ def test_grafana_compares_latency_errors_and_risk_mix_by_stage() -> None:
     )
     assert any('http_response_code=~"5.."' in e for e in exprs)
     assert any("crash_risk_predictions_total" in e and "risk_level" in e for e in exprs)
+    for gauge in FORWARD_GAUGES:  # pushed by the monitoring pipeline
+        assert any(gauge in e for e in exprs), gauge
     for expr in exprs:
         assert expr.count("(") == expr.count(")")
+
+
+def test_compose_prometheus_is_rendered_from_the_local_template() -> None:
+    assert (
+        CONTAINER / "prometheus" / "prometheus.yml"
+    ).read_text() == render_container_prometheus_config(), (
+        "container/prometheus/prometheus.yml is stale: run `make prometheus-conf`"
+    )
 
 
 def test_compose_canary_is_50_50() -> None:

@@ -1,1 +1,2 @@
-"""Monitoring: the served models judged by what happened, drift, the canary decision."""
+"""Monitoring: the served models judged by what happened, their operational health, drift,
+the canary decision."""

@@ -82,6 +82,17 @@ class Settings(BaseSettings):
     vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
     vz_access_log: bool = Field(False, description="BentoML access log")
     vz_metrics: bool = Field(True, description="Prometheus `/metrics`")
+    vz_prometheus_url: str | None = Field(
+        None,
+        description="Prometheus that scrapes both stages (Kubernetes, compose), for the canary's "
+        "error rate and latency; unset: a running `serve --monitor`'s, else each backend's "
+        "`/metrics`",
+    )
+    vz_pushgateway_url: str | None = Field(
+        None,
+        description="Prometheus Pushgateway the monitoring pipeline pushes its forward metrics and "
+        "canary decision to (Grafana shows them); unset, nothing is pushed",
+    )
     no_color: str | None = Field(
         None,
         description="any value: no colour codes in the output "

@@ -36,8 +36,18 @@ import jinja2
 import psutil
 import requests
 
+from visionzero.platform.settings import paths, settings
 from visionzero.rollout.alerts import build_message, send
 from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
+from visionzero.rollout.prometheus import (
+    PrometheusError,
+    local_prometheus_config,
+    prometheus_argv,
+    prometheus_binary,
+    reload,
+    wait_ready,
+    write_config,
+)
 
 NGINX_TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("visionzero.rollout"),
@@ -247,6 +257,21 @@ class Backend:
         return BackendFailed(self.stage, self.release, f"{reason}: {log_cause(self.log)}")
 
 
+def backend_home(workdir: Path, name: str) -> Path:
+    """A BENTOML_HOME of the backend's own whose Bento and model stores link to the real ones.
+
+    BentoML keeps its multiprocess metrics in `$BENTOML_HOME/prometheus_multiproc_dir` and empties
+    that folder when a server starts: two backends on one home wipe each other's counters, then
+    each `/metrics` reports the sum of both stages (seen in tests/test_prometheus_serve.py)."""
+    real = settings().bentoml_home or paths().bentoml  # what configure_environment exports
+    home = workdir / f"bentoml-{name}"  # a port used again after a restart finds it made
+    home.mkdir(exist_ok=True)
+    for store in ("bentos", "models"):
+        if not (home / store).is_symlink():
+            (home / store).symlink_to(real / store, target_is_directory=True)
+    return home
+
+
 def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backend:
     port = free_port()
     name = f"{stage}-{port}"
@@ -254,7 +279,10 @@ def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backe
     argv = [sys.executable, "-m", "bentoml", "serve", release["bento_tag"]]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
     tag = f"{workdir.name}/{name}"
-    child = start_child(name, argv, log, tag, VZ_STAGE=stage, BENTOML_DO_NOT_TRACK="true", **env)
+    home = str(backend_home(workdir, name))
+    child = start_child(
+        name, argv, log, tag, VZ_STAGE=stage, BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=home, **env
+    )
     return Backend(stage, release, port, log, child)
 
 
@@ -338,7 +366,7 @@ def _is_serve(pid: int) -> bool:
 def _looks_ours(proc: psutil.Process) -> bool:
     with contextlib.suppress(psutil.Error):
         cmdline = " ".join(proc.cmdline())
-        return "bentoml" in cmdline or "nginx" in cmdline
+        return any(name in cmdline for name in ("bentoml", "nginx", "prometheus"))
     return False
 
 
@@ -376,9 +404,15 @@ class LocalCanary:
     """`serve`: nginx and the backends the deployment state wants, kept healthy until stop()."""
 
     def __init__(
-        self, port: int, state_path: Path, pid_file: Path, ready_timeout: float = 120.0
+        self,
+        port: int,
+        state_path: Path,
+        pid_file: Path,
+        ready_timeout: float = 120.0,
+        monitor: bool = False,
     ) -> None:
         self.port = port
+        self.monitor = monitor  # also run a Prometheus scraping the backends
         self.state_path = state_path
         self.pid_file = pid_file
         self.ready_timeout = ready_timeout
@@ -386,6 +420,8 @@ class LocalCanary:
         self.children: dict[str, Child] = {}
         self.backends: dict[str, Backend] = {}
         self.nginx: Child | None = None
+        self.prometheus: Child | None = None
+        self.prometheus_url: str | None = None
         self.weight = CANARY_WEIGHT
         self._seen: str | None = None  # the state text last acted on
         self._restarts: dict[str, int] = {}
@@ -399,6 +435,11 @@ class LocalCanary:
             raise CanaryError("no production model yet: run `make run` first")
         check_port(self.port)
         nginx_binary()
+        if self.monitor:
+            try:
+                prometheus_binary()
+            except PrometheusError as exc:
+                raise CanaryError(str(exc)) from exc
 
     def _state_text(self) -> str:
         return self.state_path.read_text() if self.state_path.exists() else ""
@@ -415,6 +456,8 @@ class LocalCanary:
             (self.workdir / "tmp" / sub).mkdir(parents=True)
         self._record()
         self.reconcile()
+        if self.monitor:
+            self._start_prometheus()
 
     def _record(self) -> None:
         """The pid file: who we are and the process group of every child, written atomically."""
@@ -423,6 +466,9 @@ class LocalCanary:
             "port": self.port,
             "workdir": str(self.workdir),
             "groups": {name: child.process.pid for name, child in self.children.items()},
+            # for the monitor: what to scrape or query while this serve runs
+            "backends": {stage: f"http://127.0.0.1:{b.port}" for stage, b in self.backends.items()},
+            "prometheus_url": self.prometheus_url,
         }
         partial = self.pid_file.with_suffix(".partial")
         partial.write_text(json.dumps(record))
@@ -479,6 +525,8 @@ class LocalCanary:
             self._reload_nginx()
         retired = [b for b in self.backends.values() if b not in backends.values()]
         self.backends, self.weight = backends, weight
+        self._record()
+        self._follow_scrape_targets()
         for backend in retired:
             self._stop_child(backend.child)
 
@@ -499,6 +547,39 @@ class LocalCanary:
         if error_log.exists() and error_log.stat().st_size:
             return log_cause(error_log)
         return log_cause(self.workdir / "nginx.log")
+
+    def _prometheus_config(self) -> Path:
+        config = self.workdir / "prometheus.yml"
+        write_config(config, local_prometheus_config({s: b.port for s, b in self.backends.items()}))
+        return config
+
+    def _start_prometheus(self) -> None:
+        """Prometheus scraping the serving backends; a failed start stops serve (fail closed:
+        `--monitor` promised canary metrics from it)."""
+        port, log = free_port(), self.workdir / "prometheus.log"
+        url = f"http://127.0.0.1:{port}"
+        argv = prometheus_argv(self._prometheus_config(), self.workdir, port)
+        with signals_held():
+            self.prometheus = start_child("prometheus", argv, log)
+            self.children["prometheus"] = self.prometheus
+            self._record()
+        try:
+            wait_ready(url, self.prometheus.process, log)
+        except PrometheusError as exc:
+            raise CanaryError(str(exc)) from exc
+        self.prometheus_url = url
+        self._record()
+
+    def _follow_scrape_targets(self) -> None:
+        """After traffic moved: Prometheus scrapes the backends now serving. A refused reload is
+        reported, not raised: serving goes on, with the old targets."""
+        if self.prometheus_url is None:
+            return
+        try:
+            self._prometheus_config()
+            reload(self.prometheus_url)
+        except PrometheusError as exc:
+            self._report("prometheus not reloaded", str(exc))
 
     def _reload_nginx(self) -> None:
         """SIGHUP, then wait (10 s at most) until the old workers finished their requests."""
@@ -594,6 +675,22 @@ class LocalCanary:
             self._route({**self.backends, **fresh}, self.weight)
             print(json.dumps({"restarted": stage, "serving": self.describe()}), flush=True)
 
+    def _restart_prometheus(self) -> None:
+        """A dead Prometheus is started again once; serving never depends on it."""
+        code = self.prometheus.process.returncode
+        self.prometheus_url = None
+        self._stop_child(self.prometheus)
+        self.prometheus = None
+        try:
+            self._start_prometheus()
+        except CanaryError as exc:
+            self._report("prometheus died and did not restart", f"exit code {code}: {exc}")
+            if self.prometheus is not None:
+                self._stop_child(self.prometheus)
+                self.prometheus = None
+            return
+        self._report("prometheus died", f"exit code {code}: restarted at {self.prometheus_url}")
+
     def describe(self) -> dict:
         return {
             stage: {
@@ -611,6 +708,8 @@ class LocalCanary:
                 raise CanaryError(
                     f"nginx exited with code {self.nginx.process.returncode}: {self._nginx_cause()}"
                 )
+            if self.prometheus is not None and self.prometheus.process.poll() is not None:
+                self._restart_prometheus()
             self.heal()
             if self.reconcile():
                 print(json.dumps({"reloaded": self.describe()}), flush=True)
@@ -624,6 +723,7 @@ class LocalCanary:
             if self.nginx is not None:
                 self._stop_child(self.nginx)
                 self.nginx = None
+            self.prometheus, self.prometheus_url = None, None
             for child in list(self.children.values()):
                 self._stop_child(child)
             self.backends = {}

@@ -1,0 +1,157 @@
+"""A real Prometheus next to the local canary (`serve --monitor`), and where to find one.
+
+The canary's operational metrics (error rate, latency percentiles per stage) should come from the
+same kind of Prometheus that scrapes the containers and the cluster, not from a local imitation: so
+`serve --monitor` runs Debian's `prometheus` binary as one more child of `serve`, scraping both
+stages' BentoML `/metrics` every 5 s with each target labelled by its stage, its TSDB in the serve
+workdir. When the canary moves traffic the config is rewritten and Prometheus reloaded
+(`--web.enable-lifecycle`, POST /-/reload: unlike SIGHUP it answers whether the config was taken).
+
+The process itself is started and stopped by local_canary (a `Child` like nginx); this module
+renders the config, checks readiness, reloads, and tells other commands where Prometheus is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import jinja2
+import psutil
+import requests
+
+from visionzero.platform.settings import settings
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("visionzero.rollout"),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+LOCAL_SCRAPE = "5s"  # short: a canary check a minute after start-up already has a dozen samples
+CONTAINER_SCRAPE = "15s"
+PUSHGATEWAY_TARGET = "pushgateway:9091"  # the compose service the monitor pushes to
+READY_TIMEOUT = 30.0
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus is missing, did not start, or refused a config: the one-line reason."""
+
+
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus") or (
+        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
+    )
+    if not found:
+        raise PrometheusError(
+            "prometheus is not installed: run `make system-deps` "
+            "(Debian: apt-get install prometheus)"
+        )
+    return found
+
+
+def render_prometheus_config(
+    targets: dict[str, str],
+    interval: str = LOCAL_SCRAPE,
+    pushgateway: str | None = None,
+    header: bool = False,
+) -> str:
+    """The scrape config: one target per stage (`host:port`), labelled `stage`."""
+    if not targets:
+        raise PrometheusError("no backend to scrape")
+    return TEMPLATES.get_template("prometheus.yml.j2").render(
+        targets=targets,
+        interval=interval,
+        timeout="4s" if interval == LOCAL_SCRAPE else "10s",  # below the interval, as required
+        pushgateway=pushgateway,
+        header=header,
+    )
+
+
+def local_prometheus_config(ports: dict[str, int]) -> str:
+    """The local canary's config: each stage's backend on 127.0.0.1."""
+    return render_prometheus_config({stage: f"127.0.0.1:{port}" for stage, port in ports.items()})
+
+
+def render_container_prometheus_config() -> str:
+    """container/prometheus/prometheus.yml: the compose Bentos and the Pushgateway."""
+    targets = {stage: f"crash-risk-{stage}:3000" for stage in ("production", "staging")}
+    return render_prometheus_config(targets, CONTAINER_SCRAPE, PUSHGATEWAY_TARGET, header=True)
+
+
+def write_config(path: Path, text: str) -> None:
+    """Atomically: Prometheus may re-read the file at any moment."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def prometheus_argv(config: Path, workdir: Path, port: int) -> list[str]:
+    """Listen on 127.0.0.1 only; TSDB in the serve workdir (removed with it); reload over HTTP."""
+    return [
+        prometheus_binary(),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        "--storage.tsdb.retention.time=1d",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+    ]
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen, log: Path, timeout: float = READY_TIMEOUT
+) -> None:
+    """Until /-/ready answers 200; raises with Prometheus's own last log line otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            state = (
+                f"exited with code {process.returncode}"
+                if process.poll() is not None
+                else f"not ready within {timeout:.0f} s"
+            )
+            raise PrometheusError(f"prometheus {state}: {last_log_line(log)}")
+        time.sleep(0.2)
+
+
+def last_log_line(log: Path) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    rows = [row for row in text.splitlines() if row.strip()]
+    errors = [r for r in rows if "level=error" in r]
+    return ((errors or rows or ["its log is empty"])[-1])[:500]
+
+
+def reload(url: str) -> None:
+    """Make Prometheus re-read its config file; raises with its reason when it refuses it."""
+    try:
+        response = requests.post(f"{url}/-/reload", timeout=10)
+    except requests.RequestException as exc:
+        raise PrometheusError(f"prometheus did not answer the reload: {exc}") from exc
+    if response.status_code != 200:
+        raise PrometheusError(f"prometheus refused the config: {response.text.strip()[:500]}")
+
+
+def recorded_url(pid_file: Path) -> str | None:
+    """The Prometheus of a running `serve --monitor`, from its pid file (None otherwise)."""
+    try:
+        record = json.loads(pid_file.read_text())
+        url, pid = record.get("prometheus_url"), int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return url if url and psutil.pid_exists(pid) else None
+
+
+def prometheus_url(pid_file: Path) -> str | None:
+    """`VZ_PROMETHEUS_URL` (Kubernetes, compose) first, else a local `serve --monitor`'s."""
+    configured = settings().vz_prometheus_url
+    return configured.rstrip("/") if configured else recorded_url(pid_file)
