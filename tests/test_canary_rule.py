@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from visionzero.evaluation.metrics import Interval
-from visionzero.monitoring.canary import CanaryRule, OperationalHealth, decide_canary
+from visionzero.monitoring.canary import CanaryRule, decide_canary
 from visionzero.monitoring.forward import ForwardReport, PairedForward, StageForward
+from visionzero.monitoring.operational import StageHealth
 
 RULE = CanaryRule()
 
@@ -41,14 +42,24 @@ def report(days: int, deviance: tuple[float, float, float], hit=(0.01, 0.0, 0.02
     )
 
 
-def health(error_rate: float = 0.0, p99: float = 20.0, requests: float = 1000) -> dict:
+def reading(stage: str, requests: int, error_rate: float, p99: float) -> StageHealth:
+    errors = round(requests * error_rate)
+    return StageHealth(
+        stage=stage,
+        source="prometheus",
+        requests=requests,
+        errors=errors,
+        error_rate=error_rate,
+        p50_ms=p99 / 4,
+        p95_ms=p99 / 2,
+        p99_ms=p99,
+    )
+
+
+def health(error_rate: float = 0.0, p99: float = 20.0, requests: int = 1000) -> dict:
     return {
-        "production": OperationalHealth(
-            stage="production", requests=1000, error_rate=0.0, p99_ms=20.0
-        ),
-        "staging": OperationalHealth(
-            stage="staging", requests=requests, error_rate=error_rate, p99_ms=p99
-        ),
+        "production": reading("production", 1000, 0.0, 20.0),
+        "staging": reading("staging", requests, error_rate, p99),
     }
 
 

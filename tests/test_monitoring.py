@@ -15,7 +15,7 @@ from visionzero.evaluation.grid import DenseGrid, crash_zones
 from visionzero.evaluation.holdout import evaluate
 from visionzero.evaluation.metrics import Interval
 from visionzero.model.crash_risk import CrashRiskModel, train, zone_slot_grid
-from visionzero.monitoring.canary import CanaryRule, OperationalHealth, decide_canary
+from visionzero.monitoring.canary import CanaryRule, decide_canary
 from visionzero.monitoring.drift import DriftConfig, crash_data_drift, detect_drift
 from visionzero.monitoring.forward import (
     ForwardConfig,
@@ -23,6 +23,7 @@ from visionzero.monitoring.forward import (
     deployed_dates,
     forward_evaluation,
 )
+from visionzero.monitoring.operational import StageHealth
 from visionzero.monitoring.retrain import RetrainRule, decide_retrain
 from visionzero.monitoring.traffic import reference_cells, traffic_view, zone7_boroughs
 from visionzero.platform.settings import paths
@@ -32,7 +33,16 @@ pytestmark = pytest.mark.slow
 PARAMS = {"n_estimators": 100, "max_depth": 3, "learning_rate": 0.1}
 FORWARD = ForwardConfig(bootstrap_reps=200)
 HEALTHY = {
-    stage: OperationalHealth(stage=stage, requests=500, error_rate=0.0, p99_ms=20.0)
+    stage: StageHealth(
+        stage=stage,
+        source="prometheus",
+        requests=500,
+        errors=0,
+        error_rate=0.0,
+        p50_ms=5.0,
+        p95_ms=12.0,
+        p99_ms=20.0,
+    )
     for stage in ("production", "staging")
 }
 

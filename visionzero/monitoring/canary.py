@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.monitoring.forward import ForwardReport
+from visionzero.monitoring.operational import StageHealth
 
 
 class CanaryRule(BaseModel):
@@ -48,25 +49,10 @@ class CanaryRule(BaseModel):
     )
 
 
-class OperationalHealth(BaseModel):
-    """One stage's error rate and latency over the metrics window (from Prometheus)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    stage: str
-    source: str = "-"
-    requests: float
-    errors: float = 0.0
-    error_rate: float
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-
-
 class HealthReading(BaseModel):
     """The canary_health artifact: each stage's health, or why it could not be read."""
 
-    health: dict[str, OperationalHealth] | None = None
+    health: dict[str, StageHealth] | None = None
     error: str | None = None
 
 
@@ -84,7 +70,7 @@ class CanaryDecision(BaseModel):
 
 
 def health_verdict(
-    health: dict[str, OperationalHealth] | None, health_error: str | None, rule: CanaryRule
+    health: dict[str, StageHealth] | None, health_error: str | None, rule: CanaryRule
 ) -> tuple[bool | None, list[str]]:
     """(True healthy / False unhealthy / None not shown, reasons)."""
     if health is None:
@@ -135,7 +121,7 @@ def days_to_separate(estimate: float, low: float, high: float, days: int) -> int
 
 def decide_canary(
     forward: ForwardReport,
-    health: dict[str, OperationalHealth] | None,
+    health: dict[str, StageHealth] | None,
     rule: CanaryRule,
     health_error: str | None = None,
 ) -> CanaryDecision:

@@ -9,7 +9,7 @@ from datetime import date
 
 import pandas as pd
 
-from visionzero.monitoring.canary import OperationalHealth
+from visionzero.monitoring.operational import StageHealth, stage_health
 
 
 def served_predictions(since: date | None = None) -> pd.DataFrame | None:
@@ -23,12 +23,7 @@ def served_predictions(since: date | None = None) -> pd.DataFrame | None:
     return read_predictions(root, since=since)
 
 
-def canary_health(window_minutes: int = 60) -> dict[str, OperationalHealth]:
+def canary_health(window_minutes: int = 60) -> dict[str, StageHealth]:
     """Each stage's error rate and latency percentiles (Prometheus, else the backends'
-    /metrics); raises when no metrics source can be reached."""
-    from visionzero.monitoring.operational import stage_health
-
-    return {
-        stage: OperationalHealth.model_validate(health.model_dump())
-        for stage, health in stage_health(window_minutes).items()
-    }
+    /metrics); raises MetricsUnavailable when no metrics source can be reached."""
+    return stage_health(window_minutes)
