@@ -97,7 +97,7 @@ def test_identical_staging_differs_by_exactly_zero_and_is_left_alone(real_data, 
 
 def test_staging_trained_on_far_less_data_waits_then_is_rolled_back(real_data, models) -> None:
     prepared, _, holdout_days, _ = real_data
-    # staging went live 10 complete days before the last: too few days to judge
+    # staging went live 10 complete days before the last, counted from deployment: too few days
     late = (holdout_days[-11]).date()
     few = forward_evaluation(
         prepared,
@@ -105,7 +105,7 @@ def test_staging_trained_on_far_less_data_waits_then_is_rolled_back(real_data, m
             "production": staged(models["production"], 1),
             "staging": staged(models["weak"], 2, late),
         },
-        FORWARD,
+        FORWARD.model_copy(update={"count_from": "deployment"}),
     )
     assert few.paired.days == 10 and few.stages["staging"].first_day == str(
         holdout_days[-10].date()

@@ -1,5 +1,6 @@
-"""Forward evaluation: each serving model scored on the complete days that arrived after it
-went live, on every zone-slot of the full grid, with the status quo alongside.
+"""Forward evaluation: each serving model scored on the complete days it never saw (by default
+every day after its training data ended; optionally only after it went live), on every zone-slot
+of the full grid, with the status quo alongside.
 
 Crash data lands days after the fact, so every served forecast gets its answer later. The grid is
 every zone the stages answer for (a model is judged on all places, not only the ones people asked
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -48,6 +50,12 @@ class ForwardConfig(BaseModel):
     seed: int = Field(7, description="seed of the bootstrap")
     chunk_days: int = Field(
         31, ge=1, description="days scored at once: bounds memory on the res-9 grid"
+    )
+    count_from: Literal["training_end", "deployment"] = Field(
+        "training_end",
+        description="first forward day: after the model's last training day (every day it never "
+        "saw: crash data settles for weeks, so a model deployed today has unseen days arriving "
+        "soon), or also after the day it went live (only days it served)",
     )
 
 
@@ -124,17 +132,19 @@ def training_days(model: CrashRiskModel, prepared: Prepared) -> pd.DatetimeIndex
     return days[(days >= start) & (days <= end)]
 
 
-def forward_days(staged: StagedModel, prepared: Prepared) -> pd.DatetimeIndex:
-    """Complete days after the model went live and after its training window ended: days it
-    can only have forecast, never seen."""
-    first = first_forward_day(staged)
+def forward_days(
+    staged: StagedModel, prepared: Prepared, count_from: str = "training_end"
+) -> pd.DatetimeIndex:
+    """Complete days after its training window ended (and after it went live when counting from
+    deployment): days it can only have forecast, never seen."""
+    first = first_forward_day(staged, count_from)
     days = pd.DatetimeIndex(prepared.days["date"])
     return days[days >= first].sort_values()
 
 
-def first_forward_day(staged: StagedModel) -> pd.Timestamp:
+def first_forward_day(staged: StagedModel, count_from: str = "training_end") -> pd.Timestamp:
     floor = pd.Timestamp(staged.model.meta["training_window"][1]) + pd.Timedelta(days=1)
-    if staged.deployed is None:
+    if staged.deployed is None or count_from == "training_end":
         return floor
     # the deployment day is served partly by the model before: the first full day counts
     return max(floor, pd.Timestamp(staged.deployed) + pd.Timedelta(days=1))
@@ -191,7 +201,7 @@ def forward_evaluation(
     models = [staged[stage].model for stage in stages]
     zones_by_crash = {r: crash_zones(prepared, r) for r in cfg.resolutions}
     grid_zones = {r: shared_zones(models, r) for r in cfg.resolutions} if models else {}
-    days_of = {stage: forward_days(staged[stage], prepared) for stage in stages}
+    days_of = {stage: forward_days(staged[stage], prepared, cfg.count_from) for stage in stages}
     all_days = pd.DatetimeIndex(prepared.days["date"])
     report = ForwardReport(
         resolutions=list(cfg.resolutions),
@@ -220,7 +230,7 @@ def forward_evaluation(
             model_version=staged[stage].model_version,
             deployed=str(staged[stage].deployed) if staged[stage].deployed else None,
             training_window=list(model.meta["training_window"]),
-            first_day=str(first_forward_day(staged[stage]).date()),
+            first_day=str(first_forward_day(staged[stage], cfg.count_from).date()),
             days=len(days),
             window=window(days),
             metrics=metrics,
