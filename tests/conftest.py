@@ -119,16 +119,23 @@ class LocalServer:
 
 
 @pytest.fixture(scope="session")
-def real_data() -> tuple:
-    """The bundled snapshot loaded offline, at the model's grain, with the configured time split."""
-    from pipelines.training import load_training_config
+def real_data_dir() -> Path:
+    """The bundled snapshot built offline into a data folder of the session's own."""
     from visionzero.data.dataset import LoadConfig, build_dataset
-    from visionzero.model.training_data import split
 
     data_dir = TMP / "unit" / "data"
     build_dataset(data_dir, LoadConfig(offline=True))
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def real_data(real_data_dir: Path) -> tuple:
+    """The bundled snapshot at the model's grain, with the configured time split."""
+    from pipelines.training import load_training_config
+    from visionzero.model.training_data import split
+
     cfg = load_training_config(ROOT / "configs" / "training.yaml").model
-    return (*split(data_dir, cfg), cfg)
+    return (*split(real_data_dir, cfg), cfg)
 
 
 @pytest.fixture(scope="session")

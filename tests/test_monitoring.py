@@ -4,6 +4,7 @@ real complete days after it (the 2025 holdout days play the days that arrived la
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,6 @@ from visionzero.monitoring.forward import (
 from visionzero.monitoring.operational import StageHealth
 from visionzero.monitoring.retrain import RetrainRule, decide_retrain
 from visionzero.monitoring.traffic import reference_cells, traffic_view, zone7_boroughs
-from visionzero.platform.settings import paths
 
 pytestmark = pytest.mark.slow
 
@@ -156,9 +156,8 @@ def test_retrain_fires_when_forward_deviance_leaves_the_holdout_interval(real_da
 
 
 @pytest.fixture(scope="module")
-def frames(real_data) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
-    # the folder the real_data fixture built (conftest: TMP/unit/data, TMP = VZ_HOME's parent)
-    crashes, complete, _ = load_frames(paths().home.parent / "unit" / "data")
+def frames(real_data_dir: Path) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
+    crashes, complete, _ = load_frames(real_data_dir)
     return crashes, pd.DatetimeIndex(complete["date"])
 
 
