@@ -87,12 +87,13 @@ def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
-def start_serve(port: int, *options: str) -> subprocess.Popen:
-    """`python run.py serve --port PORT [options]` in a session of its own, output on a pipe."""
+def start_serve(port: int, *options: str, env: dict | None = None) -> subprocess.Popen:
+    """`python run.py serve --port PORT [options]` in a session of its own, output on a pipe; in
+    this process's environment unless `env` is given."""
     return subprocess.Popen(
         [sys.executable, "run.py", "serve", "--port", str(port), *options],
         cwd=ROOT,
-        env=os.environ,
+        env=env or os.environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

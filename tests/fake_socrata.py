@@ -15,6 +15,11 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import pandas as pd
+
+from visionzero.data.dataset import read_snapshot_raw
+from visionzero.data.schema import API_TO_CSV
+
 SAMPLE = Path(__file__).resolve().parent.parent / "snapshot" / "socrata_sample.json"
 
 
@@ -94,4 +99,22 @@ def synthetic_records(per_day: dict[date, int], first_id: int = 9_000_000) -> li
                     "collision_id": str(first_id),
                 }
             )
+    return records
+
+
+def snapshot_records(after: date, through: date) -> list[dict]:
+    """The bundled snapshot's crashes dated after `after` up to `through`, as SODA records (the
+    inverse of `socrata.api_record_to_csv_row`: empty CSV cells are absent fields, dates ISO, a
+    geocoded row has its `location` object): real days replayed as the API would serve them."""
+    raw = read_snapshot_raw()
+    dates = pd.to_datetime(raw["CRASH DATE"], format="%m/%d/%Y", errors="coerce")
+    rows = raw[(dates > pd.Timestamp(after)) & (dates <= pd.Timestamp(through))]
+    records = []
+    for row in rows.to_dict("records"):
+        record = {api: row[csv] for api, csv in API_TO_CSV.items() if row[csv] != ""}
+        month, day, year = row["CRASH DATE"].split("/")
+        record["crash_date"] = f"{year}-{month}-{day}T00:00:00.000"
+        if "latitude" in record and "longitude" in record:
+            record["location"] = {"latitude": record["latitude"], "longitude": record["longitude"]}
+        records.append(record)
     return records

@@ -8,7 +8,7 @@ import pytest
 
 from visionzero.evaluation.metrics import Interval
 from visionzero.monitoring.canary import CanaryRule, decide_canary
-from visionzero.monitoring.forward import ForwardReport, PairedForward, StageForward
+from visionzero.monitoring.forward import ForwardReport, PairedForward, StageForward, Unscored
 from visionzero.monitoring.operational import StageHealth
 
 RULE = CanaryRule()
@@ -119,3 +119,23 @@ def test_no_staging_is_nothing_to_do() -> None:
     forward = report(20, (0.0, 0.0, 0.0))
     forward.stages.pop("staging")
     assert decide_canary(forward, health(), RULE).action == "none"
+
+
+def unscored_staging() -> ForwardReport:
+    """Staging serves, but its model could not be loaded to score it forward."""
+    forward = report(0, (0.0, 0.0, 0.0))
+    forward.stages.pop("staging")
+    forward.paired = None
+    forward.unscored = {"staging": Unscored(model_version=998, reason="not loadable: KeyError")}
+    return forward
+
+
+def test_unscored_staging_that_errs_is_rolled_back() -> None:
+    decision = decide_canary(unscored_staging(), health(error_rate=0.3), RULE)
+    assert decision.action == "rollback" and decision.staging_version == 998
+    assert "staging errs beyond the margin" in decision.reasons[0]
+
+
+def test_unscored_healthy_staging_waits() -> None:
+    decision = decide_canary(unscored_staging(), health(), RULE)
+    assert decision.action == "wait" and "not scored forward" in decision.reasons[-2]

@@ -252,3 +252,19 @@ def test_traffic_calibration_counts_the_crashes_on_the_asked_zone_slots(real_dat
     assert cal.predicted == pytest.approx(float(np.sum(expected)))
     assert view.requests == len(log) and sum(z["requests"] for z in view.top_zones) <= len(log)
     assert set(view.by_block) <= {str(b) for b in range(model.grain.n_blocks)}
+
+
+def test_no_asked_slot_on_a_complete_day_still_merges() -> None:
+    """Requests only about days not yet complete leave no resolution to count crashes at: the
+    empty observed table keeps the dtypes the calibration merges on (a monitor run died here)."""
+    from types import SimpleNamespace
+
+    from visionzero.monitoring.traffic import observed_counts
+
+    empty = SimpleNamespace(crashes=pd.DataFrame({"block": [], "cell": [], "crash_date": []}))
+    observed = observed_counts(empty, [])
+    asked = pd.DataFrame(
+        {"zone": ["a"], "resolution": [9], "date": [pd.Timestamp("2025-04-07")], "block": [2]}
+    ).iloc[:0]  # what calibration merges when no request fell on a complete day
+    joined = asked.merge(observed, on=["zone", "resolution", "date", "block"], how="left")
+    assert joined.empty and "observed" in joined

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,6 +17,7 @@ import psutil
 import pytest
 import requests
 
+from tests.broken_releases import weekday_only_release
 from tests.conftest import free_port, start_serve, wait_http
 from visionzero.monitoring.operational import from_metrics_endpoints, stage_health
 from visionzero.rollout import deployment_state as deployment
@@ -29,26 +29,9 @@ SATURDAY = {**WEEKDAY, "datetime": "2025-02-08T08:30"}
 
 @pytest.fixture(scope="module")
 def weekend_broken(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A release whose model loads and answers weekdays (so it passes serve's check) but fails
-    with a 500 on any other day type: its block shares keep only the first day type, as a bug in
-    a new share fit could. Saved and built under a tag of its own."""
-    import bentoml
-
-    from visionzero.serving.bento_build import build_bento, save_model
-
-    model_dir = tmp_path_factory.mktemp("weekend") / "model"
-    shutil.copytree(bentoml.models.get(trained["production"]["model_tag"]).path, model_dir)
-    meta_path = model_dir / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["p_block"] = meta["p_block"][:1]
-    meta_path.write_text(json.dumps(meta))
-    model_tag = save_model(model_dir, 998, None, None)
-    return {
-        "model_version": 998,
-        "model_tag": model_tag,
-        "bento_tag": build_bento(model_tag, "bentofile.yaml"),
-        "arm64_bento_tag": "none",
-    }
+    """A staging release that answers weekdays and fails with a 500 on other day types."""
+    workdir = tmp_path_factory.mktemp("weekend")
+    return weekday_only_release(trained["production"]["model_tag"], 998, workdir)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:

@@ -111,3 +111,25 @@ def test_loader_falls_back_to_snapshot_when_api_is_down(
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "API unreachable, using the bundled snapshot" in warnings[0]
     assert summary.rows == 351_052 and summary.complete_days == 632
+
+
+def test_snapshot_replay_round_trips_and_the_cutoff_holds_it_back() -> None:
+    """`snapshot_records` is the inverse of the client's mapping, and `snapshot_until` removes
+    exactly those rows and complete days from the snapshot the loader reads."""
+    from tests.fake_socrata import snapshot_records
+    from visionzero.data.dataset import hold_back, read_snapshot_complete_days, read_snapshot_raw
+    from visionzero.data.socrata import api_record_to_csv_row
+
+    raw = read_snapshot_raw()
+    replayed = pd.DataFrame(
+        [api_record_to_csv_row(r) for r in snapshot_records(date(2025, 3, 29), date(2025, 3, 31))]
+    )
+    original = raw[raw["CRASH DATE"].isin(["03/30/2025", "03/31/2025"])]
+    assert len(replayed) == len(original) > 300
+    pd.testing.assert_frame_equal(
+        replayed.sort_values("COLLISION_ID").reset_index(drop=True),
+        original[replayed.columns].sort_values("COLLISION_ID").reset_index(drop=True),
+    )
+    kept, complete = hold_back(raw, read_snapshot_complete_days(), date(2024, 12, 31))
+    assert len(raw) - len(kept) == len(raw[raw["CRASH DATE"].str.endswith("/2025")])
+    assert complete["date"].max() == pd.Timestamp("2024-03-31")

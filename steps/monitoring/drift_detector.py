@@ -25,7 +25,7 @@ logger = get_logger(__name__)
 def drift_detector(
     dataset: DatasetRef, drift: DriftConfig, traffic: TrafficConfig
 ) -> tuple[Annotated[DriftReport, "drift_report"], Annotated[HTMLString, "drift_visualization"]]:
-    models = serving_models(read_state())
+    models, _ = serving_models(read_state())
     if "production" not in models:
         report = DriftReport(reference_window=None, current_window=None, checks=[])
         logger.info("no production model: no training window to compare with")

@@ -22,9 +22,12 @@ logger = get_logger(__name__)
 def forward_evaluator(
     dataset: DatasetRef, forward: ForwardConfig
 ) -> Annotated[ForwardReport, "forward_report"]:
-    models = serving_models(read_state())
+    models, unscored = serving_models(read_state())
     prepared, _ = prepared_for(dataset, models)
     report = forward_evaluation(prepared, models, forward)
+    report = report.model_copy(update={"unscored": unscored})
+    for stage, why in unscored.items():
+        logger.warning("%s not scored forward: %s", stage, why.reason)
     metrics: dict[str, float] = {}
     for stage, result in report.stages.items():
         logger.info(

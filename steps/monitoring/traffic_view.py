@@ -25,7 +25,7 @@ def traffic_view(
     predictions = served_predictions(date.today() - timedelta(days=config.lookback_days))
     if predictions is None or predictions.empty:
         logger.info("no logged predictions in the last %d days", config.lookback_days)
-    prepared, _ = prepared_for(dataset, serving_models(read_state()))
+    prepared, _ = prepared_for(dataset, serving_models(read_state())[0])
     report = traffic.traffic_view(predictions, prepared, zone7_boroughs(prepared), config.top_zones)
     for calibration in report.calibration:
         logger.info("served calibration: %s", calibration.model_dump())

@@ -63,6 +63,11 @@ class LoadConfig(BaseModel):
     max_pages: int = Field(20, ge=1, description="at most this many pages per run")
     max_attempts: int = Field(4, ge=1, description="tries per HTTP request")
     backoff_seconds: float = Field(0.5, ge=0, description="first retry wait, doubled each retry")
+    snapshot_until: date | None = Field(
+        None,
+        description="bundled snapshot rows and complete days after this day are held back: a "
+        "replay lets later days arrive through the API, as they would have",
+    )
 
     @field_validator("day_count_range")
     @classmethod
@@ -112,6 +117,19 @@ def read_snapshot_complete_days(snapshot_dir: Path = SNAPSHOT_DIR) -> pd.DataFra
             "confidence": days["CONFIDENCE"],
             "source": "snapshot",
         }
+    )
+
+
+def hold_back(
+    raw: pd.DataFrame, complete_days: pd.DataFrame, until: date
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The snapshot as it stood on `until`: crash rows and complete days after it dropped. A row
+    whose date does not parse stays, so validation quarantines it as it would have."""
+    dates = pd.to_datetime(raw["CRASH DATE"], format="%m/%d/%Y", errors="coerce")
+    last = pd.Timestamp(until)
+    return (
+        raw[dates.isna() | (dates <= last)].reset_index(drop=True),
+        complete_days[complete_days["date"] <= last].reset_index(drop=True),
     )
 
 
@@ -213,8 +231,13 @@ def build_dataset(
     days) under data_dir, all or nothing; return the summary."""
     now = now or datetime.now(UTC)
     _recover(data_dir)
-    typed, quarantine = validate(read_snapshot_raw(snapshot_dir), "snapshot")
-    snapshot_complete = read_snapshot_complete_days(snapshot_dir)
+    raw, snapshot_complete = (
+        read_snapshot_raw(snapshot_dir),
+        read_snapshot_complete_days(snapshot_dir),
+    )
+    if cfg.snapshot_until is not None:
+        raw, snapshot_complete = hold_back(raw, snapshot_complete, cfg.snapshot_until)
+    typed, quarantine = validate(raw, "snapshot")
     api_raw = _read_kept(data_dir / API_ROWS, CSV_COLUMNS)
     api_malformed = _read_kept(data_dir / API_MALFORMED, ["page", "record"])
     judged = _judged_days(data_dir)

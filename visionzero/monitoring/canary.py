@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from visionzero.monitoring.forward import ForwardReport
 from visionzero.monitoring.operational import StageHealth
 
+STAGES = ("staging", "production")
+
 
 class CanaryRule(BaseModel):
     """The canary rule's thresholds (configs/monitoring.yaml `parameters.canary`)."""
@@ -127,11 +129,12 @@ def decide_canary(
 ) -> CanaryDecision:
     """The rule on the forward report and the stages' health."""
     staging, production = forward.stages.get("staging"), forward.stages.get("production")
+    serving = {stage: forward.stages.get(stage) or forward.unscored.get(stage) for stage in STAGES}
     versions = {
-        "staging_version": staging.model_version if staging else None,
-        "production_version": production.model_version if production else None,
+        f"{stage}_version": found.model_version if found else None
+        for stage, found in serving.items()
     }
-    if staging is None or production is None:
+    if serving["staging"] is None or serving["production"] is None:
         return CanaryDecision(
             action="none", reasons=["no canary: staging and production must both serve"], **versions
         )
@@ -142,6 +145,11 @@ def decide_canary(
     if healthy is False:
         reasons.append("staging is operationally worse than production: roll it back")
         return CanaryDecision(action="rollback", reasons=reasons, **versions)
+    if staging is None or production is None:
+        for stage, why in forward.unscored.items():
+            reasons.append(f"{stage} not scored forward ({why.reason})")
+        reasons.append("no forward evidence to judge staging by, and it is not unhealthy: wait")
+        return CanaryDecision(action="wait", reasons=reasons, **versions)
     if days < rule.min_forward_days:
         needed = rule.min_forward_days - days
         reasons.append(

@@ -95,6 +95,13 @@ class PairedForward(BaseModel):
     differences: dict[str, dict[str, Interval]]  # resolution -> metric
 
 
+class Unscored(BaseModel):
+    """A serving stage the monitor could not score forward (its model would not load)."""
+
+    model_version: int | None
+    reason: str
+
+
 class ForwardReport(BaseModel):
     """The forward_evaluator artifact."""
 
@@ -104,6 +111,7 @@ class ForwardReport(BaseModel):
     last_complete_day: str | None
     stages: dict[str, StageForward]
     paired: PairedForward | None = None
+    unscored: dict[str, Unscored] = {}  # serving stages left out of `stages`, and why
 
 
 def deployed_dates(state: dict) -> dict[str, date | None]:

@@ -9,21 +9,24 @@ from visionzero.data.dataset import DatasetRef, load_frames
 from visionzero.data.versioning import checkout_version
 from visionzero.evaluation.metrics import Interval
 from visionzero.model.crash_risk import CrashRiskModel, ModelConfig, Prepared, prepare
-from visionzero.monitoring.forward import StagedModel, deployed_dates
+from visionzero.monitoring.forward import StagedModel, Unscored, deployed_dates
 from visionzero.platform.registry import model_version, version_model
 
 
-def serving_models(state: dict) -> dict[str, StagedModel]:
-    """Production and staging as the state names them (never a registry stage)."""
+def serving_models(state: dict) -> tuple[dict[str, StagedModel], dict[str, Unscored]]:
+    """Production and staging as the state names them (never a registry stage), and each serving
+    stage whose model cannot be loaded from the Model Control Plane with the reason. A stage that
+    cannot be scored forward still serves: its health is judged, and a failing one rolled back."""
     dates = deployed_dates(state)
-    return {
-        stage: StagedModel(
-            version_model(state[stage]["model_version"]),
-            state[stage]["model_version"],
-            dates[stage],
-        )
-        for stage in dates
-    }
+    models, unscored = {}, {}
+    for stage, deployed in dates.items():
+        version = state[stage]["model_version"]
+        try:
+            models[stage] = StagedModel(version_model(version), version, deployed)
+        except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
+            reason = f"model version {version} not loadable: {type(exc).__name__}: {exc}"
+            unscored[stage] = Unscored(model_version=version, reason=reason[:300])
+    return models, unscored
 
 
 def grain_config(model: CrashRiskModel) -> ModelConfig:

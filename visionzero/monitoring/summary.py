@@ -63,6 +63,8 @@ def summarise(
                 if name in ("poisson_deviance", "hit_rate_at_10", "calibration_ratio")
             },
         }
+    for stage, why in forward.unscored.items():
+        stages[stage] = {"model_version": why.model_version, "days": 0, "unscored": why.reason}
     paired = forward.paired
     return MonitoringSummary(
         at=datetime.now(UTC).isoformat(timespec="seconds"),

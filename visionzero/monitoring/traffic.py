@@ -81,8 +81,13 @@ def observed_counts(prepared: Prepared, resolutions: list[int]) -> pd.DataFrame:
             .reset_index()
         )
         parts.append(counts.assign(resolution=resolution))
-    columns = ["zone", "date", "block", "observed", "resolution"]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    if parts:
+        return pd.concat(parts, ignore_index=True)
+    # typed even when empty: no asked slot on a complete day must still merge on `date`
+    dtypes = {"zone": object, "date": "datetime64[ns]", "block": "int64", "observed": "int64"}
+    return pd.DataFrame({name: pd.Series(dtype=kind) for name, kind in dtypes.items()}).assign(
+        resolution=pd.Series(dtype="int64")
+    )
 
 
 def calibration(predictions: pd.DataFrame, prepared: Prepared) -> list[Calibration]:
