@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from visionzero.platform.output import configure_output
 from visionzero.platform.settings import REPO_ROOT, configure_environment, settings
+
+T = TypeVar("T")
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "training.yaml"
 MONITORING_CONFIG = REPO_ROOT / "configs" / "monitoring.yaml"
@@ -40,15 +44,14 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
         echo_training_summary()
 
 
-def train(offline: bool, config_path: Path) -> None:
-    """Validate the run configuration first, then run the pipeline on the project's stack."""
-    from visionzero.platform.stack import ensure_stack, initialise_store
-
-    initialise_store()  # before pipelines.training: importing it touches the store
-    from pipelines.training import InvalidConfig, load_training_config, training_pipeline
+def checked_config(load: Callable[[Path], T], config_path: Path, offline: bool) -> T:
+    """What every pipeline run does before it starts: its configuration validated (a bad key
+    stops it with the key's name), the network forbidden when offline, the stack in place."""
+    from pipelines.training import InvalidConfig
+    from visionzero.platform.stack import ensure_stack
 
     try:
-        params = load_training_config(config_path)
+        params = load(config_path)
     except InvalidConfig as exc:
         raise click.ClickException(str(exc)) from exc
     if offline:
@@ -56,6 +59,17 @@ def train(offline: bool, config_path: Path) -> None:
 
         forbid_network()
     ensure_stack()
+    return params
+
+
+def train(offline: bool, config_path: Path) -> None:
+    """Validate the run configuration first, then run the pipeline on the project's stack."""
+    from visionzero.platform.stack import initialise_store
+
+    initialise_store()  # before pipelines.training: importing it touches the store
+    from pipelines.training import load_training_config, training_pipeline
+
+    params = checked_config(load_training_config, config_path, offline)
     training_pipeline(
         data=params.data.model_copy(update={"offline": offline or params.data.offline}),
         model=params.model,
@@ -91,21 +105,12 @@ def monitor(ctx: click.Context, offline: bool, monitor_config: Path) -> None:
 def run_monitoring(offline: bool, config_path: Path) -> bool:
     """Validate the configuration, run the monitoring pipeline, print its verdicts; True when
     the retrain trigger fired."""
-    from visionzero.platform.stack import ensure_stack, initialise_store
+    from visionzero.platform.stack import initialise_store
 
     initialise_store()  # before pipelines.monitoring: importing it touches the store
     from pipelines.monitoring import load_monitoring_config, monitoring_pipeline
-    from pipelines.training import InvalidConfig
 
-    try:
-        params = load_monitoring_config(config_path)
-    except InvalidConfig as exc:
-        raise click.ClickException(str(exc)) from exc
-    if offline:
-        from visionzero.platform.offline import forbid_network
-
-        forbid_network()
-    ensure_stack()
+    params = checked_config(load_monitoring_config, config_path, offline)
     monitoring_pipeline(
         data=params.data.model_copy(update={"offline": offline or params.data.offline}),
         forward=params.forward,

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 import psutil
 import requests
 
@@ -48,15 +47,8 @@ from visionzero.rollout.prometheus import (
     wait_ready,
     write_config,
 )
+from visionzero.rollout.rendering import TEMPLATES
 
-NGINX_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("visionzero.rollout"),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
 STAGES = ("production", "staging")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Set in a backend's environment, which its workers inherit: a tag to find them by, not a setting.
@@ -335,7 +327,7 @@ def render_nginx_canary(
     upstreams: dict[str, str], weight: int, listen: str, workdir: Path | None = None
 ) -> str:
     """The canary template; a whole config with `workdir`, else a conf.d file (compose)."""
-    return NGINX_TEMPLATES.get_template("nginx_canary.conf.j2").render(
+    return TEMPLATES.get_template("nginx_canary.conf.j2").render(
         upstreams=upstreams,
         weight=weight,
         listen=listen,

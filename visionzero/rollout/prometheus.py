@@ -21,20 +21,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import jinja2
 import psutil
 import requests
 
 from visionzero.platform.settings import settings
+from visionzero.rollout.rendering import TEMPLATES
 
-TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("visionzero.rollout"),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
 LOCAL_SCRAPE = "5s"  # short: a canary check a minute after start-up already has a dozen samples
 CONTAINER_SCRAPE = "15s"
 PUSHGATEWAY_TARGET = "pushgateway:9091"  # the compose service the monitor pushes to
