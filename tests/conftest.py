@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
@@ -69,6 +69,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 # the tests import these two from here
 from visionzero.rollout.local_canary import free_port  # noqa: E402
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll `condition` until it returns something true (returned); fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s"
+        time.sleep(0.5)
+    return found
 
 
 def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:

@@ -19,8 +19,7 @@ import random
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import ROOT, LocalServer, free_port, start_serve, wait_http
+from tests.conftest import ROOT, LocalServer, free_port, start_serve, wait_for, wait_http
 from tests.fake_socrata import make_handler, snapshot_records
 from tests.test_alerts import discord_like
 
@@ -111,14 +110,6 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def write_yaml(path: Path, parameters: dict) -> Path:
     path.write_text(yaml.safe_dump({"parameters": parameters}))
     return path
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s"
-        time.sleep(0.5)
-    return found
 
 
 def nyc_items(count: int, days: list[date], seed: int) -> list[dict]:

@@ -9,8 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -18,7 +16,7 @@ import pytest
 import requests
 
 from tests.broken_releases import weekday_only_release
-from tests.conftest import free_port, start_serve, wait_http
+from tests.conftest import free_port, start_serve, wait_for, wait_http
 from visionzero.monitoring.operational import from_metrics_endpoints, stage_health
 from visionzero.rollout import deployment_state as deployment
 
@@ -32,14 +30,6 @@ def weekend_broken(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> d
     """A staging release that answers weekdays and fails with a 500 on other day types."""
     workdir = tmp_path_factory.mktemp("weekend")
     return weekday_only_release(trained["production"]["model_tag"], 998, workdir)
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s"
-        time.sleep(0.5)
-    return found
 
 
 def targets(prometheus: str) -> dict[str, str]:

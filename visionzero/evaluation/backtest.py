@@ -10,15 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from visionzero.evaluation.metrics import BootstrapConfig
 from visionzero.model.crash_risk import CrashRiskModel, ModelConfig, Prepared, train
 
 
-class EvaluationConfig(BaseModel):
+class EvaluationConfig(BootstrapConfig):
     """The backtest and its intervals (configs/training.yaml `parameters.evaluation`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     backtest_origins: int = Field(
         4, ge=1, description="origins: the holdout and the latest earlier complete-day windows"
@@ -32,11 +31,6 @@ class EvaluationConfig(BaseModel):
     window_gap_days: int = Field(
         7, ge=1, description="complete days further apart than this start a new window"
     )
-    bootstrap_reps: int = Field(1000, ge=100, description="day-block bootstrap draws")
-    block_days: int = Field(
-        7, ge=1, description="consecutive days per bootstrap block: keeps weekly dependence"
-    )
-    seed: int = Field(7, description="seed of the bootstrap")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from visionzero.evaluation.metrics import (
     DaySums,
     Interval,
     Scores,
-    block_bootstrap,
     intervals,
     point_scores,
 )
@@ -195,9 +194,7 @@ def resolution_result(scored: list[Scored], cfg: EvaluationConfig) -> Resolution
     """Pool the days of `scored` (one per origin) and bootstrap them, each origin on its own."""
     roles = scored[0].sums.keys()
     pooled = {role: DaySums.concat([s.sums[role] for s in scored]) for role in roles}
-    draws = block_bootstrap(
-        [len(s.grid.days) for s in scored], cfg.block_days, cfg.bootstrap_reps, cfg.seed
-    )
+    draws = cfg.draws([len(s.grid.days) for s in scored])
     own, differences = intervals(pooled, draws)
     return ResolutionResult(
         days=sum(len(s.grid.days) for s in scored),

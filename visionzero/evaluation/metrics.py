@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.evaluation.grid import DenseGrid
 from visionzero.model.deviance import unit_poisson_deviance
@@ -140,6 +140,22 @@ def point_scores(
         predicted_total=float(sums.predicted.sum()),
         observed_total=float(sums.observed.sum()),
     )
+
+
+class BootstrapConfig(BaseModel):
+    """How the intervals are drawn: shared by the evaluation (training run) and the forward
+    evaluation (monitoring run), so a holdout interval and a forward interval mean the same."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bootstrap_reps: int = Field(1000, ge=100, description="day-block bootstrap draws")
+    block_days: int = Field(
+        7, ge=1, description="consecutive days per bootstrap block: keeps weekly dependence"
+    )
+    seed: int = Field(7, description="seed of the bootstrap")
+
+    def draws(self, days_per_part: list[int]) -> np.ndarray:
+        return block_bootstrap(days_per_part, self.block_days, self.bootstrap_reps, self.seed)
 
 
 def block_bootstrap(days_per_part: list[int], block_days: int, reps: int, seed: int) -> np.ndarray:

@@ -86,28 +86,38 @@ def health_verdict(
             f"operational health not judged: {staging.requests:.0f} staging and "
             f"{production.requests:.0f} production requests (each needs {rule.min_requests})"
         ]
+    checks = [  # what, staging, production, margin, unit, digits, verdict beyond the margin
+        (
+            "error rate",
+            staging.error_rate,
+            production.error_rate,
+            rule.error_rate_margin,
+            "",
+            4,
+            "staging errs beyond the margin",
+        ),
+        (
+            "p99",
+            staging.p99_ms,
+            production.p99_ms,
+            rule.p99_margin_ms,
+            " ms",
+            1,
+            "staging is slower beyond the margin",
+        ),
+    ]
     reasons, healthy = [], True
-    error_limit = production.error_rate + rule.error_rate_margin
-    error_line = (
-        f"error rate staging {staging.error_rate:.4f} vs production {production.error_rate:.4f} "
-        f"(limit {error_limit:.4f})"
-    )
-    if staging.error_rate > error_limit:
-        healthy = False
-        reasons.append(f"{error_line}: staging errs beyond the margin")
-    else:
-        reasons.append(f"{error_line}: ok")
-    if staging.p99_ms is not None and production.p99_ms is not None:
-        p99_limit = production.p99_ms + rule.p99_margin_ms
-        p99_line = (
-            f"p99 staging {staging.p99_ms:.1f} ms vs production {production.p99_ms:.1f} ms "
-            f"(limit {p99_limit:.1f} ms)"
+    for name, mine, theirs, margin, unit, digits, beyond in checks:
+        if mine is None or theirs is None:  # a percentile needs requests
+            continue
+        limit = theirs + margin
+        line = (
+            f"{name} staging {mine:.{digits}f}{unit} vs production {theirs:.{digits}f}{unit} "
+            f"(limit {limit:.{digits}f}{unit})"
         )
-        if staging.p99_ms > p99_limit:
-            healthy = False
-            reasons.append(f"{p99_line}: staging is slower beyond the margin")
-        else:
-            reasons.append(f"{p99_line}: ok")
+        within = mine <= limit
+        healthy = healthy and within
+        reasons.append(f"{line}: {'ok' if within else beyond}")
     return healthy, reasons
 
 

@@ -26,7 +26,7 @@ from visionzero.evaluation.grid import (
     model_zones,
     status_quo_expected,
 )
-from visionzero.evaluation.metrics import DaySums, Interval, block_bootstrap, intervals
+from visionzero.evaluation.metrics import BootstrapConfig, DaySums, Interval, intervals
 from visionzero.model.crash_risk import CrashRiskModel, Prepared
 
 STAGE_ORDER = ("production", "staging")
@@ -36,18 +36,13 @@ LIVE_EVENTS = {
 }
 
 
-class ForwardConfig(BaseModel):
+class ForwardConfig(BootstrapConfig):
     """Which resolutions are scored and how the intervals are drawn (configs/monitoring.yaml
     `parameters.forward`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     resolutions: list[int] = Field(
         [9, 7], min_length=1, description="H3 resolutions scored; the first is the decisive one"
     )
-    bootstrap_reps: int = Field(1000, ge=100, description="day-block bootstrap draws")
-    block_days: int = Field(7, ge=1, description="consecutive days per bootstrap block")
-    seed: int = Field(7, description="seed of the bootstrap")
     chunk_days: int = Field(
         31, ge=1, description="days scored at once: bounds memory on the res-9 grid"
     )
@@ -221,7 +216,7 @@ def forward_evaluation(
         metrics: dict[str, dict[str, dict[str, Interval]]] = {}
         versus: dict[str, dict[str, Interval]] = {}
         if len(days):
-            draws = block_bootstrap([len(days)], cfg.block_days, cfg.bootstrap_reps, cfg.seed)
+            draws = cfg.draws([len(days)])
             for r in cfg.resolutions:
                 sums = day_sums(
                     prepared,
@@ -248,7 +243,7 @@ def forward_evaluation(
         both = days_of["staging"].intersection(days_of["production"])
         differences: dict[str, dict[str, Interval]] = {}
         if len(both):
-            draws = block_bootstrap([len(both)], cfg.block_days, cfg.bootstrap_reps, cfg.seed)
+            draws = cfg.draws([len(both)])
             for r in cfg.resolutions:
                 roles = {
                     "candidate": staged["staging"].model,
