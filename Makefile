@@ -18,8 +18,9 @@ $(VENV)/.synced: requirements.lock
 	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
 	touch $@
 
-# nginx serves the local canary and Prometheus scrapes it (`serve --monitor`); Debian's packages are
-# installed when missing and we are root.
+# nginx serves the local canary, Prometheus scrapes it (`serve --monitor`) and the map page's test
+# drives Debian's chromium through Playwright (no browser download); the packages are installed when
+# missing and we are root.
 system-deps:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -29,6 +30,10 @@ system-deps:
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	    else echo "prometheus is missing: install it (Debian/Ubuntu: sudo apt-get install prometheus)"; exit 1; fi; }
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	    else echo "chromium is missing: install it (Debian/Ubuntu: sudo apt-get install chromium)"; exit 1; fi; }
 
 run: setup
 	$(BIN)/python run.py
