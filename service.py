@@ -20,21 +20,25 @@ SETTINGS = settings()
 if not SETTINGS.vz_tracing:
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import _bentoml_impl.server.app
 import bentoml
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field, ValidationError
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visionzero.model.crash_risk import CrashRiskModel
+from visionzero.serving.map_api import STATIC_DIR, MapApi, Point
 from visionzero.serving.prediction_log import PredictionLog, open_sink
 from visionzero.serving.requests import (
     MAX_ITEMS,
-    InvalidItems,
+    InvalidRequest,
     Item,
     Prediction,
     error_body,
@@ -54,7 +58,13 @@ class BentoArgs(BaseModel):
 MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
 STAGE = SETTINGS.vz_stage
 # BentoML APIs answer POST only; the GET routes live in a small FastAPI app mounted on the service.
-read_routes = FastAPI(title="crash_risk read-only routes")
+# FastAPI's own docs are off: they load Swagger from a CDN. BentoML's Swagger UI moves to /docs.
+read_routes = FastAPI(
+    title="crash_risk read-only routes", docs_url=None, redoc_url=None, openapi_url=None
+)
+read_routes.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+SWAGGER_PAGE = Path(_bentoml_impl.server.app.__file__).parent / "main-openapi.html"
+JSON = "application/json"
 
 
 # BentoML answers a body it cannot validate with 400 but logs it as an ERROR with a traceback;
@@ -151,6 +161,7 @@ class CrashRisk:
         self.model = CrashRiskModel.load(Path(self.model_ref.path))
         self.model.zone_table  # noqa: B018 - built now, not on the first request
         self.metadata = metadata(self.model, STAGE)  # fixed for the worker's life
+        self.map_api = MapApi(self.model, STAGE)  # zone geometry built now, once
         # Risk-level mix per stage, for the Grafana dashboard that compares production and
         # staging. Created here, once per worker, not at import: bento_build re-imports this
         # module per build.
@@ -201,7 +212,7 @@ class CrashRisk:
         measured with py-spy)."""
         try:
             predictions = predict_items(items, self.model, STAGE)
-        except InvalidItems as exc:  # OneErrorShape logs it; a refusal is not a prediction
+        except InvalidRequest as exc:  # OneErrorShape logs it; a refusal is not a prediction
             ctx.response.status_code = 400  # BentoML applies the context's status to the answer
             return Response(orjson.dumps(exc.body()), 400, media_type="application/json")
         if self.prediction_log is not None:
@@ -210,10 +221,80 @@ class CrashRisk:
             self.predictions_by_level.labels(stage=STAGE, risk_level=level).inc(count)
         return Response(orjson.dumps({"predictions": predictions}), media_type="application/json")
 
+    @bentoml.api(route="/route")
+    async def route(
+        self,
+        start: Point,
+        end: Point,
+        departure: Annotated[str, Field(max_length=64)],
+        ctx: bentoml.Context,
+        resolution: int | None = None,
+    ) -> dict:
+        """The cells on the straight H3 path from start to end (not streets), each with its
+        level at the departure's block, the trip's total expected crashes and its riskiest
+        stretch."""
+        return _answer(ctx, lambda: self.map_api.route(start, end, departure, resolution))
+
+    @bentoml.api(route="/outlook")
+    async def outlook(
+        self,
+        ctx: bentoml.Context,
+        start_date: Annotated[str | None, Field(max_length=10)] = None,
+        days: Annotated[int, Field(ge=1, le=14)] = 7,
+    ) -> dict:
+        """Citywide expected crashes per day from start_date (default today, New York), each
+        day's level against its season and what drives it."""
+        return _answer(ctx, lambda: self.map_api.outlook(start_date, days))
+
     @read_routes.get("/metadata")
     async def model_metadata(self) -> dict:
-        """What model answers: version, stage, zones, time blocks, level thresholds, metrics."""
-        return self.metadata
+        """What model answers: version, stage, zones, time blocks, level thresholds, metrics,
+        and today's New York date held inside the supported dates (the map's default)."""
+        return {**self.metadata, "today": str(self.map_api.today())}
+
+    @read_routes.get("/")
+    async def map_page(self) -> FileResponse:
+        """The risk map for people (visionzero/serving/static)."""
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @read_routes.get("/docs")
+    async def swagger(self) -> FileResponse:
+        """BentoML's own Swagger UI (its assets are served by BentoML, no CDN)."""
+        return FileResponse(SWAGGER_PAGE)
+
+    @read_routes.get("/zones")
+    async def zones(self, request: Request) -> Response:
+        """Every zone of a resolution as GeoJSON with its expected crashes, level and P(at least
+        one) per block of a date; cached per date, gzipped when the client accepts it."""
+        try:
+            plain, packed = self.map_api.zones_layer(dict(request.query_params))
+        except InvalidRequest as exc:
+            return Response(orjson.dumps(exc.body()), 400, media_type=JSON)
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return Response(packed, media_type=JSON, headers={"Content-Encoding": "gzip"})
+        return Response(plain, media_type=JSON)
+
+    @read_routes.get("/boroughs")
+    async def boroughs(self) -> Response:
+        """Borough outlines built from the training data, as GeoJSON (the map has no tiles)."""
+        return Response(self.map_api.boroughs, media_type=JSON)
+
+    @read_routes.get("/history")
+    async def history(self, zone: str | None = None) -> Response:
+        """A zone's observed crashes per block on the model's training days."""
+        try:
+            return Response(orjson.dumps(self.map_api.history(zone)), media_type=JSON)
+        except InvalidRequest as exc:
+            return Response(orjson.dumps(exc.body()), 400, media_type=JSON)
+
+
+def _answer(ctx: bentoml.Context, compute: Callable[[], dict]) -> Response:
+    """A BentoML API's answer as orjson, or a 400 naming the field (logged by OneErrorShape)."""
+    try:
+        return Response(orjson.dumps(compute()), media_type=JSON)
+    except InvalidRequest as exc:
+        ctx.response.status_code = 400
+        return Response(orjson.dumps(exc.body()), 400, media_type=JSON)
 
 
 CrashRisk.add_asgi_middleware(OneErrorShape)

@@ -13,7 +13,7 @@ from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, Field
 
 from visionzero.model.crash_risk import CrashRiskModel
-from visionzero.serving.requests import MAX_ITEMS, InvalidItems, Item, predict_items
+from visionzero.serving.requests import MAX_ITEMS, InvalidRequest, Item, predict_items
 
 model = CrashRiskModel.load(Path(os.environ["VZ_MODEL_DIR"]))
 app = FastAPI(default_response_class=ORJSONResponse)  # the same JSON encoder as service.py
@@ -27,7 +27,7 @@ class PredictRequest(BaseModel):
 async def predict(request: PredictRequest) -> dict:
     try:
         return {"predictions": predict_items(request.items, model, "production")}
-    except InvalidItems as exc:
+    except InvalidRequest as exc:
         raise HTTPException(400, str(exc)) from exc
 
 

@@ -35,6 +35,7 @@ from visionzero.evaluation.metrics import (
     intervals,
     point_scores,
 )
+from visionzero.model.context import majority_borough
 from visionzero.model.crash_risk import CrashRiskModel, Prepared
 
 
@@ -185,9 +186,8 @@ def zone_boroughs(
     prepared: Prepared, zones_by_crash: np.ndarray, train_days: pd.DatetimeIndex
 ) -> dict[str, str]:
     """Majority borough of a zone's training crashes (crashes without a borough are not counted)."""
-    crashes = prepared.crashes.assign(slice_zone=zones_by_crash)
-    rows = crashes[crashes["crash_date"].isin(train_days) & crashes["borough"].notna()]
-    return rows.groupby("slice_zone")["borough"].agg(lambda s: s.value_counts().index[0]).to_dict()
+    training = prepared.crashes["crash_date"].isin(train_days).to_numpy()
+    return majority_borough(zones_by_crash[training], prepared.crashes["borough"][training])
 
 
 def resolution_result(scored: list[Scored], cfg: EvaluationConfig) -> ResolutionResult:

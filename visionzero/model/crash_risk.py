@@ -22,12 +22,21 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from visionzero.model import features as F
+from visionzero.model.context import SEASON_DAYS, ModelContext
 from visionzero.model.grain import Grain, ancestors
 from visionzero.model.hierarchy import ChildShares
 from visionzero.model.levels import assign_levels, level_thresholds
 
 VOLUME_FILE = "volume.json"
 META_FILE = "meta.json"
+# The volume model's features grouped by what a person reads as a reason for a busy or quiet day.
+DRIVERS = {
+    "weekday": ["dow"],
+    "holiday": ["is_holiday"],
+    "season": ["month", "doy_sin", "doy_cos"],
+    "trend": ["year_frac"],
+    "weather": F.WEATHER_FIELDS,
+}
 
 
 class ModelConfig(BaseModel):
@@ -252,6 +261,7 @@ class CrashRiskModel:
     shares: ShareTable
     meta: dict = field(default_factory=dict)
     children: list[ChildShares] = field(default_factory=list)  # finer resolutions, coarse first
+    context: ModelContext | None = None  # for people-facing answers; None in older models
     _volume_cache: dict[int, float] = field(default_factory=dict, repr=False)
 
     @cached_property
@@ -346,6 +356,24 @@ class CrashRiskModel:
                 self._volume_cache[keys[i]] = value
         return np.array([self._volume_cache[key] for key in keys])
 
+    def day_volumes(
+        self, days: np.ndarray, weather: pd.DataFrame | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """Citywide expected crashes of each day, the multiplicative effect of each DRIVERS group
+        against the model's average day (XGBoost's exact tree contributions: a Poisson model
+        adds them on the log scale) and the weather source of each day."""
+        days = F.as_days(days)
+        X, filled = F.day_matrix(days, F.recorded_weather(days, weather), self.meta["climatology"])
+        matrix = xgb.DMatrix(X, feature_names=self.meta["feature_names"])
+        contributions = self.booster.predict(matrix, pred_contribs=True)  # [n, features + bias]
+        names = self.meta["feature_names"]
+        drivers = {
+            group: np.exp(contributions[:, [names.index(f) for f in features]].sum(axis=1))
+            for group, features in DRIVERS.items()
+        }
+        source = np.where(filled, "climatology", "record")
+        return self.booster.inplace_predict(X), drivers, source
+
     def levels(self, expected: np.ndarray, resolutions: np.ndarray | None = None) -> np.ndarray:
         """Level index of each expected count, cut on its own resolution's thresholds."""
         if resolutions is None:
@@ -368,6 +396,8 @@ class CrashRiskModel:
             "children": [level.to_json() for level in self.children],
         }
         (directory / META_FILE).write_text(json.dumps(meta))
+        if self.context is not None:
+            self.context.save(directory)
         return directory
 
     @classmethod
@@ -383,7 +413,8 @@ class CrashRiskModel:
             unknown_zone_share=meta.pop("unknown_zone_share"),
         )
         children = [ChildShares.from_json(level) for level in meta.pop("children", [])]
-        return cls(booster=booster, shares=shares, meta=meta, children=children)
+        context = ModelContext.load(Path(directory))
+        return cls(booster=booster, shares=shares, meta=meta, children=children, context=context)
 
 
 def zone_slot_grid(zones: list[str], days: pd.DatetimeIndex, grain: Grain) -> pd.DataFrame:
@@ -440,6 +471,15 @@ def train(
     )
     model.meta["thresholds"] = level_thresholds(expected)
     model.meta["thresholds_by_resolution"] = level_thresholds_by_resolution(model, expected)
+    last_year = pd.date_range(end=train_days.max(), periods=SEASON_DAYS, freq="D")
+    volumes, _, _ = model.day_volumes(last_year, train_weather)
+    model.context = ModelContext.build(
+        prepared.crashes,
+        train_days,
+        model.resolutions,
+        grain.n_blocks,
+        pd.Series(volumes, index=last_year),
+    )
     return model
 
 

@@ -36,8 +36,17 @@ def _holiday_days() -> np.ndarray:
 
     One lookup table for all calls.
     """
-    days = holidays.country_holidays("US", subdiv="NY", years=range(2000, 2041)).keys()
-    return np.array(sorted(days), dtype="datetime64[D]")
+    return np.array(sorted(_holiday_names().keys()), dtype="datetime64[D]")
+
+
+@lru_cache(maxsize=1)
+def _holiday_names() -> holidays.HolidayBase:
+    return holidays.country_holidays("US", subdiv="NY", years=range(2000, 2041))
+
+
+def holiday_name(day: object) -> str | None:
+    """The New York public holiday on a date (datetime.date or anything pandas reads), if any."""
+    return _holiday_names().get(day)
 
 
 def is_holiday(days: np.ndarray) -> np.ndarray:

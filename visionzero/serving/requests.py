@@ -1,7 +1,7 @@
 """Request validation and vectorised prediction for the HTTP services (BentoML, and the benchmark's
 plain FastAPI reference): both call `predict_items` so they compute exactly the same thing.
 
-Every refusal is an `InvalidItems` naming the field (`items[3].zone`), answered as HTTP 400 in one
+Every refusal is an `InvalidRequest` naming the field (`items[3].zone`), answered as HTTP 400 in one
 shape, `error_body`. Times are New York wall-clock times: `new_york_minutes` says how ISO 8601
 offsets and the daylight-saving changes are read.
 """
@@ -9,7 +9,7 @@ offsets and the daylight-saving changes are read.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from zoneinfo import ZoneInfo
@@ -114,8 +114,8 @@ def validation_error_body(errors: Sequence[dict]) -> dict[str, str]:
     return error_body(f"{field}: {first.get('msg', 'invalid')}{more}", field)
 
 
-class InvalidItems(ValueError):
-    """Raised with a message naming the offending field (`items[i].field`)."""
+class InvalidRequest(ValueError):
+    """Raised with a message naming the offending field (`items[i].field`, `date`)."""
 
     def __init__(self, field: str, why: str) -> None:
         super().__init__(f"{field}: {why}")
@@ -125,10 +125,32 @@ class InvalidItems(ValueError):
         return error_body(str(self), self.field)
 
 
-def _fail(index: Sequence[int] | np.ndarray, field: str, why: str) -> None:
+def _fail(
+    index: Sequence[int] | np.ndarray, field: str, why: str, within: str | None = "items"
+) -> None:
+    """Refuse the first of the items at `index`: `items[i].field`, or `field` alone for a request
+    that is not a list of items (within=None)."""
     if len(index):
         more = f" (and {len(index) - 1} more items)" if len(index) > 1 else ""
-        raise InvalidItems(f"items[{int(index[0])}].{field}", f"{why}{more}")
+        path = f"{within}[{int(index[0])}].{field}" if within else field
+        raise InvalidRequest(path, f"{why}{more}")
+
+
+def h3_cell(text: str, field: str, resolutions: list[int]) -> str:
+    """A zone id as h3 writes it, at a resolution the model answers at and inside New York City;
+    InvalidRequest naming `field` otherwise."""
+    cell = text.strip().lower()
+    if not H3_CELL.fullmatch(cell) or not h3.is_valid_cell(cell):
+        raise InvalidRequest(field, f"{text[:32]!r} is not an H3 cell (15 hex digits)")
+    resolution = h3.get_resolution(cell)
+    if resolution not in resolutions:
+        raise InvalidRequest(
+            field, f"H3 resolution {resolution}; this model answers at {resolutions}"
+        )
+    lat, lon = h3.cell_to_latlng(cell)
+    if not F.inside_nyc(np.array([lat]), np.array([lon]))[0]:
+        raise InvalidRequest(field, f"{text!r} is outside New York City")
+    return cell
 
 
 def _zones(items: list[Item], model: CrashRiskModel) -> tuple[np.ndarray, np.ndarray]:
@@ -168,23 +190,12 @@ def _zones(items: list[Item], model: CrashRiskModel) -> tuple[np.ndarray, np.nda
         grain = Grain(int(resolution), model.grain.block_hours)
         zones[mine] = grain.zones_of(lat[mine], lon[mine], finest=model.resolutions[-1])
     for i in np.flatnonzero(has_zone):
-        cell = given[i].strip().lower()
-        if not H3_CELL.fullmatch(cell) or not h3.is_valid_cell(cell):
-            _fail([i], "zone", f"{given[i][:32]!r} is not an H3 cell (15 hex digits)")
+        cell = h3_cell(given[i], f"items[{i}].zone", model.resolutions)
         resolution = h3.get_resolution(cell)
-        if resolution not in model.resolutions:
-            _fail(
-                [i],
-                "zone",
-                f"H3 resolution {resolution}; this model answers at {model.resolutions}",
-            )
         if items[i].resolution not in (None, resolution):
             _fail(
                 [i], "resolution", f"{items[i].resolution}, but the zone is resolution {resolution}"
             )
-        clat, clon = h3.cell_to_latlng(cell)
-        if not F.inside_nyc(np.array([clat]), np.array([clon]))[0]:
-            _fail([i], "zone", f"{given[i]!r} is outside New York City")
         zones[i], resolutions[i] = cell, resolution
     return zones, resolutions
 
@@ -229,31 +240,36 @@ def _new_york_changes(
     return utc, after, utc + np.maximum(after[:-1], after[1:])
 
 
-def new_york_minutes(texts: list[str], first: np.datetime64, last: np.datetime64) -> np.ndarray:
-    """New York local datetime64[m] of each ISO 8601 text; InvalidItems unless every text is a
-    real time whose local date lies in first..last.
+def new_york_minutes(
+    texts: list[str], first: np.datetime64, last: np.datetime64, field: str | None = None
+) -> np.ndarray:
+    """New York local datetime64[m] of each ISO 8601 text; InvalidRequest unless every text is a
+    real time whose local date lies in first..last. Refusals name `items[i].datetime`, or `field`
+    for a single time that is not an item's.
 
     With Z or an offset the instant is converted to New York time. Without one the text is New
     York wall-clock time, read as zoneinfo does with fold=0: a time the spring-forward change
     skips takes the offset before it (2025-03-09T02:30 is 03:30 EDT), one the fall-back change
     repeats is the first (EDT), the same wall-clock time. Seconds are dropped: blocks are hours.
     """
+
+    def fail(index: Sequence[int] | np.ndarray, why: str) -> None:
+        _fail(index, field or "datetime", why, within=None if field else "items")
+
     # No match object outlives its test: 10,000 of them at once set off the garbage collector.
-    _fail(
-        [i for i, t in enumerate(texts) if not DATETIME.fullmatch(t)], "datetime", DATETIME_EXPECTED
-    )
-    wall = _minutes([text[:16] for text in texts], texts)  # YYYY-MM-DDTHH:MM
+    fail([i for i, t in enumerate(texts) if not DATETIME.fullmatch(t)], DATETIME_EXPECTED)
+    wall = _minutes([text[:16] for text in texts], texts, fail)  # YYYY-MM-DDTHH:MM
     changes, offsets, local_switch = _new_york_changes(first, last)
     utc = wall - offsets[np.searchsorted(local_switch, wall, side="right")]
     aware, shift = [], []
     for i in [i for i, text in enumerate(texts) if len(text) > 16]:  # with seconds or an offset
         _, seconds, zone = DATETIME.fullmatch(texts[i]).groups()
         if seconds is not None and int(seconds) > 59:
-            _fail([i], "datetime", f"{texts[i]!r}: seconds go up to 59")
+            fail([i], f"{texts[i]!r}: seconds go up to 59")
         if zone is not None:
             hours, minutes = (0, 0) if zone == "Z" else (int(zone[1:3]), int(zone[4:6]))
             if hours > 23 or minutes > 59:
-                _fail([i], "datetime", f"{zone!r} is not a UTC offset")
+                fail([i], f"{zone!r} is not a UTC offset")
             aware.append(i)
             shift.append((-1 if zone[0] == "-" else 1) * (hours * 60 + minutes))
     if aware:
@@ -262,16 +278,17 @@ def new_york_minutes(texts: list[str], first: np.datetime64, last: np.datetime64
     days = local.astype("datetime64[D]")
     outside = (days < first) | (days > last)
     if outside.any():
-        _fail(
+        fail(
             np.flatnonzero(outside),
-            "datetime",
             f"outside the dates this model supports ({first}..{last}, /metadata)",
         )
     return local
 
 
-def _minutes(stamps: list[str], texts: list[str]) -> np.ndarray:
-    """datetime64[m] of YYYY-MM-DDTHH:MM strings; InvalidItems naming the first impossible one."""
+def _minutes(
+    stamps: list[str], texts: list[str], fail: Callable[[list[int], str], None]
+) -> np.ndarray:
+    """datetime64[m] of YYYY-MM-DDTHH:MM strings; InvalidRequest naming the first impossible one."""
     try:
         return np.array(stamps, dtype="datetime64[m]")
     except ValueError:
@@ -279,11 +296,7 @@ def _minutes(stamps: list[str], texts: list[str]) -> np.ndarray:
             try:
                 np.datetime64(stamp, "m")
             except ValueError:
-                _fail(
-                    np.array([i]),
-                    "datetime",
-                    f"{texts[i]!r} is not a real date and time",
-                )
+                fail([i], f"{texts[i]!r} is not a real date and time")
         raise
 
 
@@ -303,7 +316,7 @@ def _item_weather(items: list[Item]) -> np.ndarray | None:
 
 def predict_items(items: list[Item], model: CrashRiskModel, stage: str) -> list[dict]:
     if len(items) > MAX_ITEMS:
-        raise InvalidItems("items", f"{len(items)} items; at most {MAX_ITEMS} per request")
+        raise InvalidRequest("items", f"{len(items)} items; at most {MAX_ITEMS} per request")
     if not items:
         return []
     stamps = new_york_minutes([it.datetime for it in items], *supported_dates(model))
