@@ -33,8 +33,11 @@
     node.append(...children.filter((c) => c !== null && c !== undefined));
     return node;
   }
-  const fixed = (x, digits = 4) => Number(x).toFixed(digits);
-  const percent = (p) => `${(p * 100).toFixed(2)} %`;
+  const fixed = (x, digits) => Number(x).toFixed(digits);
+  // Three significant digits and never exponent notation: res-9 numbers are tiny (1e-5) but stay
+  // readable as decimals.
+  const sig = (x) => (x === 0 ? '0' : x >= 100 ? x.toFixed(0) : x.toFixed(Math.max(0, 2 - Math.floor(Math.log10(Math.abs(x))))));
+  const percent = (p) => `${sig(p * 100)} %`;
   const swatch = (index) => el('span', {class: 'swatch', 'aria-hidden': 'true', style: `background:${index === null ? UNKNOWN : PALETTE[index]}`});
   const levelText = (names, index) => el('span', {class: 'level'}, swatch(index), index === null ? 'unknown' : names[index]);
   const blockLabel = (b) => b.map((h) => String(h).padStart(2, '0')).join('–');
@@ -62,9 +65,10 @@
     d.setUTCDate(d.getUTCDate() + days);
     return d.toISOString().slice(0, 10);
   }
-  const dayLabel = (isoDate) => new Date(`${isoDate}T00:00:00Z`).toLocaleDateString('en-US', {
+  const dayFormat = new Intl.DateTimeFormat('en-US', {
     weekday: 'short', month: 'short', day: 'numeric', year: 'numeric', timeZone: 'UTC',
   });
+  const dayLabel = (isoDate) => dayFormat.format(new Date(`${isoDate}T00:00:00Z`));
 
   // New York wall-clock now as `YYYY-MM-DDTHH:MM` (the API reads naive times as New York time).
   function newYorkNow() {
@@ -97,13 +101,14 @@
     return {
       fillColor: PALETTE[feature.properties.risk_index[state.block]], fillOpacity: 0.75,
       color: selected ? '#000' : '#666', weight: selected ? 3 : state.resolution === 9 ? 0 : 0.5,
+      smoothFactor: 0, // a res-9 hexagon is ~5 px across the city: simplified, it stops taking clicks
     };
   }
 
   function tooltipText(layer) {
     const p = layer.feature.properties;
     const names = state.meta ? state.meta.risk_levels : [];
-    return `${names[p.risk_index[state.block]]}: ${fixed(p.expected_crashes[state.block])} expected crashes`;
+    return `${names[p.risk_index[state.block]]}: ${sig(p.expected_crashes[state.block])} expected crashes`;
   }
 
   function zonesFor(stage, resolution, date) {
@@ -205,8 +210,8 @@
   function renderLegend() {
     const fc = view0.fc;
     const t = fc.thresholds;
-    const ranges = [`below ${fixed(t[0])}`, `${fixed(t[0])} to ${fixed(t[1])}`, `${fixed(t[1])} to ${fixed(t[2])}`,
-      `${fixed(t[2])} to ${fixed(t[3])}`, `${fixed(t[3])} or more`];
+    const ranges = [`below ${sig(t[0])}`, `${sig(t[0])} to ${sig(t[1])}`, `${sig(t[1])} to ${sig(t[2])}`,
+      `${sig(t[2])} to ${sig(t[3])}`, `${sig(t[3])} or more`];
     $('legend').replaceChildren(...fc.risk_levels.map((name, i) => el('li', {'data-level': name, 'data-colour': PALETTE[i]},
       levelText(fc.risk_levels, i), el('span', {class: 'range'}, ` ${ranges[i]}`))));
     $('legend-unit').textContent = `Expected crashes per zone in one 4-hour block at resolution ${fc.resolution} `
@@ -221,7 +226,7 @@
       el('td', {}, String(i + 1)),
       el('td', {}, el('button', {type: 'button', class: 'link', onclick: () => showZone(view0, f, true)}, f.id)),
       el('td', {}, levelText(fc.risk_levels, f.properties.risk_index[b])),
-      el('td', {class: 'num'}, fixed(f.properties.expected_crashes[b])))));
+      el('td', {class: 'num'}, sig(f.properties.expected_crashes[b])))));
     $('top-title').textContent = `The 10 riskiest zones, ${dayLabel(state.date)}, ${blockLabel(fc.time_blocks[b])} h`;
   }
 
@@ -247,7 +252,7 @@
     const history = el('div', {id: 'zone-history'}, 'Loading the observed history…');
     $('zone-body').replaceChildren(el('dl', {},
       el('dt', {}, 'Level'), el('dd', {id: 'zone-level'}, levelText(fc.risk_levels, index)),
-      el('dt', {}, 'Expected crashes'), el('dd', {id: 'zone-expected'}, fixed(p.expected_crashes[b])),
+      el('dt', {}, 'Expected crashes'), el('dd', {id: 'zone-expected'}, sig(p.expected_crashes[b])),
       el('dt', {}, 'P(at least one crash)'), el('dd', {id: 'zone-p'}, percent(p.p_at_least_one[b])),
       el('dt', {}, 'When'), el('dd', {}, `${dayLabel(fc.date)}, ${blockLabel(fc.time_blocks[b])} h (New York)`),
       el('dt', {}, 'Answered by'), el('dd', {id: 'zone-model'}, `model version ${fc.model_version}, stage ${fc.stage}`),
@@ -264,6 +269,10 @@
     if (!historyCache.has(key)) historyCache.set(key, getJSON(api(view.stage, `history?zone=${zone}`)));
     try {
       const h = await historyCache.get(key);
+      if (!h.crashes_by_block) {
+        target.textContent = `Observed history: ${h.note || 'not available'}.`;
+        return;
+      }
       const blocks = view.fc.time_blocks;
       const most = Math.max(...h.crashes_per_100_days, 1e-9);
       target.replaceChildren(el('table', {id: 'history-table'},
@@ -372,10 +381,10 @@
       id: 'route-summary', 'data-total': r.total_expected_crashes, 'data-cells': r.cells.length,
       'data-first': stretch.first, 'data-last': stretch.last,
     },
-    el('dt', {}, 'Expected crashes on the trip'), el('dd', {id: 'route-total'}, fixed(r.total_expected_crashes)),
+    el('dt', {}, 'Expected crashes on the trip'), el('dd', {id: 'route-total'}, sig(r.total_expected_crashes)),
     el('dt', {}, 'Cells crossed'), el('dd', {}, `${r.cells.length} (resolution ${r.resolution}), ${r.distance_km.toFixed(1)} km straight`),
     el('dt', {}, 'Riskiest stretch (dark band)'), el('dd', {id: 'route-stretch'},
-      `cells ${stretch.first + 1}–${stretch.last + 1}: ${fixed(stretch.expected_crashes)} expected, up to `, levelText(names, worst)),
+      `cells ${stretch.first + 1}–${stretch.last + 1}: ${sig(stretch.expected_crashes)} expected, up to `, levelText(names, worst)),
     el('dt', {}, 'Departure block'), el('dd', {}, `${dayLabel(r.date)}, ${blockLabel(r.block)} h`),
     el('dt', {}, 'Answered by'), el('dd', {}, `model version ${r.model_version}, stage ${r.stage}, weather ${r.weather_source}`)),
     el('p', {class: 'note'}, 'Straight-line H3 path, not streets: it shows the corridor between the two points, '
