@@ -106,6 +106,11 @@ class Settings(BaseSettings):
         description="where every `/predict` answer is logged (see Serving): a directory (default "
         "`$VZ_HOME/predictions`), `stdout` (JSON lines, for a cluster's log shipper) or `off`",
     )
+    vz_test_artifacts: Path = Field(
+        REPO_ROOT / "test-artifacts",
+        description="where the browser tests and `benchmarks/map_page.py` save screenshots "
+        "(git-ignored)",
+    )
 
 
 def settings() -> Settings:
