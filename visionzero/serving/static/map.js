@@ -96,11 +96,15 @@
     return view;
   }
 
+  // Opaque fills (there are no tiles beneath); res-9 hexagons get a hairline of their own colour,
+  // which closes the anti-aliasing seams between neighbours.
   function zoneStyle(feature) {
     const selected = state.zone && state.zone.id === feature.id;
+    const fill = PALETTE[feature.properties.risk_index[state.block]];
+    const edge = state.resolution === 9 ? fill : '#777';
     return {
-      fillColor: PALETTE[feature.properties.risk_index[state.block]], fillOpacity: 0.75,
-      color: selected ? '#000' : '#666', weight: selected ? 3 : state.resolution === 9 ? 0 : 0.5,
+      fillColor: fill, fillOpacity: 1, opacity: 1,
+      color: selected ? '#000' : edge, weight: selected ? 3 : 0.6,
       smoothFactor: 0, // a res-9 hexagon is ~5 px across the city: simplified, it stops taking clicks
     };
   }
@@ -365,15 +369,19 @@
     const stretch = r.riskiest_stretch;
     const path = r.cells.map((c) => [c.latitude, c.longitude]);
     view0.route.clearLayers();
-    view0.route.addLayer(L.polyline(path.slice(stretch.first, stretch.last + 1),
-      {pane: 'route', color: '#000', weight: 14, opacity: 0.45, interactive: false}));
-    r.cells.forEach((c, i) => {
-      const style = {pane: 'route', interactive: false, color: '#08306b', weight: 2, fillOpacity: 0.95,
-        fillColor: c.known ? PALETTE[c.risk_index] : UNKNOWN};
+    // Cells in their level's colour; the riskiest stretch's cells last (on top), outlined in bold.
+    const inStretch = (i) => i >= stretch.first && i <= stretch.last;
+    const order = [...r.cells.keys()].sort((i, j) => inStretch(i) - inStretch(j));
+    for (const i of order) {
+      const c = r.cells[i];
+      const style = {pane: 'route', interactive: false, fillOpacity: 1, fillColor: c.known ? PALETTE[c.risk_index] : UNKNOWN,
+        color: inStretch(i) ? '#000' : '#08306b', weight: inStretch(i) ? 3.5 : 1.5};
       const hexagon = view0.byZone.get(c.zone);
       view0.route.addLayer(hexagon ? L.polygon(hexagon.getLatLngs(), style) : L.circleMarker(path[i], {...style, radius: 5}));
-    });
-    view0.route.addLayer(L.polyline(path, {pane: 'route', color: '#08306b', weight: 3, dashArray: '6 4', interactive: false}));
+    }
+    const line = {pane: 'route', interactive: false, color: '#08306b'};
+    view0.route.addLayer(L.polyline(path, {...line, weight: 2, dashArray: '5 5'}));
+    view0.route.addLayer(L.polyline(path.slice(stretch.first, stretch.last + 1), {...line, color: '#000', weight: 4}));
     view0.map.fitBounds(L.latLngBounds(path), {padding: [30, 30]});
     const riskiest = r.cells.slice(stretch.first, stretch.last + 1);
     const worst = Math.max(...riskiest.map((c) => (c.known ? c.risk_index : 0)));
@@ -383,7 +391,7 @@
     },
     el('dt', {}, 'Expected crashes on the trip'), el('dd', {id: 'route-total'}, sig(r.total_expected_crashes)),
     el('dt', {}, 'Cells crossed'), el('dd', {}, `${r.cells.length} (resolution ${r.resolution}), ${r.distance_km.toFixed(1)} km straight`),
-    el('dt', {}, 'Riskiest stretch (dark band)'), el('dd', {id: 'route-stretch'},
+    el('dt', {}, 'Riskiest stretch (bold outlines, solid line)'), el('dd', {id: 'route-stretch'},
       `cells ${stretch.first + 1}–${stretch.last + 1}: ${sig(stretch.expected_crashes)} expected, up to `, levelText(names, worst)),
     el('dt', {}, 'Departure block'), el('dd', {}, `${dayLabel(r.date)}, ${blockLabel(r.block)} h`),
     el('dt', {}, 'Answered by'), el('dd', {}, `model version ${r.model_version}, stage ${r.stage}, weather ${r.weather_source}`)),
