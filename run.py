@@ -227,6 +227,7 @@ def serve(port: int, monitor: bool) -> None:
             click.echo(f"Serving on http://127.0.0.1:{port}  {json.dumps(canary.describe())}")
             if canary.prometheus_url:
                 click.echo(f"Prometheus on {canary.prometheus_url} (scrapes both stages every 5 s)")
+            click.echo(f"Risk map: http://localhost:{port}/  API: http://localhost:{port}/docs")
             click.echo("POST /predict, GET /metadata; Ctrl-C stops nginx and both model servers.")
             canary.watch()
         except CanaryError as exc:

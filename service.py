@@ -233,7 +233,7 @@ class CrashRisk:
         """The cells on the straight H3 path from start to end (not streets), each with its
         level at the departure's block, the trip's total expected crashes and its riskiest
         stretch."""
-        return _answer(ctx, lambda: self.map_api.route(start, end, departure, resolution))
+        return _answer(lambda: self.map_api.route(start, end, departure, resolution), ctx)
 
     @bentoml.api(route="/outlook")
     async def outlook(
@@ -244,7 +244,7 @@ class CrashRisk:
     ) -> dict:
         """Citywide expected crashes per day from start_date (default today, New York), each
         day's level against its season and what drives it."""
-        return _answer(ctx, lambda: self.map_api.outlook(start_date, days))
+        return _answer(lambda: self.map_api.outlook(start_date, days), ctx)
 
     @read_routes.get("/metadata")
     async def model_metadata(self) -> dict:
@@ -282,18 +282,17 @@ class CrashRisk:
     @read_routes.get("/history")
     async def history(self, zone: str | None = None) -> Response:
         """A zone's observed crashes per block on the model's training days."""
-        try:
-            return Response(orjson.dumps(self.map_api.history(zone)), media_type=JSON)
-        except InvalidRequest as exc:
-            return Response(orjson.dumps(exc.body()), 400, media_type=JSON)
+        return _answer(lambda: self.map_api.history(zone))
 
 
-def _answer(ctx: bentoml.Context, compute: Callable[[], dict]) -> Response:
-    """A BentoML API's answer as orjson, or a 400 naming the field (logged by OneErrorShape)."""
+def _answer(compute: Callable[[], dict], ctx: bentoml.Context | None = None) -> Response:
+    """The answer as orjson, or a 400 naming the field (logged by OneErrorShape); a BentoML API
+    passes its context, whose status BentoML applies to the answer."""
     try:
         return Response(orjson.dumps(compute()), media_type=JSON)
     except InvalidRequest as exc:
-        ctx.response.status_code = 400
+        if ctx is not None:
+            ctx.response.status_code = 400
         return Response(orjson.dumps(exc.body()), 400, media_type=JSON)
 
 

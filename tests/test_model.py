@@ -201,3 +201,44 @@ def test_evaluation_scores_all_three_at_every_resolution(real_data, model: Crash
     assert len(set(totals.values())) == 1, totals
     again = type(report).model_validate_json(report.model_dump_json())  # as ZenML stores it
     assert again.candidate == report.candidate and again.production_version == 1
+
+
+def test_context_history_nests_and_survives_save_load(
+    model: CrashRiskModel, real_data, tmp_path: Path
+) -> None:
+    """Each zone's observed crashes by block are its training crashes; a parent's are the sum of
+    its children's at every resolution; the context is saved and loaded with the model."""
+    import h3
+
+    prepared, train_days, _, _ = real_data
+    context = model.context
+    assert context.history_day_count == len(train_days)
+    timed = prepared.crashes[
+        prepared.crashes["crash_date"].isin(train_days) & (prepared.crashes["block"] >= 0)
+    ]
+    base = model.shares.zones
+    assert sum(sum(context.history.get(z, [0])) for z in base) == len(timed)
+    for parent in base[::25]:
+        for resolution in (8, 9):
+            kids = h3.cell_to_children(parent, resolution)
+            summed = np.sum([context.history.get(k, [0] * 6) for k in kids], axis=0)
+            np.testing.assert_array_equal(summed, context.history.get(parent, [0] * 6))
+    loaded = CrashRiskModel.load(model.save(tmp_path / "model"))
+    assert loaded.context == context
+    names = {f["properties"]["name"] for f in context.boroughs["features"]}
+    assert names == {"BRONX", "BROOKLYN", "MANHATTAN", "QUEENS", "STATEN ISLAND"}
+
+
+def test_day_drivers_multiply_to_the_volume(model: CrashRiskModel) -> None:
+    """The outlook's drivers are the volume model's own exact contributions: their product with
+    the model's average day is the day's volume, and a holiday shows up as the holiday driver."""
+    days = pd.date_range("2025-11-24", periods=7)  # Thanksgiving is 2025-11-27
+    volume, drivers, source = model.day_volumes(days)
+    product = np.prod(list(drivers.values()), axis=0)
+    average_day = volume / product
+    np.testing.assert_allclose(average_day, average_day[0], rtol=1e-4)
+    thanksgiving = drivers["holiday"][3]
+    assert thanksgiving < min(np.delete(drivers["holiday"], 3))
+    assert set(source) == {"climatology"}  # no recorded weather passed
+    cuts = model.context.day_cuts
+    assert len(cuts) == 12 and all(c == sorted(c) for c in cuts.values())

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from visionzero.model.grain import ancestors
-from visionzero.model.levels import level_thresholds
+from visionzero.model.levels import QUINTILES
 
 CONTEXT_FILE = "context.json"
 # Borough outlines are drawn from res-8 cells (~0.7 km2): res 9 is ragged, res 7 too coarse. A cell
@@ -68,12 +68,15 @@ def _rounded(coordinates: list | tuple | float) -> list | float:
 
 def season_cuts(day_volumes: pd.Series) -> dict[str, list[float]]:
     """Quintile cuts of the predicted daily volume per calendar month, each over that month and its
-    two neighbours (a season), so December is compared with winter days, not with June."""
+    two neighbours (a season), so December is compared with winter days, not with June. Equal
+    cuts are kept (a model whose volume barely moves): a day then takes the highest level it
+    reaches, as assign_levels reads them."""
     months = day_volumes.index.month.to_numpy()
     out = {}
     for month in range(1, 13):
         season = {(month - 2) % 12 + 1, month, month % 12 + 1}
-        out[str(month)] = level_thresholds(day_volumes.to_numpy()[np.isin(months, list(season))])
+        in_season = day_volumes.to_numpy()[np.isin(months, list(season))]
+        out[str(month)] = np.quantile(in_season, QUINTILES).tolist()
     return out
 
 

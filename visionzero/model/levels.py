@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 RISK_LEVELS = ["Safe", "Somewhat Safe", "Average", "Somewhat Dangerous", "Dangerous"]
+QUINTILES = [0.2, 0.4, 0.6, 0.8]
 
 
 def level_thresholds(expected: np.ndarray) -> list[float]:
@@ -12,7 +13,7 @@ def level_thresholds(expected: np.ndarray) -> list[float]:
 
     Observed counts are mostly zero, so cut predictions, not outcomes.
     """
-    cuts = np.quantile(np.asarray(expected, dtype=float), [0.2, 0.4, 0.6, 0.8])
+    cuts = np.quantile(np.asarray(expected, dtype=float), QUINTILES)
     if not np.all(np.diff(cuts) > 0):
         raise ValueError(f"level thresholds do not increase: {cuts.tolist()}")
     return [float(c) for c in cuts]

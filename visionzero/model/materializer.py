@@ -14,9 +14,7 @@ from zenml.enums import ArtifactType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from visionzero.model.crash_risk import META_FILE, VOLUME_FILE, CrashRiskModel
-
-FILES = (VOLUME_FILE, META_FILE)
+from visionzero.model.crash_risk import CrashRiskModel
 
 
 class CrashRiskModelMaterializer(BaseMaterializer):
@@ -28,11 +26,11 @@ class CrashRiskModelMaterializer(BaseMaterializer):
     def save(self, data: CrashRiskModel) -> None:
         with self.get_temporary_directory(delete_at_exit=True) as tmp:
             data.save(Path(tmp))
-            for name in FILES:
+            for name in os.listdir(tmp):  # every file the model writes, the optional ones too
                 fileio.copy(os.path.join(tmp, name), os.path.join(self.uri, name), overwrite=True)
 
     def load(self, data_type: type[Any]) -> CrashRiskModel:
         with self.get_temporary_directory(delete_at_exit=True) as tmp:
-            for name in FILES:
+            for name in fileio.listdir(self.uri):
                 fileio.copy(os.path.join(self.uri, name), os.path.join(tmp, name))
             return CrashRiskModel.load(Path(tmp))  # read into memory: the folder can go
