@@ -205,9 +205,10 @@
       const view = state.zone.view === 1 && state.sideBySide ? view1 : view0;
       const layer = view.byZone.get(state.zone.id);
       if (layer) showZone(view, layer.feature, false);
+      else clearZone(); // another resolution: the zone is not on the map any more
     }
     const fc = view0.fc;
-    if (fc) $('model-info').textContent = `Model version ${fc.model_version} (${fc.stage}), ${dayLabel(state.date)}, `
+    $('model-info').textContent = `Model version ${fc.model_version} (${fc.stage}), ${dayLabel(state.date)}, `
       + `${blockLabel(fc.time_blocks[state.block])} h, resolution ${fc.resolution}`;
   }
 
@@ -218,7 +219,8 @@
       `${sig(t[2])} to ${sig(t[3])}`, `${sig(t[3])} or more`];
     $('legend').replaceChildren(...fc.risk_levels.map((name, i) => el('li', {'data-level': name, 'data-colour': PALETTE[i]},
       levelText(fc.risk_levels, i), el('span', {class: 'range'}, ` ${ranges[i]}`))));
-    $('legend-unit').textContent = `Expected crashes per zone in one 4-hour block at resolution ${fc.resolution} `
+    const [from, to] = fc.time_blocks[0];
+    $('legend-unit').textContent = `Expected crashes per zone in one ${to - from}-hour block at resolution ${fc.resolution} `
       + `(model version ${fc.model_version}, ${fc.stage}). Levels are the quintiles of the training zone-slots.`;
   }
 
@@ -235,8 +237,22 @@
   }
 
   // ---- the zone panel ----------------------------------------------------------------------------
+  function selectedLayer() {
+    return state.zone && (state.zone.view === 1 ? view1 : view0).byZone.get(state.zone.id);
+  }
+
+  function clearZone() {
+    const previous = selectedLayer();
+    state.zone = null;
+    if (previous) previous.setStyle(zoneStyle(previous.feature));
+    const panel = $('zone-panel');
+    for (const key of Object.keys(panel.dataset)) delete panel.dataset[key];
+    $('zone-title').textContent = 'Zone';
+    $('zone-body').textContent = 'Click a zone on the map, or type its id or a lat, lon above.';
+  }
+
   function showZone(view, feature, focus = false) {
-    const previous = state.zone && state.zone.view === view.index && view.byZone.get(state.zone.id);
+    const previous = selectedLayer();
     state.zone = {view: view.index, id: feature.id};
     if (previous) previous.setStyle(zoneStyle(previous.feature));
     const layer = view.byZone.get(feature.id);
