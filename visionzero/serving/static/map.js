@@ -42,7 +42,9 @@
   const levelText = (names, index) => el('span', {class: 'level'}, swatch(index), index === null ? 'unknown' : names[index]);
   const blockLabel = (b) => b.map((h) => String(h).padStart(2, '0')).join('–');
   const titleCase = (s) => s.toLowerCase().replace(/\b\w/g, (c) => c.toUpperCase());
-  const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+  // Leaflet's canvas draws in the next animation frame; a callback asked for after its own runs
+  // right after it, when the drawing is done.
+  const drawn = () => new Promise((resolve) => requestAnimationFrame(resolve));
 
   async function getJSON(url, init) {
     const response = await fetch(url, init);
@@ -181,7 +183,7 @@
       const collections = await Promise.all(shown.map((v) => zonesFor(v.stage, state.resolution, state.date)));
       shown.forEach((v, i) => drawZones(v, collections[i]));
       refreshText();
-      await nextFrame();
+      await drawn();
       status('');
       document.body.dataset.state = 'ready';
     } catch (err) {
@@ -525,7 +527,7 @@
       buildControls(meta, fc);
       drawZones(view0, fc, true);
       refreshText();
-      await nextFrame();
+      await drawn();
       window.vzMap.firstRenderMs = performance.now();
       document.body.dataset.state = 'ready';
       status('');
