@@ -454,7 +454,14 @@
       const i = state.dates.indexOf(state.date) + step;
       if (i >= 0 && i < state.dates.length) { $('date').value = state.dates[i]; changeDate(); }
     };
-    const changeDate = () => { state.date = $('date').value; reload(); };
+    const changeDate = () => {
+      state.date = $('date').value;
+      const i = state.dates.indexOf(state.date);
+      $('date-prev').disabled = i === 0;
+      $('date-next').disabled = i === state.dates.length - 1;
+      reload();
+    };
+    $('date-prev').disabled = true; // the first date is today
     $('date').addEventListener('change', changeDate);
     $('date-prev').addEventListener('click', () => stepDate(-1));
     $('date-next').addEventListener('click', () => stepDate(1));
