@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 
 from visionzero.platform.settings import MODEL_NAME, settings
 
@@ -29,7 +30,7 @@ import bentoml
 import orjson
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field, ValidationError
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,7 +64,14 @@ read_routes = FastAPI(
     title="crash_risk read-only routes", docs_url=None, redoc_url=None, openapi_url=None
 )
 read_routes.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-SWAGGER_PAGE = Path(_bentoml_impl.server.app.__file__).parent / "main-openapi.html"
+# BentoML's Swagger page also loads Google Tag Manager from the internet: /docs serves it without,
+# so it works offline and tells no third party who reads it (tests/test_map_api.py pins this).
+SWAGGER_HTML = re.sub(
+    r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->",
+    "",
+    (Path(_bentoml_impl.server.app.__file__).parent / "main-openapi.html").read_text(),
+    flags=re.S,
+)
 JSON = "application/json"
 
 
@@ -258,9 +266,9 @@ class CrashRisk:
         return FileResponse(STATIC_DIR / "index.html")
 
     @read_routes.get("/docs")
-    async def swagger(self) -> FileResponse:
+    async def swagger(self) -> HTMLResponse:
         """BentoML's own Swagger UI (its assets are served by BentoML, no CDN)."""
-        return FileResponse(SWAGGER_PAGE)
+        return HTMLResponse(SWAGGER_HTML)
 
     @read_routes.get("/zones")
     async def zones(self, request: Request) -> Response:

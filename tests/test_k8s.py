@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,8 @@ def test_every_core_manifest_validates(canary_docs: list[dict]) -> None:
             "NetworkPolicy",
             "Ingress",
             "Ingress",
+            "Ingress",
+            "Ingress",
             "HTTPRoute",
         ]
     )
@@ -92,8 +95,13 @@ def test_deployments_are_probed_limited_and_non_root(canary_docs: list[dict]) ->
         )
 
 
+def named(docs: list[dict], kind: str, *names: str) -> list[dict]:
+    found = {d["metadata"]["name"]: d for d in by_kind(docs, kind)}
+    return [found[name] for name in names]
+
+
 def test_canary_ingress_takes_50_percent_on_the_same_host_and_path(canary_docs: list[dict]) -> None:
-    main, canary = sorted(by_kind(canary_docs, "Ingress"), key=lambda d: d["metadata"]["name"])
+    main, canary = named(canary_docs, "Ingress", "crash-risk", "crash-risk-canary")
     assert canary["metadata"]["annotations"] == {
         "nginx.ingress.kubernetes.io/canary": "true",
         "nginx.ingress.kubernetes.io/canary-weight": "50",
@@ -116,14 +124,114 @@ def test_httproute_splits_50_50(canary_docs: list[dict]) -> None:
     assert set(refs) <= services
 
 
+# From the Gateway API v1 HTTPRoute CRD (standard channel): the enums of a filter's type and of a
+# path modifier's type, and its CEL rules on a rule: `replacePrefixMatch` is required with
+# type ReplacePrefixMatch, and "When using URLRewrite filter with path.replacePrefixMatch, exactly
+# one PathPrefix match must be specified"; at most 16 rules.
+FILTER_FIELDS = {  # a filter's type and the one field that configures it
+    "RequestHeaderModifier": "requestHeaderModifier",
+    "ResponseHeaderModifier": "responseHeaderModifier",
+    "RequestMirror": "requestMirror",
+    "RequestRedirect": "requestRedirect",
+    "URLRewrite": "urlRewrite",
+    "ExtensionRef": "extensionRef",
+}
+PATH_MODIFIER_TYPES = {"ReplaceFullPath", "ReplacePrefixMatch"}
+
+
+def check_httproute_rules(route: dict) -> None:
+    """The CRD's constraints on the rules render() writes (kubernetes-validate has no CRDs)."""
+    rules = route["spec"]["rules"]
+    assert 1 <= len(rules) <= 16
+    for rule in rules:
+        for match in rule["matches"]:
+            assert match["path"]["type"] in {"Exact", "PathPrefix", "RegularExpression"}
+            assert match["path"]["value"].startswith("/")
+        for fil in rule.get("filters", []):
+            assert set(fil) == {"type", FILTER_FIELDS[fil["type"]]}
+            path = fil.get("urlRewrite", {}).get("path")
+            if path is None:
+                continue
+            assert path["type"] in PATH_MODIFIER_TYPES
+            if path["type"] == "ReplacePrefixMatch":
+                assert set(path) == {"type", "replacePrefixMatch"}
+                assert len(path["replacePrefixMatch"]) <= 1024
+                assert [m["path"]["type"] for m in rule["matches"]] == ["PathPrefix"]
+        for ref in rule["backendRefs"]:
+            assert 1 <= ref["port"] <= 65535 and 0 <= ref.get("weight", 1) <= 1_000_000
+
+
+def pinned(route: dict) -> dict[str, dict]:
+    """The HTTPRoute's /stage/<stage> rules by the stage their path names."""
+    return {
+        rule["matches"][0]["path"]["value"].removeprefix("/stage/"): rule
+        for rule in route["spec"]["rules"]
+        if rule["matches"][0]["path"]["value"].startswith("/stage/")
+    }
+
+
+def rewritten(ingress: dict, request_path: str) -> str | None:
+    """The path ingress-nginx sends upstream: its regex location (`~* ^path`, case-insensitive
+    prefix) and rewrite-target with the capture groups; None when the path does not match."""
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    found = re.match(path["path"], request_path, flags=re.IGNORECASE)
+    target = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/rewrite-target"]
+    return re.sub(r"\$(\d)", lambda m: found.group(int(m.group(1))), target) if found else None
+
+
+def test_stage_paths_are_pinned_in_the_httproute_and_the_ingresses(
+    canary_docs: list[dict],
+) -> None:
+    """/stage/<stage>/<path> reaches that stage's Service alone, as <path>, in both forms."""
+    (route,) = by_kind(canary_docs, "HTTPRoute")
+    check_httproute_rules(route)
+    rules = pinned(route)
+    assert set(rules) == {"production", "staging"}
+    for stage, rule in rules.items():
+        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": f"/stage/{stage}"}}]
+        assert rule["filters"] == [
+            {
+                "type": "URLRewrite",
+                "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
+            }
+        ]
+        assert rule["backendRefs"] == [{"name": f"crash-risk-{stage}", "port": 80}]  # no fallback
+    production, staging = named(
+        canary_docs, "Ingress", "crash-risk-stage-production", "crash-risk-stage-staging"
+    )
+    for stage, ingress in (("production", production), ("staging", staging)):
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["nginx.ingress.kubernetes.io/use-regex"] == "true"
+        assert not any("canary" in key for key in annotations)
+        (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+        assert path["pathType"] == "ImplementationSpecific"
+        assert path["backend"]["service"] == {
+            "name": f"crash-risk-{stage}",
+            "port": {"name": "http"},
+        }
+        assert rewritten(ingress, f"/stage/{stage}/zones") == "/zones"
+        assert rewritten(ingress, f"/stage/{stage}/static/map.js") == "/static/map.js"
+        assert rewritten(ingress, f"/stage/{stage}/") == "/"
+        assert rewritten(ingress, f"/stage/{stage}") == "/"
+        assert rewritten(ingress, f"/stage/{stage}x/zones") is None
+        assert rewritten(ingress, "/zones") is None
+    main = named(canary_docs, "Ingress", "crash-risk")[0]
+    hosts = {i["spec"]["rules"][0]["host"] for i in (main, production, staging)}
+    assert len(hosts) == 1
+
+
 def test_without_staging_production_takes_everything(tmp_path: Path) -> None:
     render({"production": release(1), "staging": None, "canary_weight": 50}, tmp_path / "out")
     docs = load(tmp_path / "out")
-    assert len(by_kind(docs, "Ingress")) == 1 and len(by_kind(docs, "Deployment")) == 1
+    assert len(by_kind(docs, "Ingress")) == 2 and len(by_kind(docs, "Deployment")) == 1
     (route,) = by_kind(docs, "HTTPRoute")
     assert route["spec"]["rules"][0]["backendRefs"] == [
         {"name": "crash-risk-production", "port": 80, "weight": 100}
     ]
+    check_httproute_rules(route)
+    assert set(pinned(route)) == {"production"}  # /stage/staging/... is the service's 404
+    (stage_ingress,) = [i for i in by_kind(docs, "Ingress") if "stage" in i["metadata"]["name"]]
+    assert stage_ingress["metadata"]["name"] == "crash-risk-stage-production"
 
 
 @pytest.mark.slow
@@ -160,7 +268,7 @@ def test_kubernetes_target_without_docker_or_cluster_leaves_manifests_ready(
     )
     assert "no Docker engine" in result["images_error"]
     assert "KUBECONFIG is not set" in result["apply_error"]
-    assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 11
+    assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 13
 
 
 PART_OF = "app.kubernetes.io/part-of"
@@ -195,6 +303,7 @@ def test_after_rollback_the_apply_prunes_the_canary(tmp_path: Path) -> None:
         "Deployment/crash-risk-staging",
         "HorizontalPodAutoscaler/crash-risk-staging",
         "Ingress/crash-risk-canary",
+        "Ingress/crash-risk-stage-staging",
         "Service/crash-risk-staging",
     ]
     assert plan["create"] == []

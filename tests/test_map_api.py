@@ -197,6 +197,10 @@ def test_page_at_root_swagger_at_docs_and_no_cdn_docs(served: str) -> None:
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     docs = get(served, "/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert "googletagmanager" not in docs.text and "http" not in docs.text.replace(
+        "https://github.com/bentoml/BentoML",
+        "",  # a link, not something the page loads
+    )
     assert get(served, "/docs.json").json()["paths"].keys() >= {"/predict", "/route", "/outlook"}
     for path in ("/openapi.json", "/redoc"):  # FastAPI's own docs load Swagger from a CDN
         assert get(served, path).status_code == 404

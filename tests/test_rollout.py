@@ -162,17 +162,32 @@ def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
     serve = start_serve(port)
     try:
         wait_http(url + "/readyz", timeout=180, process=serve)
+        # this serve's folder: another serve on the machine (its own VZ_HOME) has an nginx too
+        workdir = json.loads((Path(os.environ["VZ_HOME"]) / "serve.json").read_text())["workdir"]
         session = requests.Session()
         answers = Counter(ask(url, session) for _ in range(2000))
         assert set(answers) == {("production", production), ("staging", staging)}
         share = answers[("staging", staging)] / 2000
         assert 0.46 <= share <= 0.54, f"staging took {share:.3f} of 2,000 requests"
+        # the page's stage switch: /stage/<stage>/ always asks that stage (prefix stripped)
+        for stage, version in (("production", production), ("staging", staging)):
+            pinned = Counter(ask(f"{url}/stage/{stage}", session) for _ in range(20))
+            assert pinned == {(stage, version): 20}
+            metadata = session.get(f"{url}/stage/{stage}/metadata?x=1", timeout=30)
+            assert metadata.status_code == 200 and metadata.headers["X-VZ-Stage"] == stage
+            assert (metadata.json()["stage"], str(metadata.json()["model_version"])) == (
+                stage,
+                version,
+            )
 
         promoted = cli("promote")
         assert promoted["changed"] is True and "registry_error" not in promoted
         assert_registry_stage(staging)
         wait_until_only(url, staging)
         assert Counter(ask(url, session) for _ in range(200)) == {("production", staging): 200}
+        gone = session.get(f"{url}/stage/staging/metadata", timeout=30)  # no staging after it
+        assert gone.status_code == 404
+        assert gone.json() == {"error": "no staging deployment is running", "field": "stage"}
         assert cli("promote")["changed"] is False  # nothing left to promote
 
         rolled_back = cli("rollback")
@@ -194,6 +209,6 @@ def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
         output, _ = serve.communicate(timeout=60)
     assert "stopped" in output
     nginx = subprocess.run(
-        ["pgrep", "-f", "nginx.*vz-serve"], capture_output=True, text=True
+        ["pgrep", "-f", f"nginx.*{workdir}"], capture_output=True, text=True
     ).stdout
     assert not nginx.strip(), "nginx outlived serve"

@@ -3,8 +3,10 @@ when configured.
 
 What Yatai did for BentoML <= 1.1, with plain manifests: production and staging Deployments of
 the Bento images, an ingress-nginx canary Ingress and, as its replacement, a Gateway API
-HTTPRoute, both 50/50. Every object carries the `part-of` label, so `kubectl apply --prune`
-deletes what the state no longer has (the canary and the staging objects after a rollback).
+HTTPRoute, both 50/50; both also pin `/stage/<stage>/<path>` to one stage (the map page's
+stage switch, as the local nginx does). Every object carries the `part-of` label, so
+`kubectl apply --prune` deletes what the state no longer has (the canary and the staging objects
+after a rollback).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from visionzero.platform.settings import REPO_ROOT, settings
 from visionzero.rollout.deployment_state import staging_weight
 
 TEMPLATES = REPO_ROOT / "k8s"
-PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml"]
+PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml", "ingress-stage.yaml"]
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "visionzero-risk"
 # Every kind render() can write, as kubectl's --prune-allowlist names them (group/version/kind,
@@ -59,6 +61,23 @@ def _render(template: str, values: dict[str, str]) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
+def pinned_rule(stage: str) -> dict:
+    """The HTTPRoute rule for /stage/<stage>/<path>: that stage's Service alone, the prefix
+    replaced by "/" (so /stage/staging/zones?resolution=7 reaches staging as /zones?resolution=7).
+    One backendRef and no fallback: a comparison must never show production as staging. The
+    schema allows ReplacePrefixMatch only in a rule with exactly one PathPrefix match."""
+    return {
+        "matches": [{"path": {"type": "PathPrefix", "value": f"/stage/{stage}"}}],
+        "filters": [
+            {
+                "type": "URLRewrite",
+                "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
+            }
+        ],
+        "backendRefs": [{"name": f"crash-risk-{stage}", "port": 80}],
+    }
+
+
 def render(state: dict, out_dir: Path) -> list[Path]:
     """Write one YAML file per object into out_dir; returns the files.
 
@@ -90,6 +109,7 @@ def render(state: dict, out_dir: Path) -> list[Path]:
     route["spec"]["rules"][0]["backendRefs"] = [
         {"name": "crash-risk-production", "port": 80, "weight": 100 - weight}
     ] + ([{"name": "crash-risk-staging", "port": 80, "weight": weight}] if weight else [])
+    route["spec"]["rules"] += [pinned_rule(s) for s in ("production", "staging") if state.get(s)]
     docs.append(("httproute", route))
 
     for _, doc in docs:

@@ -329,6 +329,7 @@ def render_nginx_canary(
     """The canary template; a whole config with `workdir`, else a conf.d file (compose)."""
     return TEMPLATES.get_template("nginx_canary.conf.j2").render(
         upstreams=upstreams,
+        stages=STAGES,
         weight=weight,
         listen=listen,
         workdir=workdir,
