@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -297,7 +299,11 @@ def fixed_rates(args: argparse.Namespace, release: dict) -> None:
                     "nginx": f"http://127.0.0.1:{port}",
                     "direct": f"http://127.0.0.1:{canary.backends['production'].port}",
                 }
-                paths, saturation = load_paths(args, urls, tmp)
+                processes = {
+                    "backend": [p for b in canary.backends.values() for p in b.child.processes()],
+                    "nginx": canary.nginx.processes(),
+                }
+                paths, saturation = load_paths(args, urls, processes, tmp)
             finally:
                 canary.stop()  # the workers write their buffered rows as they stop
         finally:
@@ -306,10 +312,23 @@ def fixed_rates(args: argparse.Namespace, release: dict) -> None:
     report_rates(args, release, paths, saturation, logged)
 
 
+def cpu_seconds(processes: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    """User + system CPU seconds used so far by each group of processes."""
+    return {
+        name: sum(sum(proc.cpu_times()[:2]) for proc in group) for name, group in processes.items()
+    }
+
+
 def load_paths(
-    args: argparse.Namespace, urls: dict[str, str], tmp: Path
+    args: argparse.Namespace,
+    urls: dict[str, str],
+    processes: dict[str, list[psutil.Process]],
+    tmp: Path,
 ) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
-    """Warm both paths up, run every rate on each (alternating which goes first), then wrk."""
+    """Warm both paths up, run every rate on each (alternating which goes first), then wrk.
+
+    Each run also counts the CPU the backends and nginx spent per answered request: on a shared
+    machine latency swings with the neighbours' load, CPU per request much less."""
     body = tmp / "body.json"
     body.write_text(json.dumps(BODY))
     for url in urls.values():
@@ -318,18 +337,24 @@ def load_paths(
     paths: dict[str, dict[str, dict]] = {name: {} for name in urls}
     print(
         f"{'path':<8}{'rate':>7}{'achieved':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'load 1m':>9}",
+        f"{'load 1m':>9}{'CPU ms/request: backend':>25}{'nginx':>7}",
         flush=True,
     )
     for index, rate in enumerate(args.rates):
         for name in list(urls) if index % 2 == 0 else list(urls)[::-1]:
             time.sleep(PAUSE_SECONDS)  # the previous run's log rows are written meanwhile
+            before = cpu_seconds(processes)
             result = hey(urls[name], rate, args.seconds, args.clients, body)
+            spent = cpu_seconds(processes)
+            for group, seconds in spent.items():
+                used = seconds - before[group]
+                result[f"{group}_cpu_ms"] = 1000 * used / max(result["answered"], 1)
             paths[name][str(rate)] = result
             short = " (rate NOT reached)" if result["achieved_rps"] < 0.95 * rate else ""
             print(
                 f"{name:<8}{rate:>7}{result['achieved_rps']:>10.0f}{result['p50_ms']:>9.1f}"
-                f"{result['p99_ms']:>9.1f}{result['errors']:>8}{result['load_1m']:>9.2f}{short}",
+                f"{result['p99_ms']:>9.1f}{result['errors']:>8}{result['load_1m']:>9.2f}"
+                f"{result['backend_cpu_ms']:>25.3f}{result['nginx_cpu_ms']:>7.3f}{short}",
                 flush=True,
             )
     script = write_wrk_script(tmp / "post.lua")
