@@ -428,9 +428,15 @@ def report_rates(
 
 
 def rate_list(text: str) -> list[int]:
-    rates = [int(part) for part in text.split(",") if part.strip()]
+    """--rates: whole requests per second, comma-separated."""
+    try:
+        rates = [int(part) for part in text.split(",")]
+    except ValueError:
+        rates = []
     if not rates or min(rates) <= 0:
-        raise argparse.ArgumentTypeError("rates are positive requests per second, e.g. 1000,2000")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: rates are positive whole requests per second, e.g. 1000,2000"
+        )
     return rates
 
 
