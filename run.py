@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -35,7 +35,7 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
     """Without a sub-command: run the training pipeline."""
     configure_environment()
     configure_output()
-    if ctx.invoked_subcommand not in ("dashboard", "render-k8s", "config", "schedule"):
+    if ctx.invoked_subcommand not in ("dashboard", "render-k8s", "config", "schedule", "stack"):
         from visionzero.platform.stack import ensure_local_server
 
         ensure_local_server()
@@ -48,7 +48,7 @@ def checked_config(load: Callable[[Path], T], config_path: Path, offline: bool) 
     """What every pipeline run does before it starts: its configuration validated (a bad key
     stops it with the key's name), the network forbidden when offline, the stack in place."""
     from pipelines.training import InvalidConfig
-    from visionzero.platform.stack import ensure_stack
+    from visionzero.platform.stack import StackConfigError, ensure_stack
 
     try:
         params = load(config_path)
@@ -58,8 +58,44 @@ def checked_config(load: Callable[[Path], T], config_path: Path, offline: bool) 
         from visionzero.platform.offline import forbid_network
 
         forbid_network()
-    ensure_stack()
+    try:
+        ensure_stack()
+    except StackConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     return params
+
+
+def step_names() -> set[str]:
+    """Every step the project defines (steps/<stage>/), by the name a pipeline invokes it by."""
+    import importlib
+    import pkgutil
+
+    from zenml.steps import BaseStep
+
+    import steps
+
+    names = set()
+    for stage in pkgutil.iter_modules(steps.__path__):
+        module = importlib.import_module(f"steps.{stage.name}")
+        names.update(obj.name for obj in vars(module).values() if isinstance(obj, BaseStep))
+    return names
+
+
+def on_configured_orchestrator(pipeline: T, **params: Any) -> T:
+    """The pipeline as the settings run it: as it is by default; with VZ_ORCHESTRATOR=kubernetes,
+    with the checked run settings of configs/kubernetes.yaml (a wrong key stops the run here)."""
+    current = settings()
+    if current.vz_orchestrator != "kubernetes":
+        return pipeline
+    from visionzero.platform.cluster import InvalidClusterConfig, cluster_run_options
+
+    traced = pipeline.with_options()
+    traced.prepare(**params)  # its step invocations, without running anything
+    try:
+        options = cluster_run_options(current, set(traced.invocations), step_names())
+    except InvalidClusterConfig as exc:
+        raise click.ClickException(str(exc)) from exc
+    return pipeline.with_options(**options)
 
 
 def train(offline: bool, config_path: Path) -> None:
@@ -70,7 +106,7 @@ def train(offline: bool, config_path: Path) -> None:
     from pipelines.training import load_training_config, training_pipeline
 
     params = checked_config(load_training_config, config_path, offline)
-    training_pipeline(
+    arguments = dict(
         data=params.data.model_copy(update={"offline": offline or params.data.offline}),
         model=params.model,
         tuning=params.tuning,
@@ -78,6 +114,7 @@ def train(offline: bool, config_path: Path) -> None:
         decision=params.decision,
         deploy_target=settings().vz_deploy_target,
     )
+    on_configured_orchestrator(training_pipeline, **arguments)(**arguments)
 
 
 @cli.command()
@@ -111,7 +148,7 @@ def run_monitoring(offline: bool, config_path: Path) -> bool:
     from pipelines.monitoring import load_monitoring_config, monitoring_pipeline
 
     params = checked_config(load_monitoring_config, config_path, offline)
-    monitoring_pipeline(
+    arguments = dict(
         data=params.data.model_copy(update={"offline": offline or params.data.offline}),
         forward=params.forward,
         traffic=params.traffic,
@@ -121,6 +158,7 @@ def run_monitoring(offline: bool, config_path: Path) -> bool:
         act=params.act,
         deploy_target=settings().vz_deploy_target,
     )
+    on_configured_orchestrator(monitoring_pipeline, **arguments)(**arguments)
     from visionzero.monitoring.summary import load_summary
 
     summary = load_summary() or {}
@@ -316,6 +354,21 @@ def schedule(print_: bool) -> None:
         raise click.UsageError("nothing is installed for you: run with --print and add the lines")
     for line in crontab_lines(paths().home):
         click.echo(line)
+
+
+@cli.command("stack")
+@click.option("--print", "print_", is_flag=True, help="Print the registration script.")
+def show_stack(print_: bool) -> None:
+    """The cluster stack of VZ_ORCHESTRATOR=kubernetes, as a shell script that registers it by hand
+    (`python run.py` registers it by itself). Secrets appear as $VARIABLES, never as values."""
+    from visionzero.platform.stack import StackConfigError, cluster_recipe, register_script
+
+    if not print_:
+        raise click.UsageError("nothing is registered for you: run with --print")
+    try:
+        click.echo(register_script(cluster_recipe()), nl=False)
+    except StackConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @cli.command("render-k8s")

@@ -111,7 +111,9 @@ def cluster_recipe(current: Settings | None = None) -> StackRecipe:
             Component(
                 "container_registry", f"{name}_registry", "default", {"uri": registry(current)}
             ),
-            Component("experiment_tracker", f"{name}_mlflow", "mlflow", tracker),
+            # the steps name their tracker (`@step(experiment_tracker=TRACKER_NAME)`): shared with
+            # the local stack, which then logs to the same MLflow server
+            Component("experiment_tracker", TRACKER_NAME, "mlflow", tracker),
         ),
         secret_name=CLUSTER_SECRET_NAME,
         secret_keys=keys,
