@@ -141,11 +141,15 @@ def _check_pod(raw: Any, path: Path, where: str) -> None:
         if raw.get(field):
             _kubernetes_object(raw[field], model, path, f"{where}.{field}")
     _check_resources(raw.get("resources") or {}, path, f"{where}.resources")
+    # ZenML sets these as attributes of the client's V1PodSpec: snake_case names (a camelCase one
+    # is skipped with a warning, e.g. `securityContext`: the pods would run as root), each value
+    # a Kubernetes object of the attribute's type in camelCase.
     extra = raw.get("additional_pod_spec_args") or {}
-    _only(extra, set(V1PodSpec.attribute_map.values()), path, f"{where}.additional_pod_spec_args")
-    _kubernetes_object(
-        {**extra, "containers": []}, "V1PodSpec", path, f"{where}.additional_pod_spec_args"
-    )
+    at = f"{where}.additional_pod_spec_args"
+    for key, value in _only(extra, V1PodSpec.openapi_types, path, at).items():
+        model = V1PodSpec.openapi_types[key]
+        if value is not None and re.fullmatch(r"(list\[)?V1\w+\]?", model):
+            _kubernetes_object(value, model, path, f"{at}.{key}")
     _validated(KubernetesPodSettings, raw, path, where)
 
 

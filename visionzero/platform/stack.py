@@ -68,7 +68,8 @@ def cluster_recipe(current: Settings | None = None) -> StackRecipe:
     """The stack VZ_ORCHESTRATOR=kubernetes runs on: ZenML's Kubernetes orchestrator in
     VZ_K8S_NAMESPACE, an S3 (or MinIO) artifact store, VZ_REGISTRY as container registry and the
     MLflow server. Pods reach neither a local ZenML store nor a local MLflow store, so both servers
-    are required; every credential is a reference to the ZenML secret, never a value."""
+    are required; every credential is a reference to the ZenML secret, never a value. A missing
+    or wrong variable raises StackConfigError naming every one."""
     current = current or settings()
     problems = []
     uri = current.vz_artifact_store_uri or ""
@@ -80,9 +81,17 @@ def cluster_recipe(current: Settings | None = None) -> StackRecipe:
         problems.append("ZENML_STORE_URL must name a ZenML server the pods can reach")
     if not current.mlflow_tracking_uri:
         problems.append("MLFLOW_TRACKING_URI must name an MLflow server the pods can reach")
+    password = bool(current.mlflow_tracking_username and current.mlflow_tracking_password)
+    if password == bool(current.mlflow_tracking_token):  # ZenML's MLflow tracker wants just one
+        problems.append(
+            "a remote MLflow server needs exactly one of MLFLOW_TRACKING_TOKEN or "
+            "MLFLOW_TRACKING_USERNAME with MLFLOW_TRACKING_PASSWORD (any values when it has no "
+            "authentication)"
+        )
     if problems:
         raise StackConfigError("VZ_ORCHESTRATOR=kubernetes: " + "; ".join(problems))
-    keys = tuple(key for key in CLUSTER_SECRET_KEYS if getattr(current, key))
+    unused = ("mlflow_tracking_username", "mlflow_tracking_password") if not password else ()
+    keys = tuple(key for key in CLUSTER_SECRET_KEYS if getattr(current, key) and key not in unused)
     store: dict[str, Any] = {"path": uri.rstrip("/")}
     if current.vz_s3_endpoint_url:
         store["client_kwargs"] = {"endpoint_url": current.vz_s3_endpoint_url}
