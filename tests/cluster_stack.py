@@ -56,26 +56,31 @@ def compiled_steps(pipeline, arguments: dict, current: Settings) -> dict:  # noq
 
 
 def main() -> None:
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
     from pipelines.monitoring import MonitoringParameters, monitoring_pipeline
     from pipelines.training import TrainingParameters, training_pipeline
 
     current = Settings(**json.loads(sys.argv[1]))
     recipe = stack.cluster_recipe(current)
-    stack.register_stack(recipe)
-    stack.register_stack(recipe)
-    from zenml.client import Client
-    from zenml.enums import StackComponentType
-
     client = Client()
-    registered = {
-        c.name: client.get_stack_component(StackComponentType(c.type), c.name).configuration
-        for c in recipe.components
-    }
+
+    def held(name: str) -> object:
+        (component,) = [c for c in recipe.components if c.name == name]
+        return client.get_stack_component(StackComponentType(component.type), name)
+
+    stack.register_stack(recipe)
+    first = {c.name: held(c.name).updated for c in recipe.components}
+    stack.register_stack(recipe)
+    registered = {c.name: held(c.name).configuration for c in recipe.components}
+    unchanged = first == {c.name: held(c.name).updated for c in recipe.components}
     training = TrainingParameters()
     monitoring = MonitoringParameters()
     result = {
         "active_stack": client.active_stack_model.name,
         "registered": registered,
+        "second_registration_unchanged": unchanged,
         "secret_keys": sorted(client.get_secret(recipe.secret_name).secret_values),
         "training": compiled_steps(
             training_pipeline,
@@ -88,6 +93,13 @@ def main() -> None:
             current,
         ),
     }
+    # a CronJob pod (no context) keeps the workstation's; a changed setting updates its component
+    in_cluster = current.model_copy(update={"vz_kubernetes_context": None})
+    stack.register_stack(stack.cluster_recipe(in_cluster))
+    result["context_after_in_cluster"] = held(recipe.name).configuration.get("kubernetes_context")
+    moved = current.model_copy(update={"vz_artifact_store_uri": "s3://zenml/elsewhere"})
+    stack.register_stack(stack.cluster_recipe(moved))
+    result["path_after_change"] = held(f"{recipe.name}_s3").configuration["path"]
     Path(sys.argv[2]).write_text(json.dumps(result, default=str))
 
 

@@ -617,6 +617,9 @@ def test_zenml_compiles_both_pipelines_on_the_registered_cluster_stack(tmp_path:
     recipe = stack.cluster_recipe(configured())
     assert compiled["active_stack"] == recipe.name
     assert compiled["registered"] == {c.name: c.configuration for c in recipe.components}
+    assert compiled["second_registration_unchanged"] is True
+    assert compiled["context_after_in_cluster"] == CONFIGURED["vz_kubernetes_context"]
+    assert compiled["path_after_change"] == "s3://zenml/elsewhere"
     assert compiled["secret_keys"] == sorted(recipe.secret_keys)
     config = load_cluster_config(CLUSTER_CONFIG, run.step_names())
     for pipeline in ("training", "monitoring"):
