@@ -48,7 +48,6 @@ def checked_config(load: Callable[[Path], T], config_path: Path, offline: bool) 
     """What every pipeline run does before it starts: its configuration validated (a bad key
     stops it with the key's name), the network forbidden when offline, the stack in place."""
     from pipelines.training import InvalidConfig
-    from visionzero.platform.stack import StackConfigError, ensure_stack
 
     try:
         params = load(config_path)
@@ -58,11 +57,19 @@ def checked_config(load: Callable[[Path], T], config_path: Path, offline: bool) 
         from visionzero.platform.offline import forbid_network
 
         forbid_network()
+    stack_in_place()
+    return params
+
+
+def stack_in_place() -> None:
+    """The stack the settings name, registered and active; a cluster stack the settings cannot
+    make (a missing server, a wrong URI) stops the command in one line naming the variables."""
+    from visionzero.platform.stack import StackConfigError, ensure_stack
+
     try:
         ensure_stack()
     except StackConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    return params
 
 
 def step_names() -> set[str]:
@@ -222,9 +229,8 @@ def report() -> None:
 
     from visionzero.evaluation.plots import markdown_table
     from visionzero.platform.settings import MODEL_NAME
-    from visionzero.platform.stack import ensure_stack
 
-    ensure_stack()
+    stack_in_place()
     try:
         version = Client().get_model_version(MODEL_NAME)
     except KeyError as exc:  # ZenML's answer when the model has no version yet
@@ -280,12 +286,11 @@ def serve(port: int, monitor: bool) -> None:
 
 
 def _rollout_command(kind: str) -> None:
-    from visionzero.platform.stack import ensure_stack
     from visionzero.rollout.actions import promote_or_rollback
     from visionzero.rollout.alerts import build_message, send
     from visionzero.rollout.local_canary import CanaryError
 
-    ensure_stack()
+    stack_in_place()
     try:
         result = promote_or_rollback(kind, settings().vz_deploy_target)
     except CanaryError as exc:  # nothing changed; promote_or_rollback alerted
@@ -395,9 +400,8 @@ def dashboard(port: int, stop: bool) -> None:
     zenml = str(Path(sys.executable).parent / "zenml")
     if stop:  # run with the project's ZENML_CONFIG_PATH, set by cli(): a bare `zenml` has another
         sys.exit(subprocess.call([zenml, "logout", "--local"]))
-    from visionzero.platform.stack import ensure_stack
 
-    ensure_stack()
+    stack_in_place()
     code = subprocess.call([zenml, "login", "--local", "--port", str(port)])
     if code == 0:
         click.echo(
@@ -415,10 +419,9 @@ def mlflow_ui(port: int) -> None:
 
     from visionzero.platform.output import MLFLOW_UI_WARNINGS
     from visionzero.platform.registry import mlflow_tracking_uri
-    from visionzero.platform.stack import ensure_stack
     from visionzero.rollout.local_canary import Child, stopping_on_signals
 
-    ensure_stack()
+    stack_in_place()
     uri = mlflow_tracking_uri()
     if not uri.startswith(("sqlite:", "file:")):
         click.echo(f"The MLflow tracker logs to {uri}: open its UI there.")

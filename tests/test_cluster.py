@@ -177,6 +177,21 @@ def test_recipe_names_every_missing_or_wrong_variable(changes: dict, named: list
         assert name in str(failure.value)
 
 
+def test_kubernetes_without_its_servers_stops_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What every command that needs the stack does first (before a pipeline, a report)."""
+    import click
+
+    monkeypatch.setenv("VZ_ORCHESTRATOR", "kubernetes")
+    with pytest.raises(click.ClickException) as failure:
+        run.stack_in_place()
+    message = failure.value.format_message()
+    assert "\n" not in message
+    for name in ("VZ_ARTIFACT_STORE_URI", "ZENML_STORE_URL", "MLFLOW_TRACKING_URI"):
+        assert name in message
+
+
 def test_stack_print_shows_secrets_only_as_variables() -> None:
     """`run.py stack --print` for a configured environment: the registration script, whose YAML
     is the recipe's, and no secret value anywhere in it."""
