@@ -553,6 +553,14 @@ def test_pipelines_image_is_the_locked_project_as_zenml_runs_it(cluster_config: 
 # --- the DVC remote -------------------------------------------------------------------------------
 
 
+def default_remote_url(root: Path) -> str:
+    """The URL DVC pushes to and pulls from in this repository, as its configuration resolves."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return repo.config["remote"][repo.config["core"]["remote"]]["url"]
+
+
 def use_store(monkeypatch: pytest.MonkeyPatch, home: Path) -> Path:
     monkeypatch.setenv("VZ_HOME", str(home))
     monkeypatch.setenv("VZ_DATA_DIR", str(home / "workspace" / "data"))
@@ -574,7 +582,7 @@ def test_a_data_version_pushed_by_one_store_is_pulled_into_a_fresh_one(
     (data / "weather.csv").write_text("date,prcp\n2024-01-02,0.3\n")
     version = versioning.version_data_dir(data)
     assert version.endswith(".dir") and any(remote.rglob("*"))
-    assert versioning.default_remote_url(data.parent) == str(remote)
+    assert default_remote_url(data.parent) == str(remote)
     committed = (data.parent / ".dvc" / "config").read_text()
     assert str(remote) not in committed  # the setting lives in the untracked local config
 
@@ -593,7 +601,7 @@ def test_a_data_version_pushed_by_one_store_is_pulled_into_a_fresh_one(
     # unset again, store A falls back to its own folder in VZ_HOME
     use_store(monkeypatch, tmp_path / "a")
     versioning.version_data_dir(data)
-    assert versioning.default_remote_url(data.parent) == str(tmp_path / "a" / "dvc-remote")
+    assert default_remote_url(data.parent) == str(tmp_path / "a" / "dvc-remote")
 
 
 # --- ZenML itself, in a store of its own ----------------------------------------------------------

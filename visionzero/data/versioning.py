@@ -74,14 +74,6 @@ def _ensure_remote(root: Path) -> None:
         conf["core"]["remote"] = "local"
 
 
-def default_remote_url(root: Path) -> str:
-    """The URL DVC pushes to and pulls from in this repo (what the configuration resolved)."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        return repo.config["remote"][repo.config["core"]["remote"]]["url"]
-
-
 def version_data_dir(data_dir: Path) -> str:
     """Track data_dir with DVC, push it, and return its md5 (the dataset version).
 

@@ -118,7 +118,7 @@ def cluster_recipe(current: Settings | None = None) -> StackRecipe:
             Component("orchestrator", name, "kubernetes", orchestrator),
             Component("artifact_store", f"{name}_s3", "s3", store),
             Component(
-                "container_registry", f"{name}_registry", "default", {"uri": registry(current)}
+                "container_registry", f"{name}_registry", "default", {"uri": _registry_uri(current)}
             ),
             # the steps name their tracker (`@step(experiment_tracker=TRACKER_NAME)`): shared with
             # the local stack, which then logs to the same MLflow server
@@ -129,7 +129,7 @@ def cluster_recipe(current: Settings | None = None) -> StackRecipe:
     )
 
 
-def registry(current: Settings) -> str:
+def _registry_uri(current: Settings) -> str:
     """The registry's host and path: ZenML wants no scheme."""
     return current.vz_registry.split("://", 1)[-1].rstrip("/")
 
