@@ -7,7 +7,7 @@ export KERAS_BACKEND := jax
 export ZENML_ANALYTICS_OPT_IN := false
 export ZENML_ENABLE_RICH_TRACEBACK := false
 
-.PHONY: setup run test check lint system-deps benchmark nginx-conf prometheus-conf
+.PHONY: setup run test check lint system-deps bench-deps benchmark nginx-conf prometheus-conf
 
 setup: $(VENV)/.synced
 
@@ -58,6 +58,15 @@ prometheus-conf: setup
 	$(BIN)/python -c 'from visionzero.rollout.prometheus import render_container_prometheus_config as r; \
 	  print(r(), end="")' > container/prometheus/prometheus.yml
 
-benchmark: setup
+# The serving benchmark's load generators: wrk (saturation) and hey (fixed request rates); Debian's
+# packages are installed when missing and we are root.
+bench-deps:
+	@for tool in wrk hey; do command -v $$tool >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$tool >/dev/null; \
+	    else echo "$$tool is missing: install it (Debian/Ubuntu: sudo apt-get install $$tool)"; exit 1; fi; }; \
+	done
+
+benchmark: setup bench-deps
 	$(BIN)/python benchmarks/data_loader.py
 	$(BIN)/python benchmarks/pipeline.py

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -35,7 +35,7 @@ def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
     """Without a sub-command: run the training pipeline."""
     configure_environment()
     configure_output()
-    if ctx.invoked_subcommand not in ("dashboard", "render-k8s", "config", "schedule"):
+    if ctx.invoked_subcommand not in ("dashboard", "render-k8s", "config", "schedule", "stack"):
         from visionzero.platform.stack import ensure_local_server
 
         ensure_local_server()
@@ -48,7 +48,6 @@ def checked_config(load: Callable[[Path], T], config_path: Path, offline: bool) 
     """What every pipeline run does before it starts: its configuration validated (a bad key
     stops it with the key's name), the network forbidden when offline, the stack in place."""
     from pipelines.training import InvalidConfig
-    from visionzero.platform.stack import ensure_stack
 
     try:
         params = load(config_path)
@@ -58,8 +57,52 @@ def checked_config(load: Callable[[Path], T], config_path: Path, offline: bool) 
         from visionzero.platform.offline import forbid_network
 
         forbid_network()
-    ensure_stack()
+    stack_in_place()
     return params
+
+
+def stack_in_place() -> None:
+    """The stack the settings name, registered and active; a cluster stack the settings cannot
+    make (a missing server, a wrong URI) stops the command in one line naming the variables."""
+    from visionzero.platform.stack import StackConfigError, ensure_stack
+
+    try:
+        ensure_stack()
+    except StackConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def step_names() -> set[str]:
+    """Every step the project defines (steps/<stage>/), by the name a pipeline invokes it by."""
+    import importlib
+    import pkgutil
+
+    from zenml.steps import BaseStep
+
+    import steps
+
+    names = set()
+    for stage in pkgutil.iter_modules(steps.__path__):
+        module = importlib.import_module(f"steps.{stage.name}")
+        names.update(obj.name for obj in vars(module).values() if isinstance(obj, BaseStep))
+    return names
+
+
+def on_configured_orchestrator(pipeline: T, **params: Any) -> T:
+    """The pipeline as the settings run it: as it is by default; with VZ_ORCHESTRATOR=kubernetes,
+    with the checked run settings of configs/kubernetes.yaml (a wrong key stops the run here)."""
+    current = settings()
+    if current.vz_orchestrator != "kubernetes":
+        return pipeline
+    from visionzero.platform.cluster import InvalidClusterConfig, cluster_run_options
+
+    traced = pipeline.with_options()
+    traced.prepare(**params)  # its step invocations, without running anything
+    try:
+        options = cluster_run_options(current, set(traced.invocations), step_names())
+    except InvalidClusterConfig as exc:
+        raise click.ClickException(str(exc)) from exc
+    return pipeline.with_options(**options)
 
 
 def train(offline: bool, config_path: Path) -> None:
@@ -70,7 +113,7 @@ def train(offline: bool, config_path: Path) -> None:
     from pipelines.training import load_training_config, training_pipeline
 
     params = checked_config(load_training_config, config_path, offline)
-    training_pipeline(
+    arguments = dict(
         data=params.data.model_copy(update={"offline": offline or params.data.offline}),
         model=params.model,
         tuning=params.tuning,
@@ -78,6 +121,7 @@ def train(offline: bool, config_path: Path) -> None:
         decision=params.decision,
         deploy_target=settings().vz_deploy_target,
     )
+    on_configured_orchestrator(training_pipeline, **arguments)(**arguments)
 
 
 @cli.command()
@@ -111,7 +155,7 @@ def run_monitoring(offline: bool, config_path: Path) -> bool:
     from pipelines.monitoring import load_monitoring_config, monitoring_pipeline
 
     params = checked_config(load_monitoring_config, config_path, offline)
-    monitoring_pipeline(
+    arguments = dict(
         data=params.data.model_copy(update={"offline": offline or params.data.offline}),
         forward=params.forward,
         traffic=params.traffic,
@@ -121,6 +165,7 @@ def run_monitoring(offline: bool, config_path: Path) -> bool:
         act=params.act,
         deploy_target=settings().vz_deploy_target,
     )
+    on_configured_orchestrator(monitoring_pipeline, **arguments)(**arguments)
     from visionzero.monitoring.summary import load_summary
 
     summary = load_summary() or {}
@@ -184,9 +229,8 @@ def report() -> None:
 
     from visionzero.evaluation.plots import markdown_table
     from visionzero.platform.settings import MODEL_NAME
-    from visionzero.platform.stack import ensure_stack
 
-    ensure_stack()
+    stack_in_place()
     try:
         version = Client().get_model_version(MODEL_NAME)
     except KeyError as exc:  # ZenML's answer when the model has no version yet
@@ -242,12 +286,11 @@ def serve(port: int, monitor: bool) -> None:
 
 
 def _rollout_command(kind: str) -> None:
-    from visionzero.platform.stack import ensure_stack
     from visionzero.rollout.actions import promote_or_rollback
     from visionzero.rollout.alerts import build_message, send
     from visionzero.rollout.local_canary import CanaryError
 
-    ensure_stack()
+    stack_in_place()
     try:
         result = promote_or_rollback(kind, settings().vz_deploy_target)
     except CanaryError as exc:  # nothing changed; promote_or_rollback alerted
@@ -318,6 +361,21 @@ def schedule(print_: bool) -> None:
         click.echo(line)
 
 
+@cli.command("stack")
+@click.option("--print", "print_", is_flag=True, help="Print the registration script.")
+def show_stack(print_: bool) -> None:
+    """The cluster stack of VZ_ORCHESTRATOR=kubernetes, as a shell script that registers it by hand
+    (`python run.py` registers it by itself). Secrets appear as $VARIABLES, never as values."""
+    from visionzero.platform.stack import StackConfigError, cluster_recipe, register_script
+
+    if not print_:
+        raise click.UsageError("nothing is registered for you: run with --print")
+    try:
+        click.echo(register_script(cluster_recipe()), nl=False)
+    except StackConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @cli.command("render-k8s")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 def render_k8s(out_dir: Path) -> None:
@@ -342,9 +400,8 @@ def dashboard(port: int, stop: bool) -> None:
     zenml = str(Path(sys.executable).parent / "zenml")
     if stop:  # run with the project's ZENML_CONFIG_PATH, set by cli(): a bare `zenml` has another
         sys.exit(subprocess.call([zenml, "logout", "--local"]))
-    from visionzero.platform.stack import ensure_stack
 
-    ensure_stack()
+    stack_in_place()
     code = subprocess.call([zenml, "login", "--local", "--port", str(port)])
     if code == 0:
         click.echo(
@@ -362,10 +419,9 @@ def mlflow_ui(port: int) -> None:
 
     from visionzero.platform.output import MLFLOW_UI_WARNINGS
     from visionzero.platform.registry import mlflow_tracking_uri
-    from visionzero.platform.stack import ensure_stack
     from visionzero.rollout.local_canary import Child, stopping_on_signals
 
-    ensure_stack()
+    stack_in_place()
     uri = mlflow_tracking_uri()
     if not uri.startswith(("sqlite:", "file:")):
         click.echo(f"The MLflow tracker logs to {uri}: open its UI there.")

@@ -1,8 +1,10 @@
 """Throughput and latency of the BentoML service, with its prediction log off and on, vs a plain
-FastAPI app on the same model, in one run.
+FastAPI app on the same model, in one run; or, with --rates, its latency at fixed request rates
+through the local canary's nginx and direct, and its saturation throughput on both paths.
 
-Needs a trained production model (`make run`) and wrk (Debian package `wrk`).
+Needs a trained production model (`make run`), wrk and, for --rates, hey (`make bench-deps`).
 Run: .venv/bin/python benchmarks/serving.py [--seconds 15] [--connections 32] [--rounds 2]
+     .venv/bin/python benchmarks/serving.py --rates 1000,2000 [--seconds 10] [--clients 50]
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -21,6 +24,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,6 +41,10 @@ BIG = {
         for i in range(10_000)
     ]
 }
+
+
+PAUSE_SECONDS = 2.0  # between runs: the writer thread flushes the previous run's log rows
+TARGET_RATE, TARGET_P99_MS = 2000, 25  # issue #14: p99 <= 25 ms at 2,000 req/s through nginx
 
 
 def free_port() -> int:
@@ -98,6 +107,46 @@ def wrk(url: str, seconds: int, connections: int, script: Path) -> dict[str, flo
     }
 
 
+def hey(url: str, rate: int, seconds: int, clients: int, body: Path) -> dict[str, float]:
+    """`rate` one-item requests a second for `seconds`: hey's -q is per worker, so each of the
+    `clients` workers sends rate / clients a second. Its workers tick in step, so requests come in
+    bursts of `clients` every clients / rate seconds: harsher than evenly spaced arrivals."""
+    out = subprocess.run(
+        ["hey", "-z", f"{seconds}s", "-c", str(clients), "-q", f"{rate / clients:g}"]
+        + ["-m", "POST", "-T", "application/json", "-D", str(body), url + "/predict"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def ms(percent: int) -> float:
+        found = re.search(rf"^\s+{percent}% in ([\d.]+) secs", out, re.MULTILINE)
+        return 1000 * float(found.group(1)) if found else float("nan")
+
+    statuses = {
+        int(code): int(count)
+        for code, count in re.findall(r"^\s+\[(\d+)\]\s+(\d+) responses", out, re.MULTILINE)
+    }
+    failed = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+\S", _section(out, "Error")))
+    total = re.search(r"Total:\s+([\d.]+) secs", out)
+    seconds_taken = float(total.group(1)) if total else float(seconds)
+    return {
+        "p50_ms": ms(50),
+        "p99_ms": ms(99),
+        # every request hey finished, answered or not, per second of the run
+        "achieved_rps": (sum(statuses.values()) + failed) / seconds_taken,
+        "errors": sum(n for code, n in statuses.items() if code != 200) + failed,
+        "answered": statuses.get(200, 0),
+        "load_1m": os.getloadavg()[0],
+    }
+
+
+def _section(out: str, title: str) -> str:
+    """hey's `<title> distribution:` block (empty when hey printed none)."""
+    found = re.search(rf"^{title} distribution:\n((?:\s+\[.*\n?)*)", out, re.MULTILINE)
+    return found.group(1) if found else ""
+
+
 def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         cmd,
@@ -134,36 +183,28 @@ def logged_rows(root: Path) -> int:
     return sum(sum(1 for _ in path.open("rb")) for path in root.rglob("*.jsonl"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="BentoML with the prediction log off and on, this many times, alternating the order",
+def write_wrk_script(path: Path) -> Path:
+    path.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [[{json.dumps(BODY)}]]\n"
     )
-    parser.add_argument(
-        "--resolution",
-        type=int,
-        choices=(7, 8, 9),
-        help="ask every item for this H3 resolution (default: the service's, the finest)",
-    )
-    args = parser.parse_args()
-    if args.resolution:
-        for item in [*BODY["items"], *BIG["items"]]:
-            item["resolution"] = args.resolution
-    if not shutil.which("wrk"):
-        sys.exit("wrk is missing: apt-get install wrk")
+    return path
 
-    from visionzero.platform.settings import configure_environment
-    from visionzero.rollout.deployment_state import read_state
 
-    configure_environment()
-    release = read_state()["production"]
-    if not release:
-        sys.exit("no production model: run `make run` first")
+def machine() -> dict:
+    """What the numbers were measured on: a shared 2-core machine gives other numbers than a
+    quiet one, so the load average goes with them."""
+    cpuinfo = Path("/proc/cpuinfo")
+    models = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+    return {
+        "cpu": models[0].strip() if models else platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def compare_servers(args: argparse.Namespace, release: dict) -> None:
+    """BentoML with the prediction log off and on (alternating), then the plain FastAPI app."""
     import bentoml
 
     model_dir = bentoml.models.get(release["model_tag"]).path
@@ -181,11 +222,7 @@ def main() -> None:
     fastapi_cmd += ["--workers", "2", "--port", "{port}", "--log-level", "warning"]
     fastapi_cmd += ["--no-access-log"]
     with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = [[{json.dumps(BODY)}]]\n"
-        )
+        script = write_wrk_script(Path(tmp) / "post.lua")
         runs: list[tuple[str, dict[str, float]]] = []
         for round_ in range(args.rounds):
             order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
@@ -226,6 +263,232 @@ def main() -> None:
         f"({big_off:.1f} -> {big_on:.1f} ms)"
     )
     print(f"throughput ratio bentoml (log on)/fastapi: {rps_on / runs[-1][1]['rps']:.2f}")
+
+
+def fixed_rates(args: argparse.Namespace, release: dict) -> None:
+    """Latency at each fixed rate through the local canary's nginx and direct to its production
+    backend (the same process), then saturation throughput on both paths; the last line is JSON.
+
+    The canary is `run.py serve`'s own (LocalCanary: same nginx template, `bentoml serve <bento>`
+    backends) on a temporary deployment state holding the production release in a Bento built
+    from this checkout, so the numbers are the code's. The prediction log is on."""
+    import bentoml
+
+    from visionzero.rollout.deployment_state import CANARY_WEIGHT
+    from visionzero.rollout.local_canary import LocalCanary, stopping_on_signals
+    from visionzero.serving.bento_build import build_bento
+
+    with tempfile.TemporaryDirectory() as tmp, stopping_on_signals():
+        tmp = Path(tmp)
+        os.environ["VZ_PREDICTION_LOG"] = str(tmp / "predictions")  # the backends inherit it
+        bento_tag = build_bento(release["model_tag"], "bentofile.yaml")
+        try:
+            served = {**release, "bento_tag": bento_tag}
+            state = {
+                "production": served,
+                "staging": served if args.canary else None,
+                "canary_weight": CANARY_WEIGHT,
+            }
+            (tmp / "state.json").write_text(json.dumps(state))
+            port = free_port()
+            canary = LocalCanary(port, tmp / "state.json", tmp / "serve.json")
+            canary.check()
+            try:
+                canary.start()
+                urls = {
+                    "nginx": f"http://127.0.0.1:{port}",
+                    "direct": f"http://127.0.0.1:{canary.backends['production'].port}",
+                }
+                processes = {
+                    "backend": [p for b in canary.backends.values() for p in b.child.processes()],
+                    "nginx": canary.nginx.processes(),
+                }
+                paths, saturation = load_paths(args, urls, processes, tmp)
+            finally:
+                canary.stop()  # the workers write their buffered rows as they stop
+        finally:
+            bentoml.bentos.delete(bento_tag)
+        logged = logged_rows(tmp / "predictions")
+    report_rates(args, release, paths, saturation, logged)
+
+
+def cpu_seconds(processes: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    """User + system CPU seconds used so far by each group of processes."""
+    return {
+        name: sum(sum(proc.cpu_times()[:2]) for proc in group) for name, group in processes.items()
+    }
+
+
+def load_paths(
+    args: argparse.Namespace,
+    urls: dict[str, str],
+    processes: dict[str, list[psutil.Process]],
+    tmp: Path,
+) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
+    """Warm both paths up, run every rate on each (alternating which goes first), then wrk.
+
+    Each run also counts the CPU the backends and nginx spent per answered request: on a shared
+    machine latency swings with the neighbours' load, CPU per request much less."""
+    body = tmp / "body.json"
+    body.write_text(json.dumps(BODY))
+    for url in urls.values():
+        for _ in range(200):
+            post(url, BODY)
+    paths: dict[str, dict[str, dict]] = {name: {} for name in urls}
+    print(
+        f"{'path':<8}{'rate':>7}{'achieved':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'load 1m':>9}{'CPU ms/request: backend':>25}{'nginx':>7}",
+        flush=True,
+    )
+    for index, rate in enumerate(args.rates):
+        for name in list(urls) if index % 2 == 0 else list(urls)[::-1]:
+            time.sleep(PAUSE_SECONDS)  # the previous run's log rows are written meanwhile
+            before = cpu_seconds(processes)
+            result = hey(urls[name], rate, args.seconds, args.clients, body)
+            spent = cpu_seconds(processes)
+            for group, seconds in spent.items():
+                used = seconds - before[group]
+                result[f"{group}_cpu_ms"] = 1000 * used / max(result["answered"], 1)
+            paths[name][str(rate)] = result
+            short = " (rate NOT reached)" if result["achieved_rps"] < 0.95 * rate else ""
+            print(
+                f"{name:<8}{rate:>7}{result['achieved_rps']:>10.0f}{result['p50_ms']:>9.1f}"
+                f"{result['p99_ms']:>9.1f}{result['errors']:>8}{result['load_1m']:>9.2f}"
+                f"{result['backend_cpu_ms']:>25.3f}{result['nginx_cpu_ms']:>7.3f}{short}",
+                flush=True,
+            )
+    script = write_wrk_script(tmp / "post.lua")
+    saturation = {}
+    for name, url in urls.items():
+        time.sleep(PAUSE_SECONDS)
+        saturation[name] = wrk(url, args.seconds, args.connections, script)
+        saturation[name]["load_1m"] = os.getloadavg()[0]
+    return paths, saturation
+
+
+def report_rates(
+    args: argparse.Namespace,
+    release: dict,
+    paths: dict[str, dict[str, dict]],
+    saturation: dict[str, dict],
+    logged: int,
+) -> None:
+    for name, r in saturation.items():
+        print(
+            f"saturation {name}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 "
+            f"{r['p99_ms']:.1f} ms, non-2xx {r['non_2xx']} (wrk -t2 -c{args.connections} "
+            f"-d{args.seconds}s, load 1m {r['load_1m']:.2f})"
+        )
+    answered = 400 + sum(r["requests"] for r in saturation.values())
+    answered += sum(r["answered"] for rates in paths.values() for r in rates.values())
+    print(f"prediction log: {logged:,} rows for {answered:,} answered one-item requests")
+    stages = "production and staging (the same Bento) 50/50" if args.canary else "production"
+    print(
+        f"model {release['model_tag']}, Bento built from this checkout; one-item POST /predict, "
+        f"resolution {args.resolution or 9}, prediction log on; nginx in front of {stages}; "
+        f"direct: the production backend itself; hey -c {args.clients} -z {args.seconds}s "
+        f"-q rate/{args.clients}"
+    )
+    host = machine()
+    print(
+        f"machine: {host['cpu']}, {host['cores']} cores, load average "
+        + " ".join(f"{load:.2f}" for load in host["load_average"])
+    )
+    target = paths["nginx"].get(str(TARGET_RATE))
+    if target is not None:
+        held = target["achieved_rps"] >= 0.95 * TARGET_RATE and not target["errors"]
+        verdict = "met" if held and target["p99_ms"] <= TARGET_P99_MS else "NOT met"
+        print(
+            f"target p99 <= {TARGET_P99_MS} ms at {TARGET_RATE:,} req/s through nginx: {verdict} "
+            f"({target['p99_ms']:.1f} ms at {target['achieved_rps']:.0f} req/s)"
+        )
+    print(
+        json.dumps(
+            {
+                "machine": host,
+                "model": release["model_tag"],
+                "resolution": args.resolution or 9,
+                "prediction_log": "on",
+                "nginx_stages": "production+staging" if args.canary else "production",
+                "hey_clients": args.clients,
+                "seconds": args.seconds,
+                "saturation_rps": {name: round(r["rps"]) for name, r in saturation.items()},
+                "saturation_p99_ms": {name: r["p99_ms"] for name, r in saturation.items()},
+                "paths": {
+                    name: {
+                        rate: {key: round(value, 2) for key, value in r.items()}
+                        for rate, r in rates.items()
+                    }
+                    for name, rates in paths.items()
+                },
+                "logged_rows": logged,
+            }
+        )
+    )
+
+
+def rate_list(text: str) -> list[int]:
+    """--rates: whole requests per second, comma-separated."""
+    try:
+        rates = [int(part) for part in text.split(",")]
+    except ValueError:
+        rates = []
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: rates are positive whole requests per second, e.g. 1000,2000"
+        )
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=32, help="wrk's connections")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="BentoML with the prediction log off and on, this many times, alternating the order",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        choices=(7, 8, 9),
+        help="ask every item for this H3 resolution (default: the service's, the finest)",
+    )
+    parser.add_argument(
+        "--rates",
+        type=rate_list,
+        help="instead: latency at these fixed request rates (e.g. 1000,2000) through the local "
+        "canary's nginx and direct, then saturation throughput on both",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=50, help="with --rates: hey's workers (-c), sharing a rate"
+    )
+    parser.add_argument(
+        "--canary",
+        action="store_true",
+        help="with --rates: nginx splits 50/50 between production and a staging of the same Bento",
+    )
+    args = parser.parse_args()
+    if args.resolution:
+        for item in [*BODY["items"], *BIG["items"]]:
+            item["resolution"] = args.resolution
+    for tool in ("wrk", "hey") if args.rates else ("wrk",):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: make bench-deps (Debian: apt-get install {tool})")
+
+    from visionzero.platform.settings import configure_environment
+    from visionzero.rollout.deployment_state import read_state
+
+    configure_environment()
+    release = read_state()["production"]
+    if not release:
+        sys.exit("no production model: run `make run` first")
+    if args.rates:
+        fixed_rates(args, release)
+    else:
+        compare_servers(args, release)
 
 
 if __name__ == "__main__":

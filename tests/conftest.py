@@ -44,6 +44,12 @@ for var in (
     "ZENML_STORE_URL",
     "KUBECONFIG",
     "VZ_DEPLOY_TARGET",
+    "VZ_ORCHESTRATOR",
+    "VZ_ARTIFACT_STORE_URI",
+    "VZ_PIPELINE_IMAGE",
+    "VZ_DVC_REMOTE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
 ):
     os.environ.pop(var, None)
 sys.path.insert(0, str(ROOT))

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from visionzero.platform.cluster import quantity
 from visionzero.rollout import deployment_state
 from visionzero.rollout.kubernetes import render
 
@@ -68,6 +69,8 @@ def test_every_core_manifest_validates(canary_docs: list[dict]) -> None:
             "Service",
             "HorizontalPodAutoscaler",
             "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "PodDisruptionBudget",
             "NetworkPolicy",
             "Ingress",
             "Ingress",
@@ -93,6 +96,51 @@ def test_deployments_are_probed_limited_and_non_root(canary_docs: list[dict]) ->
             container["image"]
             == f"localhost:5000/visionzero/crash-risk:b{1 if stage == 'production' else 2}"
         )
+
+
+def test_both_stages_scale_on_cpu_up_fast_and_down_slowly(canary_docs: list[dict]) -> None:
+    """Each stage's HPA targets its own Deployment, whose container requests CPU (a Utilization
+    target is a share of the request: without one the HPA never scales)."""
+    deployments = {d["metadata"]["name"]: d for d in by_kind(canary_docs, "Deployment")}
+    hpas = by_kind(canary_docs, "HorizontalPodAutoscaler")
+    assert sorted(h["metadata"]["labels"]["stage"] for h in hpas) == ["production", "staging"]
+    for hpa in hpas:
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        stage = hpa["metadata"]["labels"]["stage"]
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": f"crash-risk-{stage}",
+        }
+        deployment = deployments[target["name"]]
+        assert deployment["metadata"]["namespace"] == hpa["metadata"]["namespace"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert quantity(container["resources"]["requests"]["cpu"]) > 0
+        spec = hpa["spec"]
+        assert 2 <= spec["minReplicas"] < spec["maxReplicas"]
+        (metric,) = spec["metrics"]
+        assert metric["resource"]["name"] == "cpu"
+        assert 0 < metric["resource"]["target"]["averageUtilization"] < 100
+        up, down = spec["behavior"]["scaleUp"], spec["behavior"]["scaleDown"]
+        assert up["stabilizationWindowSeconds"] < down["stabilizationWindowSeconds"]
+        assert all(p["value"] <= 50 for p in down["policies"] if p["type"] == "Percent")
+
+
+def test_disruption_budgets_cover_each_stage_one_pod_at_a_time(canary_docs: list[dict]) -> None:
+    """A drain evicts at most one pod of a stage: its budget selects exactly that stage's pods."""
+    budgets = by_kind(canary_docs, "PodDisruptionBudget")
+    hpas = {
+        h["metadata"]["labels"]["stage"]: h for h in by_kind(canary_docs, "HorizontalPodAutoscaler")
+    }
+    for deployment in by_kind(canary_docs, "Deployment"):
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        covering = [
+            b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        ]
+        (budget,) = covering
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert hpas[pod_labels["stage"]]["spec"]["minReplicas"] > budget["spec"]["maxUnavailable"]
 
 
 def named(docs: list[dict], kind: str, *names: str) -> list[dict]:
@@ -268,7 +316,7 @@ def test_kubernetes_target_without_docker_or_cluster_leaves_manifests_ready(
     )
     assert "no Docker engine" in result["images_error"]
     assert "KUBECONFIG is not set" in result["apply_error"]
-    assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 13
+    assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 15
 
 
 PART_OF = "app.kubernetes.io/part-of"
@@ -304,6 +352,7 @@ def test_after_rollback_the_apply_prunes_the_canary(tmp_path: Path) -> None:
         "HorizontalPodAutoscaler/crash-risk-staging",
         "Ingress/crash-risk-canary",
         "Ingress/crash-risk-stage-staging",
+        "PodDisruptionBudget/crash-risk-staging",
         "Service/crash-risk-staging",
     ]
     assert plan["create"] == []
@@ -327,6 +376,7 @@ def test_after_rollback_the_apply_prunes_the_canary(tmp_path: Path) -> None:
         "--prune-allowlist=core/v1/Service",
         "--prune-allowlist=apps/v1/Deployment",
         "--prune-allowlist=autoscaling/v2/HorizontalPodAutoscaler",
+        "--prune-allowlist=policy/v1/PodDisruptionBudget",
         "--prune-allowlist=networking.k8s.io/v1/NetworkPolicy",
         "--prune-allowlist=networking.k8s.io/v1/Ingress",
         "--prune-allowlist=gateway.networking.k8s.io/v1/HTTPRoute",

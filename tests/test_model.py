@@ -24,6 +24,7 @@ from visionzero.evaluation.grid import (
     status_quo_expected,
 )
 from visionzero.evaluation.holdout import evaluate
+from visionzero.model import features as F
 from visionzero.model.crash_risk import CrashRiskModel, Prepared, train, zone_slot_grid
 from visionzero.model.levels import assign_levels, level_thresholds
 from visionzero.model.tuning import make_tuner, volume_training_frame
@@ -151,6 +152,29 @@ def test_finer_zones_sum_exactly_to_their_parent(model: CrashRiskModel) -> None:
                 whole, _ = model.expected(np.array([parent]), day[:1], np.array([block]))
                 parts, _ = model.expected(np.array(kids), day, np.full(len(kids), block))
                 assert parts.sum() == pytest.approx(whole[0], rel=1e-9)
+
+
+def test_served_day_cache_changes_no_answer(model: CrashRiskModel, real_data) -> None:
+    """Without weather, serving keeps each date's volume and day type: the answers equal the
+    same computation without the cache (an empty weather table) to the last bit, on a cold
+    cache, a warm one and a mix of both, for weekdays, weekends and holidays alike."""
+    _, _, holdout_days, _ = real_data
+    days = pd.DatetimeIndex([*holdout_days[:10], "2024-12-25", "2025-07-04", "2025-02-08"])
+    grid = zone_slot_grid(model.shares.zones[::7], days, model.grain)
+    zones, dates = grid["zone"].to_numpy(), pd.DatetimeIndex(grid["date"])
+    blocks = grid["block"].to_numpy()
+    no_record = pd.DataFrame({"date": pd.to_datetime([]), **{f: [] for f in F.WEATHER_FIELDS}})
+    uncached, source = model.expected(zones, dates, blocks, weather=no_record)
+    model._day_cache.clear()
+    half = len(zones) // 2
+    first_half, _ = model.expected(zones[:half], dates[:half], blocks[:half])  # cold
+    cold_then_warm, served_source = model.expected(zones, dates, blocks)  # half of it warm
+    warm, _ = model.expected(zones, dates, blocks)
+    assert len(model._day_cache) == days.nunique()
+    np.testing.assert_array_equal(first_half, uncached[:half])
+    np.testing.assert_array_equal(cold_then_warm, uncached)
+    np.testing.assert_array_equal(warm, uncached)
+    np.testing.assert_array_equal(served_source, source)
 
 
 def test_save_load_gives_identical_predictions(

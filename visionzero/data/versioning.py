@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from visionzero.platform.settings import paths
+from visionzero.platform.settings import paths, settings
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,40 @@ def _ensure_repo(root: Path) -> None:
     Repo.init(str(root), no_scm=not (root / ".git").exists(), force=True)
 
 
-def _ensure_remote(root: Path) -> None:
-    """Configured remote wins (e.g. S3/MinIO via `dvc remote add -d`).
+DVC_REMOTE_NAME = "vz"  # the remote VZ_DVC_REMOTE names, in the repo's untracked local config
 
-    Otherwise a local folder in VZ_HOME.
-    """
+
+def dvc_remote_config() -> dict[str, str] | None:
+    """The remote VZ_DVC_REMOTE asks for (None: unset). A folder becomes an absolute path (DVC
+    reads a relative one from the config file's folder); an s3:// remote takes the S3 endpoint
+    (MinIO). Credentials stay in the environment, where DVC's S3 client finds them."""
+    current = settings()
+    if not current.vz_dvc_remote:
+        return None
+    url = current.vz_dvc_remote
+    if "://" not in url:
+        return {"url": str(Path(url).expanduser().resolve())}
+    remote = {"url": url}
+    if url.startswith("s3://") and current.vz_s3_endpoint_url:
+        remote["endpointurl"] = current.vz_s3_endpoint_url
+    return remote
+
+
+def _ensure_remote(root: Path) -> None:
+    """VZ_DVC_REMOTE wins, written to the untracked `local` config level so the committed
+    `.dvc/config` stays (and unset again, it is removed there); otherwise the configured remote
+    (e.g. `dvc remote add -d`); otherwise a folder in VZ_HOME."""
     from dvc.repo import Repo
 
+    wanted = dvc_remote_config()
+    with Repo(str(root)).config.edit("local") as conf:
+        if wanted is not None:
+            conf["remote"][DVC_REMOTE_NAME] = wanted
+            conf["core"]["remote"] = DVC_REMOTE_NAME
+            return
+        conf["remote"].pop(DVC_REMOTE_NAME, None)
+        if conf["core"].get("remote") == DVC_REMOTE_NAME:
+            del conf["core"]["remote"]
     with Repo(str(root)) as repo:
         if repo.config["core"].get("remote"):
             return
@@ -99,7 +126,11 @@ def _materialise(version: str, target: Path) -> None:
     from dvc_data.hashfile.tree import Tree
 
     wanted = HashInfo("md5", version)
-    with set_loggers_level(logging.WARNING), Repo(str(paths().data_dir.parent)) as repo:
+    root = paths().data_dir.parent
+    with set_loggers_level(logging.WARNING):
+        _ensure_repo(root)  # a fresh store (a step pod) reads from the remote alone
+        _ensure_remote(root)
+    with set_loggers_level(logging.WARNING), Repo(str(root)) as repo:
         cache = repo.cache.local
         try:
             checkout(str(target), cache.fs, Tree.load(cache, wanted), cache)

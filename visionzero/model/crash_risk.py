@@ -255,6 +255,12 @@ class ZoneTable:
         )
 
 
+def _daytypes(X: np.ndarray) -> np.ndarray:
+    """Day type (weekday 0, Saturday 1, Sunday or holiday 2) of each row of a day matrix."""
+    dow, holiday = X[:, F.DAY_FEATURES.index("dow")], X[:, F.DAY_FEATURES.index("is_holiday")]
+    return F.daytype_of(dow, holiday)
+
+
 @dataclass
 class CrashRiskModel:
     booster: xgb.Booster
@@ -262,7 +268,8 @@ class CrashRiskModel:
     meta: dict = field(default_factory=dict)
     children: list[ChildShares] = field(default_factory=list)  # finer resolutions, coarse first
     context: ModelContext | None = None  # for people-facing answers; None in older models
-    _volume_cache: dict[int, float] = field(default_factory=dict, repr=False)
+    # date (days since 1970) -> (citywide volume, day type) without recorded weather: serving's
+    _day_cache: dict[int, tuple[float, int]] = field(default_factory=dict, repr=False)
 
     @cached_property
     def grain(self) -> Grain:
@@ -326,35 +333,39 @@ class CrashRiskModel:
             given = ~np.isnan(item_weather)
             known = np.where(given, item_weather, known)
             source = np.where(given.any(axis=1), "request", source)
-        if item_weather is None:  # one volume per distinct date: a 1-D unique is much cheaper
-            _, first, inverse = np.unique(days, return_index=True, return_inverse=True)
+        if weather is None and item_weather is None:
+            volume, dtype = self._day_terms(days)
         else:
-            rows = np.column_stack([days.astype(np.float64), np.nan_to_num(known, nan=-1e300)])
-            _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        X, _ = F.day_matrix(days[first], known[first], self.meta["climatology"])
-        volume = self._volume(X, days[first] if weather is None and item_weather is None else None)
-        dow, holiday = X[:, F.DAY_FEATURES.index("dow")], X[:, F.DAY_FEATURES.index("is_holiday")]
-        dtype = F.daytype_of(dow, holiday)[inverse]
+            if item_weather is None:  # one volume per distinct date: a 1-D unique is much cheaper
+                _, first, inverse = np.unique(days, return_index=True, return_inverse=True)
+            else:
+                rows = np.column_stack([days.astype(np.float64), np.nan_to_num(known, nan=-1e300)])
+                _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            X, _ = F.day_matrix(days[first], known[first], self.meta["climatology"])
+            volume = self.booster.inplace_predict(X)[inverse]
+            dtype = _daytypes(X)[inverse]
         share = self._share(np.asarray(zones, dtype=object), np.asarray(blocks, dtype=int), dtype)
-        return volume[inverse] * share, source
+        return volume * share, source
 
-    def _volume(self, X: np.ndarray, cache_days: np.ndarray | None) -> np.ndarray:
-        """Citywide volume per row of X. Without weather a date's volume never changes, so serving
-        keeps it: most requests then skip XGBoost, whose per-call overhead dominates
-        small requests."""
-        if cache_days is None:
-            return self.booster.inplace_predict(X)
-        keys = cache_days.astype(np.int64).tolist()
-        missing = [i for i, key in enumerate(keys) if key not in self._volume_cache]
+    def _day_terms(self, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Citywide volume and day type of each date without recorded weather. Neither ever
+        changes for a date, so serving keeps them: most requests then skip the day features and
+        XGBoost, whose per-call overheads dominate a small request (py-spy, issue #14)."""
+        dates, inverse = np.unique(days, return_inverse=True)
+        keys = dates.astype(np.int64).tolist()
+        missing = [key for key in keys if key not in self._day_cache]
         if missing:
-            if len(self._volume_cache) > 50_000:
-                self._volume_cache.clear()
-            for i, value in zip(
-                missing, self.booster.inplace_predict(X[missing]).tolist(), strict=True
-            ):
-                self._volume_cache[keys[i]] = value
-        return np.array([self._volume_cache[key] for key in keys])
+            if len(self._day_cache) + len(missing) > 50_000:
+                self._day_cache.clear()
+                missing = keys
+            fresh = np.array(missing, dtype="datetime64[D]")
+            X, _ = F.day_matrix(fresh, F.recorded_weather(fresh, None), self.meta["climatology"])
+            volumes, kinds = self.booster.inplace_predict(X).tolist(), _daytypes(X).tolist()
+            self._day_cache.update(zip(missing, zip(volumes, kinds, strict=True), strict=True))
+        volume, dtype = zip(*[self._day_cache[key] for key in keys], strict=True)
+        inverse = inverse.reshape(-1)
+        return np.array(volume)[inverse], np.array(dtype)[inverse]
 
     def day_volumes(
         self, days: np.ndarray, weather: pd.DataFrame | None = None
@@ -379,7 +390,8 @@ class CrashRiskModel:
         if resolutions is None:
             return assign_levels(expected, self.thresholds)
         out = np.empty(len(expected), dtype=np.int64)
-        for resolution in np.unique(resolutions):
+        # a few values: a set is cheaper than np.unique (8 us a call)
+        for resolution in sorted(set(resolutions.tolist())):
             mine = resolutions == resolution
             out[mine] = assign_levels(expected[mine], self.thresholds_at(int(resolution)))
         return out

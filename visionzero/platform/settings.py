@@ -68,7 +68,9 @@ class Settings(BaseSettings):
         description="`kubernetes`: render manifests, containerize and push, `kubectl apply`",
     )
     vz_registry: str = Field(
-        "localhost:5000/visionzero", description="container registry for the Bento images"
+        "localhost:5000/visionzero",
+        description="container registry for the Bento images and (with "
+        "`VZ_ORCHESTRATOR=kubernetes`) the pipelines image",
     )
     kubeconfig: str | None = Field(
         None, description="cluster to apply to (with `VZ_DEPLOY_TARGET=kubernetes`)"
@@ -76,6 +78,41 @@ class Settings(BaseSettings):
     vz_k8s_namespace: str = Field("visionzero", description="namespace of the manifests")
     vz_k8s_host: str = Field("crash-risk.example.org", description="host of the Ingress and route")
     vz_k8s_gateway: str = Field("public-gateway", description="Gateway API parent of the route")
+    vz_orchestrator: Literal["local", "kubernetes"] = Field(
+        "local",
+        description="`kubernetes`: the pipelines run on ZenML's Kubernetes orchestrator in "
+        "`VZ_K8S_NAMESPACE` (stack `visionzero_k8s`, see Rollout: Beyond one machine); needs "
+        "`ZENML_STORE_URL`, `MLFLOW_TRACKING_URI` and `VZ_ARTIFACT_STORE_URI`",
+    )
+    vz_kubernetes_context: str | None = Field(
+        None,
+        description="kubeconfig context the orchestrator submits runs to; unset: the cluster "
+        "it runs in (a CronJob pod)",
+    )
+    vz_artifact_store_uri: str | None = Field(
+        None, description="`s3://bucket/path`: ZenML's artifact store on S3 or MinIO"
+    )
+    vz_s3_endpoint_url: str | None = Field(
+        None,
+        description="an S3-compatible endpoint (MinIO) for the artifact store and the DVC "
+        "remote; unset: AWS S3",
+    )
+    aws_access_key_id: SecretStr | None = Field(
+        None,
+        description="S3 key for the artifact store and the DVC remote; copied into the ZenML "
+        "secret `visionzero_k8s` the artifact store reads",
+    )
+    aws_secret_access_key: SecretStr | None = Field(None, description="... and its secret")
+    vz_pipeline_image: str | None = Field(
+        None,
+        description="a pushed pipelines image (`container/pipelines.Dockerfile`) the step pods "
+        "run as it is; unset: ZenML builds it here (Docker) and pushes it to `VZ_REGISTRY`",
+    )
+    vz_dvc_remote: str | None = Field(
+        None,
+        description="where data versions are pushed and pulled (`s3://bucket/dvc`, or a "
+        "folder); unset: `$VZ_HOME/dvc-remote`",
+    )
     vz_stage: Literal["production", "staging"] = Field(
         "production", description="role of one Bento process (set by `serve` and the manifests)"
     )

@@ -1,5 +1,5 @@
-"""Register the project's ZenML stack (local orchestrator + artifact store +
-MLflow tracker), idempotently.
+"""Register the project's ZenML stack, idempotently: by default the local orchestrator + artifact
+store + MLflow tracker; with VZ_ORCHESTRATOR=kubernetes the cluster stack of `cluster_recipe`.
 
 With ZENML_STORE_URL set ZenML talks to a ZenML server instead of the local store; with
 MLFLOW_TRACKING_URI set the tracker logs to that MLflow server instead of the local SQLite store.
@@ -9,14 +9,150 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from filelock import FileLock
 from pydantic import SecretStr
 
-from visionzero.platform.settings import paths, settings
+from visionzero.platform.settings import Settings, paths, settings
 
 STACK_NAME = "visionzero"
 TRACKER_NAME = "visionzero_mlflow"
+CLUSTER_STACK_NAME = "visionzero_k8s"
+CLUSTER_SECRET_NAME = "visionzero_k8s"  # the ZenML secret the cluster components read
+# Kubernetes service accounts of k8s/rbac.yaml: the orchestrator pod's and the step pods'.
+ORCHESTRATOR_SERVICE_ACCOUNT = "zenml-orchestrator"
+PIPELINES_SERVICE_ACCOUNT = "visionzero-pipelines"
+# The keys of that secret, each named after the setting (environment variable) it is read from.
+CLUSTER_SECRET_KEYS = (
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "mlflow_tracking_username",
+    "mlflow_tracking_password",
+    "mlflow_tracking_token",
+)
+
+
+class StackConfigError(ValueError):
+    """VZ_ORCHESTRATOR=kubernetes without what a cluster stack needs; the message names each
+    missing or wrong variable."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One stack component as ZenML registers it (`type` is a StackComponentType value)."""
+
+    type: str
+    name: str
+    flavor: str
+    configuration: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StackRecipe:
+    """The cluster stack: its components and the secret keys they reference (names only: the
+    values stay in the environment until registration copies them into ZenML's secret store)."""
+
+    name: str
+    components: tuple[Component, ...]
+    secret_name: str
+    secret_keys: tuple[str, ...]
+
+
+def _secret_reference(key: str) -> str:
+    return "{{" + f"{CLUSTER_SECRET_NAME}.{key}" + "}}"
+
+
+def cluster_recipe(current: Settings | None = None) -> StackRecipe:
+    """The stack VZ_ORCHESTRATOR=kubernetes runs on: ZenML's Kubernetes orchestrator in
+    VZ_K8S_NAMESPACE, an S3 (or MinIO) artifact store, VZ_REGISTRY as container registry and the
+    MLflow server. Pods reach neither a local ZenML store nor a local MLflow store, so both servers
+    are required; every credential is a reference to the ZenML secret, never a value. A missing
+    or wrong variable raises StackConfigError naming every one."""
+    current = current or settings()
+    problems = []
+    uri = current.vz_artifact_store_uri or ""
+    if not uri.startswith("s3://") or not uri.removeprefix("s3://").strip("/"):
+        problems.append(
+            f"VZ_ARTIFACT_STORE_URI must be s3://bucket[/path] (got {uri or 'nothing'})"
+        )
+    if not current.zenml_store_url:
+        problems.append("ZENML_STORE_URL must name a ZenML server the pods can reach")
+    if not current.mlflow_tracking_uri:
+        problems.append("MLFLOW_TRACKING_URI must name an MLflow server the pods can reach")
+    password = bool(current.mlflow_tracking_username and current.mlflow_tracking_password)
+    if password == bool(current.mlflow_tracking_token):  # ZenML's MLflow tracker wants just one
+        problems.append(
+            "a remote MLflow server needs exactly one of MLFLOW_TRACKING_TOKEN or "
+            "MLFLOW_TRACKING_USERNAME with MLFLOW_TRACKING_PASSWORD (any values when it has no "
+            "authentication)"
+        )
+    if problems:
+        raise StackConfigError("VZ_ORCHESTRATOR=kubernetes: " + "; ".join(problems))
+    unused = ("mlflow_tracking_username", "mlflow_tracking_password") if not password else ()
+    keys = tuple(key for key in CLUSTER_SECRET_KEYS if getattr(current, key) and key not in unused)
+    store: dict[str, Any] = {"path": uri.rstrip("/")}
+    if current.vz_s3_endpoint_url:
+        store["client_kwargs"] = {"endpoint_url": current.vz_s3_endpoint_url}
+    for config_key, key in (("key", "aws_access_key_id"), ("secret", "aws_secret_access_key")):
+        if key in keys:
+            store[config_key] = _secret_reference(key)
+    orchestrator: dict[str, Any] = {
+        "kubernetes_namespace": current.vz_k8s_namespace,
+        "incluster": True,  # in a pod: its own cluster; elsewhere: kubernetes_context
+        "pass_zenml_token_as_secret": True,  # the API token in a Secret, not in the Job spec
+        "service_account_name": ORCHESTRATOR_SERVICE_ACCOUNT,
+        "step_pod_service_account_name": PIPELINES_SERVICE_ACCOUNT,
+    }
+    if current.vz_kubernetes_context:
+        orchestrator["kubernetes_context"] = current.vz_kubernetes_context
+    tracker: dict[str, Any] = {"tracking_uri": current.mlflow_tracking_uri}
+    for key in keys:
+        if key.startswith("mlflow_"):
+            tracker[key.removeprefix("mlflow_")] = _secret_reference(key)
+    name = CLUSTER_STACK_NAME
+    return StackRecipe(
+        name=name,
+        components=(
+            Component("orchestrator", name, "kubernetes", orchestrator),
+            Component("artifact_store", f"{name}_s3", "s3", store),
+            Component(
+                "container_registry", f"{name}_registry", "default", {"uri": _registry_uri(current)}
+            ),
+            # the steps name their tracker (`@step(experiment_tracker=TRACKER_NAME)`): shared with
+            # the local stack, which then logs to the same MLflow server
+            Component("experiment_tracker", TRACKER_NAME, "mlflow", tracker),
+        ),
+        secret_name=CLUSTER_SECRET_NAME,
+        secret_keys=keys,
+    )
+
+
+def _registry_uri(current: Settings) -> str:
+    """The registry's host and path: ZenML wants no scheme."""
+    return current.vz_registry.split("://", 1)[-1].rstrip("/")
+
+
+def stack_export(recipe: StackRecipe) -> dict[str, Any]:
+    """The recipe in `zenml stack export` form, for `zenml stack import` (the secret first)."""
+    import zenml
+
+    return {
+        "zenml_version": zenml.__version__,
+        "stack_name": recipe.name,
+        "components": {
+            c.type: [
+                {
+                    "name": c.name,
+                    "type": c.type,
+                    "flavor": c.flavor,
+                    "configuration": c.configuration,
+                }
+            ]
+            for c in recipe.components
+        },
+    }
 
 
 def _tracker_configuration() -> dict[str, str]:
@@ -91,9 +227,75 @@ def initialise_store() -> None:
 
 
 def ensure_stack() -> None:
-    """The project's stack registered and active (idempotent), under the initialisation lock."""
+    """The stack the settings name registered and active (idempotent), under the initialisation
+    lock: the local one by default, the cluster stack with VZ_ORCHESTRATOR=kubernetes."""
+    recipe = cluster_recipe() if settings().vz_orchestrator == "kubernetes" else None
     with initialisation_lock():
-        _ensure_stack()
+        if recipe is None:
+            _ensure_stack()
+        else:
+            register_stack(recipe)
+
+
+def _secret_values(recipe: StackRecipe) -> dict[str, str]:
+    current = settings()
+    values = {}
+    for key in recipe.secret_keys:
+        value = getattr(current, key)
+        values[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return values
+
+
+def _differs(wanted: dict[str, Any], held: dict[str, Any]) -> bool:
+    """Only the keys the recipe sets count: an unset VZ_KUBERNETES_CONTEXT (a CronJob pod) keeps
+    the context a workstation registered instead of flipping it back and forth."""
+    return any(held.get(key) != value for key, value in wanted.items())
+
+
+def register_stack(recipe: StackRecipe) -> None:
+    """Register (or bring up to date) the recipe's secret, components and stack, and activate it.
+    Secret values go from the environment into ZenML's secret store and nowhere else."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    client = Client()
+    values = _secret_values(recipe)
+    if values:
+        try:
+            held = client.get_secret(recipe.secret_name, allow_partial_name_match=False)
+        except KeyError:
+            client.create_secret(recipe.secret_name, values=values)
+        else:
+            if _differs(values, held.secret_values):
+                client.update_secret(recipe.secret_name, add_or_update_values=values)
+    for component in recipe.components:
+        kind = StackComponentType(component.type)
+        try:
+            held = client.get_stack_component(kind, component.name, allow_name_prefix_match=False)
+        except KeyError:
+            client.create_stack_component(
+                name=component.name,
+                flavor=component.flavor,
+                component_type=kind,
+                configuration=component.configuration,
+            )
+            continue
+        if held.flavor_name != component.flavor:
+            raise StackConfigError(
+                f"the {component.type} {component.name} is registered with the flavor "
+                f"{held.flavor_name}, not {component.flavor}: remove or rename it"
+            )
+        if _differs(component.configuration, held.configuration):
+            client.update_stack_component(
+                component.name, kind, configuration=component.configuration
+            )
+    if recipe.name not in {s.name for s in client.list_stacks(size=100).items}:
+        client.create_stack(
+            name=recipe.name,
+            components={StackComponentType(c.type): c.name for c in recipe.components},
+        )
+    if client.active_stack_model.name != recipe.name:
+        client.activate_stack(recipe.name)
 
 
 def _ensure_stack() -> None:
@@ -126,3 +328,26 @@ def _ensure_stack() -> None:
         )
     if client.active_stack_model.name != STACK_NAME:
         client.activate_stack(STACK_NAME)
+
+
+def register_script(recipe: StackRecipe) -> str:
+    """A shell script that registers the recipe by hand (what ensure_stack does in code): the
+    secret, whose values are shell references to their environment variables (never the values),
+    then `zenml stack import` of `stack_export`. Not one `register` command per component: the
+    CLI's own `--secret` option (secrets attached to a component) swallows the S3 store's
+    `secret` field."""
+    import yaml
+
+    lines = ["set -e"]
+    if recipe.secret_keys:
+        values = " ".join(f'--{key}="${key.upper()}"' for key in recipe.secret_keys)
+        lines.append(f"zenml secret create {recipe.secret_name} {values}")
+    export = yaml.safe_dump(stack_export(recipe), sort_keys=False)
+    lines += [
+        f"cat > {recipe.name}.yaml <<'STACK'",
+        export.rstrip("\n"),
+        "STACK",
+        f"zenml stack import {recipe.name} -f {recipe.name}.yaml",
+        f"zenml stack set {recipe.name}",
+    ]
+    return "\n".join(lines) + "\n"

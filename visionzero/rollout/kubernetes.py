@@ -2,9 +2,10 @@
 when configured.
 
 What Yatai did for BentoML <= 1.1, with plain manifests: production and staging Deployments of
-the Bento images, an ingress-nginx canary Ingress and, as its replacement, a Gateway API
-HTTPRoute, both 50/50; both also pin `/stage/<stage>/<path>` to one stage (the map page's
-stage switch, as the local nginx does). Every object carries the `part-of` label, so
+the Bento images (each scaled by its HPA, evicted one pod at a time by its PodDisruptionBudget),
+an ingress-nginx canary Ingress and, as its replacement, a Gateway API HTTPRoute, both 50/50;
+both also pin `/stage/<stage>/<path>` to one stage (the map page's stage switch, as the local
+nginx does). Every object carries the `part-of` label, so
 `kubectl apply --prune` deletes what the state no longer has (the canary and the staging objects
 after a rollback).
 """
@@ -22,7 +23,7 @@ from visionzero.platform.settings import REPO_ROOT, settings
 from visionzero.rollout.deployment_state import staging_weight
 
 TEMPLATES = REPO_ROOT / "k8s"
-PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml", "ingress-stage.yaml"]
+PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml", "ingress-stage.yaml"]
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "visionzero-risk"
 # Every kind render() can write, as kubectl's --prune-allowlist names them (group/version/kind,
@@ -31,6 +32,7 @@ PRUNE_ALLOWLIST = [
     "core/v1/Service",
     "apps/v1/Deployment",
     "autoscaling/v2/HorizontalPodAutoscaler",
+    "policy/v1/PodDisruptionBudget",
     "networking.k8s.io/v1/NetworkPolicy",
     "networking.k8s.io/v1/Ingress",
     "gateway.networking.k8s.io/v1/HTTPRoute",
