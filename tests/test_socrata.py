@@ -118,12 +118,10 @@ def test_snapshot_replay_round_trips_and_the_cutoff_holds_it_back() -> None:
     exactly those rows and complete days from the snapshot the loader reads."""
     from tests.fake_socrata import snapshot_records
     from visionzero.data.dataset import hold_back, read_snapshot_complete_days, read_snapshot_raw
-    from visionzero.data.socrata import api_record_to_csv_row
+    from visionzero.data.socrata import records_to_rows
 
     raw = read_snapshot_raw()
-    replayed = pd.DataFrame(
-        [api_record_to_csv_row(r) for r in snapshot_records(date(2025, 3, 29), date(2025, 3, 31))]
-    )
+    replayed = records_to_rows(snapshot_records(date(2025, 3, 29), date(2025, 3, 31)))
     original = raw[raw["CRASH DATE"].isin(["03/30/2025", "03/31/2025"])]
     assert len(replayed) == len(original) > 300
     pd.testing.assert_frame_equal(
