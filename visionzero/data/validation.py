@@ -39,6 +39,15 @@ class _Column:
         return self.parse(lambda v: v.str.strip() == "")
 
 
+def _day(values: pd.Series) -> pd.Series:
+    return pd.to_datetime(values, format="%m/%d/%Y", errors="coerce")
+
+
+def crash_days(raw: pd.DataFrame) -> np.ndarray:
+    """Each raw row's CRASH DATE as validate reads it (NaT where it does not parse)."""
+    return _Column(raw, "CRASH DATE").parse(_day)
+
+
 def _number(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values, errors="coerce").astype("float64")
 
@@ -63,9 +72,7 @@ def validate(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame
     with np.errstate(invalid="ignore"):
         flag(np.isnan(cid) | (cid <= 0) | (cid % 1 != 0), "collision_id")
 
-    day = _Column(raw, "CRASH DATE").parse(
-        lambda v: pd.to_datetime(v, format="%m/%d/%Y", errors="coerce")
-    )
+    day = crash_days(raw)
     flag(pd.isna(day), "crash_date")
 
     time_column = _Column(raw, "CRASH TIME")
