@@ -28,9 +28,16 @@ from visionzero.data.partitions import (
     partition_keys,
     read_partitions,
 )
-from visionzero.data.schema import CSV_COLUMNS
 from visionzero.data.socrata import FetchResult, SocrataClient
-from visionzero.data.store import API_ROWS, ApiInput, Staging, merge_api_rows
+from visionzero.data.store import (
+    API_ROWS,
+    ApiInput,
+    Staging,
+    Validated,
+    from_parquet,
+    in_memory,
+    merge_api_rows,
+)
 from visionzero.data.validation import dedupe, validate
 from visionzero.platform.settings import SNAPSHOT_DIR
 
@@ -239,7 +246,7 @@ def _legacy_input(data_dir: Path) -> list[ApiInput]:
     path = data_dir / LEGACY_API_ROWS
     if not path.exists():
         return []
-    return [ApiInput(LEGACY_API_ROWS, lambda: pd.read_parquet(path).astype(str))]
+    return [ApiInput(LEGACY_API_ROWS, from_parquet(path))]
 
 
 def _held_overview(data_dir: Path) -> pd.DataFrame:
@@ -258,7 +265,7 @@ def _rebuild_crashes(
     typed_snapshot: pd.DataFrame,
     held: pd.DataFrame,
     rebuild: bool,
-    api_changed: set[str],
+    merged: dict[str, Validated],
 ) -> tuple[pd.DataFrame, pd.DataFrame, set[str], int]:
     """Rewrite the crash partitions whose rows change: (overview of every row now held, API
     quarantine of the revalidated API months, those months, crash months written).
@@ -266,16 +273,13 @@ def _rebuild_crashes(
     An API row replaces the snapshot row with its collision_id (a later correction), wherever
     that row's month is; so a month is rewritten when its API rows changed, or when a snapshot row
     in it gains or loses its API replacement."""
-    api_months = set(staging.keys(API_ROWS)) if rebuild else api_changed
-    api_typed: dict[str, pd.DataFrame] = {}
-    quarantine = []
-    for key in sorted(api_months):
-        raw = staging.read(API_ROWS, key)
-        if raw is None:  # every row of the month moved to another one
-            api_typed[key] = validate(pd.DataFrame(columns=CSV_COLUMNS), "api")[0]
-            continue
-        api_typed[key], rejected = validate(raw, "api")
-        quarantine.append(rejected.assign(partition=key))
+    validated = dict(merged)
+    if rebuild:  # the months no new row touched are validated again too
+        for key in set(staging.keys(API_ROWS)) - set(merged):
+            validated[key] = validate(staging.read(API_ROWS, key), "api")
+    api_months = set(validated)
+    api_typed = {key: typed for key, (typed, _) in validated.items()}
+    quarantine = [rejected.assign(partition=key) for key, (_, rejected) in validated.items()]
     held_api = held[held["source"] == "api"]
     before = held_api.loc[held_api["month"].isin(api_months), "collision_id"]
     fresh = pd.concat([frame["collision_id"] for frame in api_typed.values()] + [before.iloc[:0]])
@@ -283,9 +287,9 @@ def _rebuild_crashes(
         pd.concat([held_api.loc[~held_api["month"].isin(api_months), "collision_id"], fresh])
     ).unique()
     snapshot_kept = typed_snapshot[~typed_snapshot["collision_id"].isin(api_ids)]
-    snapshot_months = month_keys(snapshot_kept["crash_date"])
+    snapshot_of = dict(tuple(snapshot_kept.groupby(month_keys(snapshot_kept["crash_date"]))))
     if rebuild:
-        months = api_months | set(snapshot_months)
+        months = api_months | set(snapshot_of)
         for key in set(partition_keys(staging.data_dir, CRASHES)) - months:
             staging.write(CRASHES, key, snapshot_kept.iloc[:0])
     else:
@@ -300,9 +304,7 @@ def _rebuild_crashes(
             held_rows = staging.read(CRASHES, key)
             api_part = held_rows[held_rows["source"] == "api"] if held_rows is not None else None
         parts = [
-            part
-            for part in (snapshot_kept[snapshot_months == key], api_part)
-            if part is not None and len(part)
+            part for part in (snapshot_of.get(key), api_part) if part is not None and len(part)
         ]
         frame = dedupe(pd.concat(parts, ignore_index=True))[0] if parts else snapshot_kept.iloc[:0]
         staging.write(CRASHES, key, frame)
@@ -375,7 +377,7 @@ def _build(
                 else pd.DatetimeIndex([])
             )
             malformed = pd.DataFrame(result.malformed, columns=["page", "record"]).astype(str)
-            inputs.append(ApiInput("incremental", lambda: result.rows, malformed, covered))
+            inputs.append(ApiInput("incremental", in_memory(result.rows), malformed, covered))
     log.log(level, "data source: %s", note)
     if source == "api" and not cfg.offline:
         weather, weather_quarantine = _fetch_weather(weather, now)
@@ -383,14 +385,14 @@ def _build(
         api_malformed = _merge_kept(api_malformed, api_input.malformed, "record")
         judged = judged.union(api_input.judged)
 
-    api_changed, merged_rows = merge_api_rows(staging, inputs)
+    merged, merged_rows = merge_api_rows(staging, inputs)
     new_rows = sum(
         rows
         for api_input, rows in zip(inputs, merged_rows, strict=True)
         if api_input.name != LEGACY_API_ROWS
     )
     overview, api_quarantine, api_months, months_written = _rebuild_crashes(
-        staging, typed_snapshot, held.iloc[:0] if rebuild else held, rebuild, api_changed
+        staging, typed_snapshot, held.iloc[:0] if rebuild else held, rebuild, merged
     )
     quarantine_parts = [snapshot_quarantine.assign(partition="")]
     if not rebuild and (data_dir / QUARANTINE).exists():  # rows of API months not revalidated

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from visionzero.data.partitions import (
@@ -27,7 +29,7 @@ from visionzero.data.partitions import (
     partition_keys,
     write_partition,
 )
-from visionzero.data.validation import crash_days
+from visionzero.data.validation import crash_days, validate
 
 PARTITIONED = (CRASHES, API_ROWS)
 
@@ -38,13 +40,23 @@ class ApiInput:
     them when they are merged, so a backfill's windows are never all in memory at once."""
 
     name: str
-    load: Callable[[], pd.DataFrame]  # raw rows, CSV columns, strings
+    load: Callable[[list[str] | None], pd.DataFrame]  # raw rows (those columns, or all), strings
     malformed: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=["page", "record"])
     )
-    judged: pd.DatetimeIndex = field(default_factory=lambda: pd.DatetimeIndex([]))  # settled
-    # days the fetch received in full
+    # settled days the fetch received in full: they are judged
+    judged: pd.DatetimeIndex = field(default_factory=lambda: pd.DatetimeIndex([]))
     ledger: dict | None = None  # a backfill window's record, kept in the manifest once merged
+
+
+def in_memory(rows: pd.DataFrame) -> Callable[[list[str] | None], pd.DataFrame]:
+    """`ApiInput.load` for rows already fetched."""
+    return lambda columns: rows if columns is None else rows[columns]
+
+
+def from_parquet(path: Path) -> Callable[[list[str] | None], pd.DataFrame]:
+    """`ApiInput.load` for rows spooled to a file: read when needed, only the columns needed."""
+    return lambda columns: pd.read_parquet(path, columns=columns)
 
 
 def staging_dir(data_dir: Path, role: str) -> Path:
@@ -84,6 +96,10 @@ class Staging:
     def read(self, kind: str, key: str, columns: list[str] | None = None) -> pd.DataFrame | None:
         path = self.current(kind, key)
         return None if path is None else pq.read_table(path, columns=columns).to_pandas()
+
+    def read_column(self, kind: str, key: str, column: str) -> pa.ChunkedArray:
+        """One column of a partition as Arrow, without converting it to Python objects."""
+        return pq.read_table(self.current(kind, key), columns=[column]).column(column)
 
     def keys(self, kind: str) -> list[str]:
         """The partitions the committed folder will hold."""
@@ -132,46 +148,66 @@ def _collision_ids(rows: pd.DataFrame) -> pd.Series:
     return rows["COLLISION_ID"].astype(str).str.strip()
 
 
-def merge_api_rows(staging: Staging, inputs: Sequence[ApiInput]) -> tuple[set[str], list[int]]:
-    """Merge the inputs' raw rows into the api_rows partitions (by crash month); return (the
-    months rewritten, rows per input). One row per collision_id across all months: the copy
-    fetched last wins (a late correction of a crash's date moves it to its new month); rows
-    without an id are kept once."""
+Validated = tuple[pd.DataFrame, pd.DataFrame]  # (typed rows, quarantined rows) of one month
+
+
+def _months_holding(staging: Staging, ids: pd.Index) -> set[str]:
+    """The api_rows months that hold a copy of any of these collision ids: one vectorised lookup
+    over the id column of every month (millions of rows), never a row at a time."""
+    keys = staging.keys(API_ROWS)
+    columns = [staging.read_column(API_ROWS, key, "COLLISION_ID") for key in keys]
+    if not columns or not len(ids):
+        return set()
+    chunks = [chunk for column in columns for chunk in column.chunks]
+    held = pc.utf8_trim_whitespace(pa.chunked_array(chunks, type=pa.string()))
+    found = pc.is_in(held, value_set=pa.array(ids, type=pa.string())).to_numpy(zero_copy_only=False)
+    ends = np.cumsum([len(column) for column in columns])
+    return {key for key, part in zip(keys, np.split(found, ends[:-1]), strict=True) if part.any()}
+
+
+def merge_api_rows(
+    staging: Staging, inputs: Sequence[ApiInput]
+) -> tuple[dict[str, Validated], list[int]]:
+    """Merge the inputs' raw rows into the api_rows partitions (by crash month); return (each
+    rewritten month validated, rows per input). One row per collision_id across all months: the
+    copy fetched last wins (a late correction of a crash's date moves it to its new month); rows
+    without an id are kept once. Each month is read, merged, written and validated in turn, so
+    memory holds one month of raw rows, whatever the number of inputs."""
     placed = []  # where each input row goes: its id and month, in fetch order
     for number, api_input in enumerate(inputs):
-        rows = api_input.load()
+        rows = api_input.load(["COLLISION_ID", "CRASH DATE"])
         placed.append(
             pd.DataFrame(
                 {"id": _collision_ids(rows), "key": month_keys(crash_days(rows)), "input": number}
             )
         )
     if not placed:
-        return set(), []
+        return {}, []
     new = pd.concat(placed, ignore_index=True)
     keyed = new[new["id"] != ""]
-    winners = pd.Index(keyed["id"].drop_duplicates(keep="last"))
-    is_winner = np.zeros(len(new), dtype=bool)
-    is_winner[keyed.drop_duplicates("id", keep="last").index] = True
+    last_copies = keyed.drop_duplicates("id", keep="last")
+    winners = pd.Index(last_copies["id"])
+    new["take"] = new["id"] == ""
+    new.loc[last_copies.index, "take"] = True
 
-    held = [(key, staging.read(API_ROWS, key, ["COLLISION_ID"])) for key in staging.keys(API_ROWS)]
-    moved = {  # months holding an older copy of a crash fetched again
-        key for key, ids in held if (winners.get_indexer(_collision_ids(ids)) >= 0).any()
-    }
+    moved = _months_holding(staging, winners)
+    taken = new[new["take"]]
+    inputs_of = taken.groupby("key")["input"].unique().to_dict()
+    rows_of = {key: frame.index for key, frame in taken.groupby(["key", "input"])}
     offsets = np.cumsum([0] + [len(frame) for frame in placed])
+    validated = {}
     for key in sorted(set(new["key"]) | moved):
         parts = []
         old = staging.read(API_ROWS, key)
         if old is not None:
             parts.append(old[winners.get_indexer(_collision_ids(old)) < 0])
-        for number in sorted(set(new.loc[new["key"] == key, "input"])):
-            rows = inputs[number].load()
-            at = slice(offsets[number], offsets[number + 1])
-            take = (new["key"].to_numpy()[at] == key) & (
-                is_winner[at] | (new["id"].to_numpy()[at] == "")
-            )
-            parts.append(rows[take])
+        for number in sorted(inputs_of.get(key, [])):
+            rows = inputs[number].load(None)
+            parts.append(rows.iloc[rows_of[(key, number)] - offsets[number]])
         merged = pd.concat(parts, ignore_index=True)
-        anonymous = _collision_ids(merged) == ""  # no id to dedupe on: the same row is kept once
-        merged = merged[~(anonymous & merged.duplicated(keep="last"))]
-        staging.write(API_ROWS, key, merged.reset_index(drop=True))
-    return set(new["key"]) | moved, [len(frame) for frame in placed]
+        anonymous = (_collision_ids(merged) == "").to_numpy()
+        if anonymous.any():  # no id to dedupe on: the same row is kept once
+            merged = merged[~(anonymous & merged.duplicated(keep="last").to_numpy())]
+        staging.write(API_ROWS, key, merged)
+        validated[key] = validate(merged, "api")
+    return validated, [len(frame) for frame in placed]
