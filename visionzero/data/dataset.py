@@ -181,6 +181,27 @@ def _fetch_api(cfg: LoadConfig, since: date) -> FetchResult:
     return client.fetch_since(since)
 
 
+def _fetch_incremental(
+    cfg: LoadConfig, newest: pd.Timestamp, judged: pd.DatetimeIndex, now: datetime
+) -> tuple[ApiInput | None, str]:
+    """(the API rows since the cursor as a build input, or None when the API is unreachable;
+    the note saying which). The days a fetch received in full and that have settled are judged."""
+    cursor = newest.date() if pd.notna(newest) else now.date()  # nothing held: the last days
+    since = fetch_start(cursor, judged, now, cfg.settle_days)
+    try:
+        result = _fetch_api(cfg, since)
+    except SourceUnavailable as exc:  # the only line about it: retries log at DEBUG
+        return None, f"API unreachable, using the bundled snapshot ({exc})"
+    covered = (
+        covered_days(since, now.date(), cfg.settle_days)
+        if result.complete
+        else pd.DatetimeIndex([])
+    )
+    malformed = pd.DataFrame(result.malformed, columns=["page", "record"]).astype(str)
+    fetched = ApiInput("incremental", in_memory(result.rows), malformed, covered)
+    return fetched, f"snapshot + {len(result.rows)} API rows since {since}"
+
+
 def _fetch_weather(bundled: pd.DataFrame, now: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(bundled + validated NOAA weather, quarantined NOAA records)."""
     start = (bundled["date"].max() + pd.Timedelta(days=1)).date()
@@ -362,25 +383,15 @@ def _build(
     if merge:
         source, note = "api", f"snapshot + {len(merge)} backfill windows"
     if not cfg.offline:
-        held_days = pd.concat([typed_snapshot["crash_date"], held["crash_date"]])
-        newest = held_days.max()  # the newest validated crash date held
-        since = fetch_start(newest.date(), judged, now, cfg.settle_days)
-        try:
-            result = _fetch_api(cfg, since)
-        except SourceUnavailable as exc:  # the only line about it: retries log at DEBUG
-            note, level = f"API unreachable, using the bundled snapshot ({exc})", logging.WARNING
+        newest = pd.concat([typed_snapshot["crash_date"], held["crash_date"]]).max()
+        fetched, note = _fetch_incremental(cfg, newest, judged, now)
+        if fetched is None:
+            level = logging.WARNING
         else:
-            source, note = "api", f"snapshot + {len(result.rows)} API rows since {since}"
-            covered = (
-                covered_days(since, now.date(), cfg.settle_days)
-                if result.complete
-                else pd.DatetimeIndex([])
-            )
-            malformed = pd.DataFrame(result.malformed, columns=["page", "record"]).astype(str)
-            inputs.append(ApiInput("incremental", in_memory(result.rows), malformed, covered))
+            source = "api"
+            inputs.append(fetched)
+            weather, weather_quarantine = _fetch_weather(weather, now)
     log.log(level, "data source: %s", note)
-    if source == "api" and not cfg.offline:
-        weather, weather_quarantine = _fetch_weather(weather, now)
     for api_input in inputs:
         api_malformed = _merge_kept(api_malformed, api_input.malformed, "record")
         judged = judged.union(api_input.judged)
@@ -400,16 +411,16 @@ def _build(
         quarantine_parts.append(
             kept[(kept["partition"] != "") & ~kept["partition"].isin(api_months)]
         )
-    quarantine_parts.append(api_quarantine)
-    if len(api_malformed):
-        quarantine_parts.append(
-            _record_quarantine(api_malformed["record"], "malformed_record", "api")
-        )
-    if len(weather_quarantine):
-        quarantine_parts.append(
-            _record_quarantine(weather_quarantine["record"], weather_quarantine["reason"], "noaa")
-        )
-    quarantine = pd.concat(quarantine_parts, ignore_index=True).fillna("").astype(str)
+    quarantine_parts += [
+        api_quarantine,
+        _record_quarantine(api_malformed["record"], "malformed_record", "api"),
+        _record_quarantine(weather_quarantine["record"], weather_quarantine["reason"], "noaa"),
+    ]
+    quarantine = pd.concat(  # the snapshot's part first, even empty: it fixes the columns
+        quarantine_parts[:1] + [part for part in quarantine_parts[1:] if len(part)],
+        ignore_index=True,
+    )
+    quarantine = quarantine.fillna("").astype(str)
 
     reference = (  # crashes on each snapshot complete day: what an API day is compared with
         typed_snapshot.loc[
