@@ -6,13 +6,17 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from visionzero.platform.output import configure_output
 from visionzero.platform.settings import REPO_ROOT, configure_environment, settings
+
+if TYPE_CHECKING:
+    from visionzero.data.dataset import LoadConfig
 
 T = TypeVar("T")
 
@@ -30,18 +34,104 @@ MONITORING_CONFIG = REPO_ROOT / "configs" / "monitoring.yaml"
     show_default=True,
     help="Pipeline run configuration (YAML).",
 )
+@click.option(
+    "--backfill",
+    "with_backfill",
+    is_flag=True,
+    help="First fetch the whole history through the Socrata API (resumable), then train.",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="First day the backfill fetches (default: 2012-07-01, the dataset's first day).",
+)
 @click.pass_context
-def cli(ctx: click.Context, offline: bool, config_path: Path) -> None:
-    """Without a sub-command: run the training pipeline."""
+def cli(
+    ctx: click.Context,
+    offline: bool,
+    config_path: Path,
+    with_backfill: bool,
+    since: datetime | None,
+) -> None:
+    """Without a sub-command: run the training pipeline (after the backfill with --backfill)."""
     configure_environment()
     configure_output()
-    if ctx.invoked_subcommand not in ("dashboard", "render-k8s", "config", "schedule", "stack"):
+    if (with_backfill or since) and ctx.invoked_subcommand is not None:
+        raise click.UsageError("--backfill and --since go before training, not a sub-command")
+    if since and not with_backfill:
+        raise click.UsageError("--since goes with --backfill")
+    if with_backfill and offline:
+        raise click.UsageError("--backfill fetches from the API: it cannot run --offline")
+    local_only = ("dashboard", "render-k8s", "config", "schedule", "stack", "backfill")
+    if ctx.invoked_subcommand not in local_only:
         from visionzero.platform.stack import ensure_local_server
 
         ensure_local_server()
     if ctx.invoked_subcommand is None:
+        if with_backfill:
+            run_backfill(training_data_config(config_path), since)
         train(offline, config_path)
         echo_training_summary()
+
+
+def run_backfill(data: LoadConfig, since: datetime | None) -> None:
+    """Fetch the history window by window and merge it into the dataset; stop (exit 1) when a
+    window is unfinished, before any training: running it again resumes there."""
+    from visionzero.data.backfill import HISTORY_START, backfill
+
+    report = backfill(data, since.date() if since else HISTORY_START, progress=click.echo)
+    for line in report.lines():
+        click.echo(line)
+    if report.failed or report.unfetched:
+        raise click.ClickException("the backfill is unfinished: run it again to resume")
+
+
+def training_data_config(config_path: Path) -> LoadConfig:
+    """The whole training configuration checked (a bad key stops the run before an hour of
+    backfill, not after it); its data section."""
+    from visionzero.platform.stack import initialise_store
+
+    initialise_store()  # before pipelines.training: importing it touches the store
+    from pipelines.training import InvalidConfig, load_training_config
+
+    try:
+        return load_training_config(config_path).data
+    except InvalidConfig as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def data_config(config_path: Path) -> LoadConfig:
+    """Only the configuration's data section, checked, the error naming the key: all the
+    backfill reads, without loading ZenML and the model libraries (seconds, not half a minute)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from visionzero.data.dataset import LoadConfig
+
+    try:
+        raw = yaml.safe_load(config_path.read_text()) or {}
+        return LoadConfig.model_validate((raw.get("parameters") or {}).get("data") or {})
+    except yaml.YAMLError as exc:
+        raise click.ClickException(f"{config_path}: not valid YAML ({exc})") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(["parameters", "data", *(str(part) for part in first["loc"])])
+        raise click.ClickException(f"{config_path}: {key}: {first['msg']}") from exc
+
+
+@cli.command("backfill")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="First day to fetch (default: 2012-07-01, the dataset's first day).",
+)
+@click.pass_context
+def backfill_command(ctx: click.Context, since: datetime | None) -> None:
+    """Only the backfill of `--backfill`: fetch the whole history through the Socrata API in
+    monthly windows (resumable), merge it into data/ and version it with DVC; no training."""
+    run_backfill(data_config(ctx.parent.params["config_path"]), since)
 
 
 def checked_config(load: Callable[[Path], T], config_path: Path, offline: bool) -> T:

@@ -1,15 +1,19 @@
 """A local HTTP server that answers like NYC Open Data's SODA endpoint,
 replaying the recorded records.
 
-It honours $where (crash_date >= '...'), $order, $limit and $offset, and can be scripted to answer
-the next requests with a 429 + Retry-After, a 500, a hang (timeout) or a malformed page.
+It honours $where (`crash_date >= '...'`, optionally `AND crash_date < '...'`: the backfill's
+windows), $order, $limit and $offset, and can be scripted to answer the next requests with a 429 +
+Retry-After, a 500, a hang (timeout) or a malformed page. Records are sorted once, and a window is
+found by bisection, so replaying the whole bundled snapshot stays fast.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import time
+from collections.abc import Callable
 from datetime import date
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -21,11 +25,28 @@ from visionzero.data.dataset import read_snapshot_raw
 from visionzero.data.schema import API_TO_CSV
 
 SAMPLE = Path(__file__).resolve().parent.parent / "snapshot" / "socrata_sample.json"
+WHERE = re.compile(r"^crash_date >= '([^']+)'(?: AND crash_date < '([^']+)')?$")
+
+
+def _order_key(record: dict) -> tuple[str, int]:
+    return record.get("crash_date", ""), int(record.get("collision_id", 0))
 
 
 def make_handler(
-    records: list, script: list[str], seen: list[dict], hang_seconds: float = 2.0
+    records: list,
+    script: list[str],
+    seen: list[dict],
+    hang_seconds: float = 2.0,
+    retry_after: str = "0",
+    on_request: Callable[[dict[str, str]], None] | None = None,
 ) -> type[BaseHTTPRequestHandler]:
+    """A handler replaying `records`; `seen` receives every query (with its X-App-Token and the
+    time it arrived), `on_request` is called with it before the answer (a test may block there)."""
+    objects = [r for r in records if isinstance(r, dict)]
+    others = [r for r in records if not isinstance(r, dict)]  # malformed: match every query
+    ordered = sorted(objects, key=_order_key)
+    dates = [r.get("crash_date", "") for r in ordered]
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
@@ -39,16 +60,42 @@ def make_handler(
             self.end_headers()
             self.wfile.write(body)
 
+        def _matching(self, query: dict[str, str]) -> list:
+            where = query.get("$where", "")
+            match = WHERE.match(where)
+            if where and not match:
+                raise ValueError(f"unsupported $where: {where}")
+            if query.get("$order") == "crash_date,collision_id":
+                low = bisect.bisect_left(dates, match.group(1)) if match else 0
+                high = (
+                    bisect.bisect_left(dates, match.group(2))
+                    if match and match.group(2)
+                    else len(ordered)
+                )
+                return ordered[low:high] + others
+            return [
+                r
+                for r in objects
+                if not match
+                or (
+                    r.get("crash_date", "") >= match.group(1)
+                    and (not match.group(2) or r.get("crash_date", "") < match.group(2))
+                )
+            ] + others
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if urlparse(self.path).path.startswith(
-                "/noaa"
-            ):  # NOAA has nothing after the bundled file
+            if urlparse(self.path).path.startswith("/noaa"):  # nothing after the bundled file
                 return self._send(200, b"[]")
             query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
-            seen.append({**query, "X-App-Token": self.headers.get("X-App-Token")})
+            query |= {"X-App-Token": self.headers.get("X-App-Token"), "at": time.monotonic()}
+            seen.append(query)
+            if on_request is not None:
+                on_request(query)
             action = script.pop(0) if script else "ok"
             if action == "429":
-                return self._send(429, b'{"error": "too many requests"}', {"Retry-After": "0"})
+                return self._send(
+                    429, b'{"error": "too many requests"}', {"Retry-After": retry_after}
+                )
             if action == "500":
                 return self._send(500, b'{"error": "internal"}')
             if action == "hang":
@@ -56,24 +103,7 @@ def make_handler(
                 return self._send(200, b"[]")
             if action == "malformed":
                 return self._send(200, b'[{"crash_date": "2026-04-02T00:00')
-            rows = [r for r in records if isinstance(r, dict)] + [
-                r for r in records if not isinstance(r, dict)
-            ]
-            match = re.search(r"crash_date >= '([^']+)'", query.get("$where", ""))
-            if match:
-                rows = [
-                    r
-                    for r in rows
-                    if not isinstance(r, dict) or r.get("crash_date", "") >= match.group(1)
-                ]
-            if query.get("$order") == "crash_date,collision_id":
-                rows.sort(
-                    key=lambda r: (
-                        (r.get("crash_date", ""), int(r.get("collision_id", 0)))
-                        if isinstance(r, dict)
-                        else ("~", 0)
-                    )
-                )
+            rows = self._matching(query)
             offset, limit = int(query.get("$offset", 0)), int(query.get("$limit", 1000))
             return self._send(200, json.dumps(rows[offset : offset + limit]).encode())
 
@@ -104,7 +134,7 @@ def synthetic_records(per_day: dict[date, int], first_id: int = 9_000_000) -> li
 
 def snapshot_records(after: date, through: date) -> list[dict]:
     """The bundled snapshot's crashes dated after `after` up to `through`, as SODA records (the
-    inverse of `socrata.api_record_to_csv_row`: empty CSV cells are absent fields, dates ISO, a
+    inverse of `socrata.records_to_rows`: empty CSV cells are absent fields, dates ISO, a
     geocoded row has its `location` object): real days replayed as the API would serve them."""
     raw = read_snapshot_raw()
     dates = pd.to_datetime(raw["CRASH DATE"], format="%m/%d/%Y", errors="coerce")

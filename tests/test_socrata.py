@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import LocalServer
 from tests.fake_socrata import make_handler, recorded_records
-from visionzero.data.dataset import LoadConfig, build_dataset
+from visionzero.data.dataset import LoadConfig, build_dataset, load_frames
 from visionzero.data.http import RetryPolicy, SourceUnavailable
+from visionzero.data.partitions import API_ROWS, read_partitions
 from visionzero.data.socrata import SocrataClient
 
 FAST = RetryPolicy(max_attempts=3, backoff_seconds=0.01, read_timeout=0.5, connect_timeout=0.5)
@@ -82,11 +83,11 @@ def test_loader_merges_api_rows_and_quarantines_bad_records(
             now=datetime(2026, 6, 1, tzinfo=UTC),
         )
     # the re-fetched overlap replaces its earlier copy; the malformed record stays quarantined
-    assert len(pd.read_parquet(tmp_path / "data" / "api_rows.parquet")) == 6
+    assert len(read_partitions(tmp_path / "data", API_ROWS)) == 6
     assert again.quarantined == summary.quarantined and again.rows == summary.rows
     assert summary.source == "api" and summary.api_rows_new == 6
     assert summary.quarantined == {"counts": 1, "malformed_record": 1}
-    crashes = pd.read_parquet(tmp_path / "data" / "crashes.parquet")
+    crashes = load_frames(tmp_path / "data")[0]
     assert summary.rows == 351_052 + 5 == len(crashes)
     assert (crashes["source"] == "api").sum() == 5
     # fetched from 2025-04-01 (newest held) on 2026-06-01 with 30 settle days: judged to
@@ -118,12 +119,10 @@ def test_snapshot_replay_round_trips_and_the_cutoff_holds_it_back() -> None:
     exactly those rows and complete days from the snapshot the loader reads."""
     from tests.fake_socrata import snapshot_records
     from visionzero.data.dataset import hold_back, read_snapshot_complete_days, read_snapshot_raw
-    from visionzero.data.socrata import api_record_to_csv_row
+    from visionzero.data.socrata import records_to_rows
 
     raw = read_snapshot_raw()
-    replayed = pd.DataFrame(
-        [api_record_to_csv_row(r) for r in snapshot_records(date(2025, 3, 29), date(2025, 3, 31))]
-    )
+    replayed = records_to_rows(snapshot_records(date(2025, 3, 29), date(2025, 3, 31)))
     original = raw[raw["CRASH DATE"].isin(["03/30/2025", "03/31/2025"])]
     assert len(replayed) == len(original) > 300
     pd.testing.assert_frame_equal(

@@ -47,9 +47,11 @@ def load_dataset(config: LoadConfig) -> DatasetRef:
     summary = summary.model_copy(update={"version": version})
     pinned = checkout_version(version)  # the run reads this copy: the next run rewrites data/
     logger.info(
-        "Loaded %d crash rows (source: %s); quarantined %s; %d complete days; data version %s",
+        "Loaded %d crash rows (source: %s; %d months rewritten); quarantined %s; %d complete"
+        " days; data version %s",
         summary.rows,
         summary.source,
+        summary.months_rewritten,
         summary.quarantined or "none",
         summary.complete_days,
         summary.version,

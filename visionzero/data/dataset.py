@@ -1,13 +1,17 @@
 """Build the typed dataset.
 
-Bundled snapshot + new API rows, validated, deduplicated, every API day judged on evidence
-(completeness.py), committed all at once (a failed run changes nothing), versioned with DVC.
+Bundled snapshot + new API rows (the incremental fetch, the backfill's windows), validated,
+deduplicated, every API day judged on evidence (completeness.py), stored by month (partitions.py)
+and committed all at once (store.py: a failed run changes nothing), versioned with DVC. A build
+rewrites only the months its new rows touch: the cost of a daily run does not grow with history.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import shutil
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -17,24 +21,42 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from visionzero.data import noaa
 from visionzero.data.completeness import covered_days, describe, judge_days
 from visionzero.data.http import RetryPolicy, SourceUnavailable
-from visionzero.data.schema import CSV_COLUMNS
+from visionzero.data.partitions import (
+    CRASHES,
+    UNDATED,
+    month_keys,
+    partition_keys,
+    read_partitions,
+)
 from visionzero.data.socrata import FetchResult, SocrataClient
-from visionzero.data.validation import coordinate_flags, dedupe, validate
+from visionzero.data.store import (
+    API_ROWS,
+    ApiInput,
+    Staging,
+    Validated,
+    from_parquet,
+    in_memory,
+    merge_api_rows,
+)
+from visionzero.data.validation import dedupe, validate
 from visionzero.platform.settings import SNAPSHOT_DIR
 
 log = logging.getLogger(__name__)
 
-CRASHES = "crashes.parquet"
 COMPLETE_DAYS = "complete_days.csv"
 WEATHER = "weather.parquet"
 QUARANTINE = "quarantine.parquet"
-# every raw row the API ever gave us, kept so offline rebuilds lose nothing
-API_ROWS = "api_rows.parquet"
 API_MALFORMED = (
     "api_malformed.parquet"  # API records that were not objects, kept for the quarantine
 )
 FLAGGED_DAYS = "flagged_days.csv"  # settled API days that are not complete, and why
+MANIFEST = "manifest.json"  # what the partitions were built from, and the backfill's windows
+LEGACY_API_ROWS = "api_rows.parquet"  # the single-file layout's API rows, moved into partitions
+# Bump when validation or the partitions change meaning: the next build then rebuilds every month
+# instead of only the months new rows touch.
+LAYOUT = 2
 DETAILS_SHOWN = 10  # flagged days spelt out in the summary and the alert
+OVERVIEW = ["collision_id", "crash_date", "source", "geocoded"]  # what a build reads of every row
 
 
 class LoadConfig(BaseModel):
@@ -63,6 +85,12 @@ class LoadConfig(BaseModel):
     max_pages: int = Field(20, ge=1, description="at most this many pages per run")
     max_attempts: int = Field(4, ge=1, description="tries per HTTP request")
     backoff_seconds: float = Field(0.5, ge=0, description="first retry wait, doubled each retry")
+    backfill_concurrency: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="backfill windows (months) fetched at a time: the API is shared, be polite",
+    )
     snapshot_until: date | None = Field(
         None,
         description="bundled snapshot rows and complete days after this day are held back: a "
@@ -92,6 +120,7 @@ class DatasetSummary(BaseModel):
     last_date: str
     weather_gaps: dict[str, int] = {}
     api_rows_new: int = 0
+    months_rewritten: int = 0  # crash partitions this build wrote; the others were carried over
     day_flags: dict[str, int] = {}  # settled API days never made complete, per reason
     flag_details: list[str] = []  # the first of them, one line each
 
@@ -152,6 +181,27 @@ def _fetch_api(cfg: LoadConfig, since: date) -> FetchResult:
     return client.fetch_since(since)
 
 
+def _fetch_incremental(
+    cfg: LoadConfig, newest: pd.Timestamp, judged: pd.DatetimeIndex, now: datetime
+) -> tuple[ApiInput | None, str]:
+    """(the API rows since the cursor as a build input, or None when the API is unreachable;
+    the note saying which). The days a fetch received in full and that have settled are judged."""
+    cursor = newest.date() if pd.notna(newest) else now.date()  # nothing held: the last days
+    since = fetch_start(cursor, judged, now, cfg.settle_days)
+    try:
+        result = _fetch_api(cfg, since)
+    except SourceUnavailable as exc:  # the only line about it: retries log at DEBUG
+        return None, f"API unreachable, using the bundled snapshot ({exc})"
+    covered = (
+        covered_days(since, now.date(), cfg.settle_days)
+        if result.complete
+        else pd.DatetimeIndex([])
+    )
+    malformed = pd.DataFrame(result.malformed, columns=["page", "record"]).astype(str)
+    fetched = ApiInput("incremental", in_memory(result.rows), malformed, covered)
+    return fetched, f"snapshot + {len(result.rows)} API rows since {since}"
+
+
 def _fetch_weather(bundled: pd.DataFrame, now: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(bundled + validated NOAA weather, quarantined NOAA records)."""
     start = (bundled["date"].max() + pd.Timedelta(days=1)).date()
@@ -194,99 +244,192 @@ def _record_quarantine(records: pd.Series, reason: pd.Series | str, source: str)
     return pd.DataFrame({"LOCATION": records, "reason": reason, "source": source})
 
 
-def _staging(data_dir: Path, role: str) -> Path:
-    return data_dir.with_name(f".{data_dir.name}.{role}")
+def read_manifest(data_dir: Path) -> dict:
+    """What data_dir's partitions were built from ({} for none or the single-file layout)."""
+    path = data_dir / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _recover(data_dir: Path) -> None:
-    """Undo what a run that died while committing left: its staging folder, or a swap cut between
-    its two renames (the previous data goes back)."""
-    previous = _staging(data_dir, "previous")
-    if previous.exists() and not data_dir.exists():
-        previous.rename(data_dir)
-    shutil.rmtree(previous, ignore_errors=True)
-    shutil.rmtree(_staging(data_dir, "staging"), ignore_errors=True)
+def _snapshot_signature(snapshot_dir: Path, cfg: LoadConfig) -> dict[str, str | int]:
+    """What the snapshot rows in the partitions depend on: a change rebuilds every month."""
+    digest = hashlib.sha256()
+    for name in ("nyc_collisions.csv.gz", "nyc_collisions_complete_days.csv"):
+        digest.update((snapshot_dir / name).read_bytes())
+    return {
+        "layout": LAYOUT,
+        "snapshot_sha256": digest.hexdigest(),
+        "snapshot_until": str(cfg.snapshot_until),
+    }
 
 
-def _commit(data_dir: Path, files: dict[str, pd.DataFrame]) -> None:
-    """Write every file into a staging folder, then swap it in by renaming: until then a failing
-    or killed run has changed neither the data nor the cursor derived from it."""
-    staging, previous = _staging(data_dir, "staging"), _staging(data_dir, "previous")
-    staging.mkdir(parents=True)
-    for name, frame in files.items():
-        if name.endswith(".csv"):
-            frame.to_csv(staging / name, index=False, date_format="%Y-%m-%d")
-        else:
-            frame.to_parquet(staging / name, index=False)
-    if data_dir.exists():
-        data_dir.rename(previous)
-    staging.rename(data_dir)
-    shutil.rmtree(previous, ignore_errors=True)
+def _legacy_input(data_dir: Path) -> list[ApiInput]:
+    """The single-file layout's API rows, merged into the partitions once: nothing is lost."""
+    path = data_dir / LEGACY_API_ROWS
+    if not path.exists():
+        return []
+    return [ApiInput(LEGACY_API_ROWS, from_parquet(path))]
+
+
+def _held_overview(data_dir: Path) -> pd.DataFrame:
+    """Every crash row held (id, date, source, geocoded) with its month: enough to count days and
+    to know which months a change touches, without reading whole partitions."""
+    frames = [
+        read_partitions(data_dir, CRASHES, [key], OVERVIEW).assign(month=key)
+        for key in partition_keys(data_dir, CRASHES)
+    ]
+    empty = read_partitions(data_dir, CRASHES, [], OVERVIEW).assign(month="")
+    return pd.concat([empty, *frames], ignore_index=True)
+
+
+def _rebuild_crashes(
+    staging: Staging,
+    typed_snapshot: pd.DataFrame,
+    held: pd.DataFrame,
+    rebuild: bool,
+    merged: dict[str, Validated],
+) -> tuple[pd.DataFrame, pd.DataFrame, set[str], int]:
+    """Rewrite the crash partitions whose rows change: (overview of every row now held, API
+    quarantine of the revalidated API months, those months, crash months written).
+
+    An API row replaces the snapshot row with its collision_id (a later correction), wherever
+    that row's month is; so a month is rewritten when its API rows changed, or when a snapshot row
+    in it gains or loses its API replacement."""
+    validated = dict(merged)
+    if rebuild:  # the months no new row touched are validated again too
+        for key in set(staging.keys(API_ROWS)) - set(merged):
+            validated[key] = validate(staging.read(API_ROWS, key), "api")
+    api_months = set(validated)
+    api_typed = {key: typed for key, (typed, _) in validated.items()}
+    quarantine = [rejected.assign(partition=key) for key, (_, rejected) in validated.items()]
+    held_api = held[held["source"] == "api"]
+    before = held_api.loc[held_api["month"].isin(api_months), "collision_id"]
+    fresh = pd.concat([frame["collision_id"] for frame in api_typed.values()] + [before.iloc[:0]])
+    api_ids = pd.Index(
+        pd.concat([held_api.loc[~held_api["month"].isin(api_months), "collision_id"], fresh])
+    ).unique()
+    snapshot_kept = typed_snapshot[~typed_snapshot["collision_id"].isin(api_ids)]
+    snapshot_of = dict(tuple(snapshot_kept.groupby(month_keys(snapshot_kept["crash_date"]))))
+    if rebuild:
+        months = api_months | set(snapshot_of)
+        for key in set(partition_keys(staging.data_dir, CRASHES)) - months:
+            staging.write(CRASHES, key, snapshot_kept.iloc[:0])
+    else:
+        flipped = pd.Index(before).symmetric_difference(pd.Index(fresh))
+        touched = typed_snapshot.loc[typed_snapshot["collision_id"].isin(flipped), "crash_date"]
+        months = api_months | set(month_keys(touched))
+    months.discard(UNDATED)
+    rewritten = []
+    for key in sorted(months):
+        api_part = api_typed.get(key)
+        if api_part is None:  # only its snapshot rows change: its API rows stay as they are
+            held_rows = staging.read(CRASHES, key)
+            api_part = held_rows[held_rows["source"] == "api"] if held_rows is not None else None
+        parts = [
+            part for part in (snapshot_of.get(key), api_part) if part is not None and len(part)
+        ]
+        frame = dedupe(pd.concat(parts, ignore_index=True))[0] if parts else snapshot_kept.iloc[:0]
+        staging.write(CRASHES, key, frame)
+        rewritten.append(frame[OVERVIEW].assign(month=key))
+    overview = pd.concat([held[~held["month"].isin(months)], *rewritten], ignore_index=True)
+    api_quarantine = pd.concat(quarantine, ignore_index=True) if quarantine else pd.DataFrame()
+    return overview, api_quarantine, api_months, len(months)
 
 
 def build_dataset(
-    data_dir: Path, cfg: LoadConfig, snapshot_dir: Path = SNAPSHOT_DIR, now: datetime | None = None
+    data_dir: Path,
+    cfg: LoadConfig,
+    snapshot_dir: Path = SNAPSHOT_DIR,
+    now: datetime | None = None,
+    merge: Sequence[ApiInput] = (),
 ) -> DatasetSummary:
-    """Write crashes, complete days, weather and quarantine (and the kept API input and flagged
-    days) under data_dir, all or nothing; return the summary."""
-    now = now or datetime.now(UTC)
-    _recover(data_dir)
+    """Write crashes (partitioned by month), complete days, weather and quarantine (and the kept
+    API input and flagged days) under data_dir, all or nothing; return the summary. `merge`:
+    API rows fetched elsewhere (the backfill's windows), merged like the incremental fetch's."""
+    staging = Staging(data_dir)
+    try:
+        summary = _build(staging, cfg, snapshot_dir, now or datetime.now(UTC), merge)
+        staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+    return summary
+
+
+def _build(
+    staging: Staging,
+    cfg: LoadConfig,
+    snapshot_dir: Path,
+    now: datetime,
+    merge: Sequence[ApiInput],
+) -> DatasetSummary:
+    data_dir = staging.data_dir
     raw, snapshot_complete = (
         read_snapshot_raw(snapshot_dir),
         read_snapshot_complete_days(snapshot_dir),
     )
     if cfg.snapshot_until is not None:
         raw, snapshot_complete = hold_back(raw, snapshot_complete, cfg.snapshot_until)
-    typed, quarantine = validate(raw, "snapshot")
-    api_raw = _read_kept(data_dir / API_ROWS, CSV_COLUMNS)
+    typed_snapshot, snapshot_quarantine = validate(raw, "snapshot")
+    manifest = read_manifest(data_dir)
+    signature = _snapshot_signature(snapshot_dir, cfg)
+    rebuild = manifest.get("signature") != signature
+    held = _held_overview(data_dir)
+    inputs = [*_legacy_input(data_dir), *merge]
     api_malformed = _read_kept(data_dir / API_MALFORMED, ["page", "record"])
     judged = _judged_days(data_dir)
     weather = noaa.read_bundled(snapshot_dir / "nyc_weather_daily.csv")
     weather_quarantine = pd.DataFrame(columns=["record", "reason"])
-    source, note, new_rows, level = "snapshot", "offline: bundled snapshot only", 0, logging.INFO
+    source, note, level = "snapshot", "offline: bundled snapshot only", logging.INFO
+    if merge:
+        source, note = "api", f"snapshot + {len(merge)} backfill windows"
     if not cfg.offline:
-        newest = typed["crash_date"].max()
-        if len(api_raw):
-            newest = max(newest, validate(api_raw, "api")[0]["crash_date"].max())
-        since = fetch_start(newest.date(), judged, now, cfg.settle_days)
-        try:
-            result = _fetch_api(cfg, since)
-        except SourceUnavailable as exc:  # the only line about it: retries log at DEBUG
-            note, level = f"API unreachable, using the bundled snapshot ({exc})", logging.WARNING
+        newest = pd.concat([typed_snapshot["crash_date"], held["crash_date"]]).max()
+        fetched, note = _fetch_incremental(cfg, newest, judged, now)
+        if fetched is None:
+            level = logging.WARNING
         else:
-            new_rows = len(result.rows)
-            malformed = pd.DataFrame(result.malformed, columns=["page", "record"]).astype(str)
-            api_raw = _merge_kept(api_raw, result.rows, "COLLISION_ID")
-            api_malformed = _merge_kept(api_malformed, malformed, "record")
-            source, note = "api", f"snapshot + {new_rows} API rows since {since}"
-            if result.complete:
-                judged = judged.union(covered_days(since, now.date(), cfg.settle_days))
+            source = "api"
+            inputs.append(fetched)
+            weather, weather_quarantine = _fetch_weather(weather, now)
     log.log(level, "data source: %s", note)
-    if source == "api":
-        weather, weather_quarantine = _fetch_weather(weather, now)
+    for api_input in inputs:
+        api_malformed = _merge_kept(api_malformed, api_input.malformed, "record")
+        judged = judged.union(api_input.judged)
+
+    merged, merged_rows = merge_api_rows(staging, inputs)
+    new_rows = sum(
+        rows
+        for api_input, rows in zip(inputs, merged_rows, strict=True)
+        if api_input.name != LEGACY_API_ROWS
+    )
+    overview, api_quarantine, api_months, months_written = _rebuild_crashes(
+        staging, typed_snapshot, held.iloc[:0] if rebuild else held, rebuild, merged
+    )
+    quarantine_parts = [snapshot_quarantine.assign(partition="")]
+    if not rebuild and (data_dir / QUARANTINE).exists():  # rows of API months not revalidated
+        kept = pd.read_parquet(data_dir / QUARANTINE)
+        quarantine_parts.append(
+            kept[(kept["partition"] != "") & ~kept["partition"].isin(api_months)]
+        )
+    quarantine_parts += [
+        api_quarantine,
+        _record_quarantine(api_malformed["record"], "malformed_record", "api"),
+        _record_quarantine(weather_quarantine["record"], weather_quarantine["reason"], "noaa"),
+    ]
+    quarantine = pd.concat(  # the snapshot's part first, even empty: it fixes the columns
+        quarantine_parts[:1] + [part for part in quarantine_parts[1:] if len(part)],
+        ignore_index=True,
+    )
+    quarantine = quarantine.fillna("").astype(str)
 
     reference = (  # crashes on each snapshot complete day: what an API day is compared with
-        typed.loc[typed["crash_date"].isin(snapshot_complete["date"]), "crash_date"]
+        typed_snapshot.loc[
+            typed_snapshot["crash_date"].isin(snapshot_complete["date"]), "crash_date"
+        ]
         .value_counts()
         .reindex(snapshot_complete["date"], fill_value=0)
     )
-    api_counts = pd.Series(dtype="int64")
-    typed_parts, quarantine_parts = [typed], [quarantine]
-    if len(api_raw):
-        api_typed, api_quarantine = validate(api_raw, "api")
-        api_counts = api_typed["crash_date"].value_counts()
-        typed_parts.append(api_typed)
-        quarantine_parts.append(api_quarantine)
-    if len(api_malformed):
-        quarantine_parts.append(
-            _record_quarantine(api_malformed["record"], "malformed_record", "api")
-        )
-    if len(weather_quarantine):
-        quarantine_parts.append(
-            _record_quarantine(weather_quarantine["record"], weather_quarantine["reason"], "noaa")
-        )
-    typed, duplicates = dedupe(pd.concat(typed_parts, ignore_index=True))
-    quarantine = pd.concat(quarantine_parts, ignore_index=True)
+    api_counts = overview.loc[overview["source"] == "api", "crash_date"].value_counts()
     api_days, flagged = judge_days(
         judged, api_counts, reference, cfg.reference_days, cfg.day_count_range
     )
@@ -298,40 +441,47 @@ def build_dataset(
         .sort_values("date")
         .reset_index(drop=True)
     )
-
-    files = {
-        CRASHES: typed,
-        COMPLETE_DAYS: complete,
-        WEATHER: weather,
-        QUARANTINE: quarantine.astype(str),
+    ledger = manifest.get("backfill", {}) | {
+        api_input.name: api_input.ledger for api_input in merge if api_input.ledger is not None
     }
-    kept = {API_ROWS: api_raw, API_MALFORMED: api_malformed, FLAGGED_DAYS: flagged}
-    _commit(data_dir, files | {name: frame for name, frame in kept.items() if len(frame)})
+    staging.write_file(MANIFEST, {"signature": signature, "backfill": ledger})
+    staging.write_file(COMPLETE_DAYS, complete)
+    staging.write_file(WEATHER, weather)
+    staging.write_file(QUARANTINE, quarantine)
+    if len(api_malformed):
+        staging.write_file(API_MALFORMED, api_malformed)
+    if len(flagged):
+        staging.write_file(FLAGGED_DAYS, flagged)
 
     details = [
         describe(flag, cfg.reference_days) for _, flag in flagged.head(DETAILS_SHOWN).iterrows()
     ]
     if len(flagged) > DETAILS_SHOWN:
         details.append(f"... and {len(flagged) - DETAILS_SHOWN} more in {FLAGGED_DAYS}")
+    snapshot_rows = int((overview["source"] == "snapshot").sum())
+    days = overview["crash_date"]
     return DatasetSummary(
         version=None,
-        rows=len(typed),
+        rows=len(overview),
         complete_days=len(complete),
         quarantined={str(k): int(v) for k, v in quarantine["reason"].value_counts().items()},
         source=source,
         source_note=note,
-        duplicates_merged=duplicates,
-        flags=coordinate_flags(typed),
-        first_date=str(typed["crash_date"].min().date()),
-        last_date=str(typed["crash_date"].max().date()),
+        duplicates_merged=len(typed_snapshot) - snapshot_rows,
+        flags={"not_geocoded": int((~overview["geocoded"].astype(bool)).sum())},
+        first_date=str(days.min().date()) if len(days) else "-",
+        last_date=str(days.max().date()) if len(days) else "-",
         weather_gaps=noaa.gaps(weather, complete["date"]),
         api_rows_new=new_rows,
         day_flags={str(k): int(v) for k, v in flagged["reason"].value_counts().items()},
         flag_details=details,
+        months_rewritten=months_written,
     )
 
 
 def load_frames(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(crashes, complete_days, weather) as written by build_dataset."""
+    """(crashes, complete_days, weather) as written by build_dataset: the crash months read back
+    as one frame in date order."""
     complete = pd.read_csv(data_dir / COMPLETE_DAYS, parse_dates=["date"])
-    return (pd.read_parquet(data_dir / CRASHES), complete, pd.read_parquet(data_dir / WEATHER))
+    crashes = read_partitions(data_dir, CRASHES)
+    return crashes, complete, pd.read_parquet(data_dir / WEATHER)

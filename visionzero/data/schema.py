@@ -52,7 +52,7 @@ API_TO_CSV = {
     "vehicle_type_code_5": "VEHICLE TYPE CODE 5",
 }
 
-# Typed dataset columns written to data/crashes.parquet.
+# Typed dataset columns written to data/crashes/YYYY-MM.parquet.
 COUNT_FIELDS = {c: "_".join(c.split()[2:]).lower() for c in COUNT_COLUMNS}  # persons_injured, ...
 
 # Latitude/longitude box of New York City inside which a crash counts as geocoded; serving refuses

@@ -185,6 +185,7 @@ class Paths:
     deployment_state: Path
     tuner_dir: Path
     data_summary: Path  # beside the stores, not in data/: the DVC hash depends on the data alone
+    backfill: Path  # fetched backfill windows waiting to be merged, and their checkpoint
 
 
 def paths() -> Paths:
@@ -200,6 +201,7 @@ def paths() -> Paths:
         deployment_state=home / "deployment.json",
         tuner_dir=home / "tuner",
         data_summary=home / "data_summary.json",
+        backfill=home / "backfill",
     )
 
 
