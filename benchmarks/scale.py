@@ -227,6 +227,8 @@ def main() -> None:
         if "data_loader" not in steps:
             raise SystemExit(f"no step times in the pipeline's output:\n{out[-3000:]}")
         print("pipeline steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
+        decision = re.search(r"decision: action=\S+", ANSI.sub("", out))
+        print(decision.group(0) if decision else "decision: not found in the output")
         incremental_s, incremental_gib, out = run_stage([*me, "--stage", "incremental"], env)
         print(out.strip().splitlines()[-1])
     finally:
