@@ -24,6 +24,14 @@ from typing import Self
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the k8s/ templates' ${...} placeholders are filled with when tests read them
+K8S_TEMPLATE_VALUES = {
+    "NAMESPACE": "visionzero",
+    "REGISTRY": "registry.example.org/visionzero",
+    "PIPELINE_IMAGE": "registry.example.org/visionzero/pipelines:1",
+    "PROMETHEUS_URL": "http://prometheus.monitoring:9090",
+    "PUSHGATEWAY_URL": "http://pushgateway.monitoring:9091",
+}
 TMP = Path(tempfile.mkdtemp(prefix="vz-tests-"))
 os.environ.update(
     {

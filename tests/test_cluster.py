@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import run
-from tests.conftest import ROOT
+from tests.conftest import K8S_TEMPLATE_VALUES, ROOT
 from visionzero.platform import stack
 from visionzero.platform.cluster import (
     CLUSTER_CONFIG,
@@ -52,6 +52,15 @@ CONFIGURED = {  # a configured environment: MinIO in the cluster, a registry, th
 }
 
 
+@pytest.fixture(autouse=True)
+def no_cluster_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings also read the environment: an earlier pipeline run in this session leaves
+    MLFLOW_TRACKING_URI there (ZenML's MLflow tracker sets it), which a test of a missing server
+    must not see."""
+    for name in [*CONFIGURED, *SECRETS, "mlflow_tracking_username", "mlflow_tracking_password"]:
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 def configured(**changes: object) -> Settings:
     """CONFIGURED with the secrets, as Settings (never from os.environ: ZENML_STORE_URL there
     would make ZenML in this process connect to it)."""
@@ -60,14 +69,7 @@ def configured(**changes: object) -> Settings:
 
 
 def manifest(name: str) -> list[dict]:
-    values = {
-        "NAMESPACE": "visionzero",
-        "REGISTRY": "registry.example.org/visionzero",
-        "PIPELINE_IMAGE": "registry.example.org/visionzero/pipelines:1",
-        "PROMETHEUS_URL": "http://prometheus.monitoring:9090",
-        "PUSHGATEWAY_URL": "http://pushgateway.monitoring:9091",
-    }
-    text = Template((ROOT / "k8s" / name).read_text()).substitute(values)
+    text = Template((ROOT / "k8s" / name).read_text()).substitute(K8S_TEMPLATE_VALUES)
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 

@@ -232,6 +232,7 @@ def test_behind_the_canary_the_stage_switch_shows_staging_side_by_side(
     through /stage/<name>/, draws both side by side with one view, and works under the prefix."""
     from visionzero.rollout import deployment_state as deployment
 
+    before = deployment.state_path().read_text()  # put back afterwards: later tests read it
     with deployment.locked_state() as state:  # other tests of the session move the state
         state.update({k: challenger[k] for k in ("production", "staging", "previous_production")})
     versions = {
@@ -284,6 +285,7 @@ def test_behind_the_canary_the_stage_switch_shows_staging_side_by_side(
             visit.page.context.close()
         os.killpg(serve.pid, signal.SIGINT)
         serve.communicate(timeout=60)
+        deployment.state_path().write_text(before)
 
 
 def test_the_page_and_its_files_reference_no_other_host() -> None:

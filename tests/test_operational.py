@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import K8S_TEMPLATE_VALUES, ROOT
 from visionzero.monitoring.operational import (
     MetricsUnavailable,
     bucket_quantile,
@@ -130,14 +130,8 @@ def test_crontab_lines_never_run_two_pipelines_at_once(tmp_path: Path) -> None:
 
 
 def cronjob(name: str) -> dict:
-    values = {
-        "NAMESPACE": "visionzero",
-        "REGISTRY": "registry.example.org/visionzero",
-        "PIPELINE_IMAGE": "registry.example.org/visionzero/pipelines:1",
-        "PROMETHEUS_URL": "http://prometheus.monitoring:9090",
-        "PUSHGATEWAY_URL": "http://pushgateway.monitoring:9091",
-    }
-    return yaml.safe_load(Template((ROOT / "k8s" / name).read_text()).substitute(values))
+    template = Template((ROOT / "k8s" / name).read_text())
+    return yaml.safe_load(template.substitute(K8S_TEMPLATE_VALUES))
 
 
 @pytest.mark.parametrize(

@@ -26,9 +26,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from visionzero.data.dataset import DatasetSummary, LoadConfig, build_dataset, read_manifest
-from visionzero.data.http import RetryPolicy, SourceUnavailable
-from visionzero.data.socrata import FetchResult, SocrataClient
+from visionzero.data.dataset import (
+    DatasetSummary,
+    LoadConfig,
+    build_dataset,
+    read_manifest,
+    socrata_client,
+)
+from visionzero.data.http import SourceUnavailable
+from visionzero.data.socrata import FetchResult
 from visionzero.data.store import ApiInput, from_parquet
 from visionzero.data.versioning import version_data_dir
 from visionzero.platform.settings import paths
@@ -208,12 +214,7 @@ class BackfillReport:
 
 def _fetch(window: Window, cfg: LoadConfig) -> FetchResult:
     """One window, every page; a window cut off by max_pages is no full window."""
-    client = SocrataClient(
-        page_size=cfg.page_size,
-        max_pages=cfg.max_pages,
-        policy=RetryPolicy(max_attempts=cfg.max_attempts, backoff_seconds=cfg.backoff_seconds),
-    )
-    result = client.fetch_window(window.start, window.end)
+    result = socrata_client(cfg).fetch_window(window.start, window.end)
     if not result.complete:
         raise SourceUnavailable(
             f"more than max_pages={cfg.max_pages} pages of {cfg.page_size} rows: raise either"

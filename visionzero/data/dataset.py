@@ -172,13 +172,17 @@ def fetch_start(newest: date, judged: pd.DatetimeIndex, now: datetime, settle_da
     return start
 
 
-def _fetch_api(cfg: LoadConfig, since: date) -> FetchResult:
-    client = SocrataClient(
+def socrata_client(cfg: LoadConfig) -> SocrataClient:
+    """The SODA client with the configured paging and retries (incremental fetch and backfill)."""
+    return SocrataClient(
         page_size=cfg.page_size,
         max_pages=cfg.max_pages,
         policy=RetryPolicy(max_attempts=cfg.max_attempts, backoff_seconds=cfg.backoff_seconds),
     )
-    return client.fetch_since(since)
+
+
+def _fetch_api(cfg: LoadConfig, since: date) -> FetchResult:
+    return socrata_client(cfg).fetch_since(since)
 
 
 def _fetch_incremental(

@@ -73,7 +73,6 @@ class MapApi:
             else {"type": "FeatureCollection", "features": []}
         )
         self._layers: OrderedDict[tuple, tuple[bytes, bytes]] = OrderedDict()
-        self.zones_layer({})  # today's finest layer, the page's first request, is ready at start
 
     def today(self) -> np.datetime64:
         """Today's New York date, held inside the dates the model supports."""
