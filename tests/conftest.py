@@ -180,6 +180,7 @@ def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     from run import DEFAULT_CONFIG, train
     from visionzero.rollout import deployment_state as deployment
+    from visionzero.rollout.actions import sync_registry_stages
 
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     config["parameters"] = {
@@ -188,9 +189,13 @@ def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
     path = tmp_path_factory.mktemp("config") / "challenger.yaml"
     path.write_text(yaml.safe_dump(config))
+    before = deployment.state_path().read_text()
     train(offline=True, config_path=path)
     state = deployment.read_state()
     assert state["staging"] is not None, "the challenger should have become staging"
+    # The tests that want this canary set it themselves; the others keep production alone.
+    deployment.state_path().write_text(before)
+    sync_registry_stages(deployment.read_state())
     return state
 
 
