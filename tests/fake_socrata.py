@@ -42,10 +42,22 @@ def make_handler(
 ) -> type[BaseHTTPRequestHandler]:
     """A handler replaying `records`; `seen` receives every query (with its X-App-Token and the
     time it arrived), `on_request` is called with it before the answer (a test may block there)."""
-    objects = [r for r in records if isinstance(r, dict)]
-    others = [r for r in records if not isinstance(r, dict)]  # malformed: match every query
-    ordered = sorted(objects, key=_order_key)
-    dates = [r.get("crash_date", "") for r in ordered]
+    index: dict[str, object] = {}
+
+    def indexed() -> tuple[list, list, list, list]:
+        """(objects, malformed others, objects in paging order, their dates), rebuilt when a test
+        appends records to a running server (new days arriving)."""
+        if index.get("size") != len(records):
+            objects = [r for r in records if isinstance(r, dict)]
+            ordered = sorted(objects, key=_order_key)
+            index.update(
+                size=len(records),
+                objects=objects,
+                others=[r for r in records if not isinstance(r, dict)],  # match every query
+                ordered=ordered,
+                dates=[r.get("crash_date", "") for r in ordered],
+            )
+        return index["objects"], index["others"], index["ordered"], index["dates"]
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -65,6 +77,7 @@ def make_handler(
             match = WHERE.match(where)
             if where and not match:
                 raise ValueError(f"unsupported $where: {where}")
+            objects, others, ordered, dates = indexed()
             if query.get("$order") == "crash_date,collision_id":
                 low = bisect.bisect_left(dates, match.group(1)) if match else 0
                 high = (
