@@ -4,7 +4,7 @@ through the local canary's nginx and direct, and its saturation throughput on bo
 
 Needs a trained production model (`make run`), wrk and, for --rates, hey (`make bench-deps`).
 Run: .venv/bin/python benchmarks/serving.py [--seconds 15] [--connections 32] [--rounds 2]
-     .venv/bin/python benchmarks/serving.py --rates 1000,2000 [--seconds 10] [--clients 50]
+     .venv/bin/python benchmarks/serving.py --rates 1000,2000 [--seconds 10] [--clients 10]
 """
 
 from __future__ import annotations
@@ -463,7 +463,11 @@ def main() -> None:
         "canary's nginx and direct, then saturation throughput on both",
     )
     parser.add_argument(
-        "--clients", type=int, default=50, help="with --rates: hey's workers (-c), sharing a rate"
+        "--clients",
+        type=int,
+        default=10,
+        help="with --rates: hey's workers (-c), sharing a rate; they tick in step, so this is the "
+        "burst size (50 turns 2,000 req/s into 50 simultaneous requests every 25 ms)",
     )
     parser.add_argument(
         "--canary",
