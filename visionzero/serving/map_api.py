@@ -7,6 +7,7 @@ exactly. Every refusal is an `InvalidRequest` naming the field.
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import re
 from collections import OrderedDict
@@ -31,6 +32,7 @@ from visionzero.serving.requests import (
     validation_error_body,
 )
 
+log = logging.getLogger("bentoml.crash_risk")  # under "bentoml": printed by BentoML's handlers
 STATIC_DIR = Path(__file__).parent / "static"
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 LAYER_CACHE_SIZE = 48  # (resolution, date, block) layers: a week of every resolution, twice over
@@ -73,6 +75,16 @@ class MapApi:
             else {"type": "FeatureCollection", "features": []}
         )
         self._layers: OrderedDict[tuple, tuple[bytes, bytes]] = OrderedDict()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Build today's finest layer, the page's first request, now: a worker's first layer
+        costs ~4x a later one. A model that cannot answer today (a broken day type) still starts
+        and fails on the requests that need it, as /predict does: serve's checks judge starts."""
+        try:
+            self.zones_layer({})
+        except Exception as exc:  # noqa: BLE001 - a warm-up, never a reason not to start
+            log.warning("today's map layer could not be built at start: %r", exc)
 
     def today(self) -> np.datetime64:
         """Today's New York date, held inside the dates the model supports."""
