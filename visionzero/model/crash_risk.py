@@ -484,7 +484,7 @@ def train(
     model.meta["thresholds"] = level_thresholds(expected)
     model.meta["thresholds_by_resolution"] = level_thresholds_by_resolution(model, expected)
     last_year = pd.date_range(end=train_days.max(), periods=SEASON_DAYS, freq="D")
-    volumes, _, _ = model.day_volumes(last_year, train_weather)
+    volumes = model.booster.inplace_predict(volume_features(last_year, train_weather, clim))
     model.context = ModelContext.build(
         prepared.crashes,
         train_days,

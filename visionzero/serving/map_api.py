@@ -222,7 +222,7 @@ class MapApi:
         for name, point in (("start", start), ("end", end)):
             if not F.inside_nyc(np.array([point.latitude]), np.array([point.longitude]))[0]:
                 raise InvalidRequest(f"{name}.latitude", "point outside the New York City box")
-        stamp = new_york_minutes([departure], *supported_dates(self.model), field="departure")
+        stamp = new_york_minutes([departure], self.first_date, self.last_date, field="departure")
         grain = Grain(resolution, self.model.grain.block_hours)
         ends = grain.zones_of(
             np.array([start.latitude, end.latitude]),
