@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     vz_stage: Literal["production", "staging"] = Field(
         "production", description="role of one Bento process (set by `serve` and the manifests)"
     )
+    vz_max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="largest request body the edge (nginx, Ingress) and each backend accept; "
+        "larger ones are refused with 413 before they are parsed (a 10,000-item `/predict` body "
+        "is about 1 MB)",
+    )
     vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
     vz_access_log: bool = Field(False, description="BentoML access log")
     vz_metrics: bool = Field(True, description="Prometheus `/metrics`")
