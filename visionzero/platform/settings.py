@@ -127,7 +127,7 @@ class Settings(BaseSettings):
         64 * 1024 * 1024,
         ge=0,
         description="bytes of map layers (`/zones`, plain and gzipped) one worker keeps; the "
-        "least recently asked go first (a resolution-9 day is about 8 MB)",
+        "least recently asked go first (a resolution-9 day: ~6 MB plus its gzip)",
     )
     vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
     vz_access_log: bool = Field(False, description="BentoML access log")
