@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visionzero.model.crash_risk import CrashRiskModel
+from visionzero.serving.guards import RequestGuard, label_metrics_by_route
 from visionzero.serving.map_api import STATIC_DIR, MapApi, Point
 from visionzero.serving.prediction_log import PredictionLog, open_sink
 from visionzero.serving.requests import (
@@ -73,6 +74,8 @@ SWAGGER_HTML = re.sub(
     flags=re.S,
 )
 JSON = "application/json"
+# BentoML's HTTP metrics count a path no route answers under one label, not one series per path.
+label_metrics_by_route()
 
 
 # BentoML answers a body it cannot validate with 400 but logs it as an ERROR with a traceback;
@@ -155,6 +158,8 @@ class OneErrorShape:
 
 @bentoml.service(
     name="crash_risk",
+    # What /docs.json says of the service; without it BentoML embeds the whole README there.
+    description="Crash risk of New York City places and times: POST /predict; the risk map at /.",
     workers=SETTINGS.vz_workers,
     traffic={"timeout": 30},
     logging={"access": {"enabled": SETTINGS.vz_access_log}},
@@ -169,7 +174,8 @@ class CrashRisk:
         self.model = CrashRiskModel.load(Path(self.model_ref.path))
         self.model.zone_table  # noqa: B018 - built now, not on the first request
         self.metadata = metadata(self.model, STAGE)  # fixed for the worker's life
-        self.map_api = MapApi(self.model, STAGE)  # zone geometry built now, once
+        # zone geometry built now, once
+        self.map_api = MapApi(self.model, STAGE, SETTINGS.vz_zones_cache_bytes)
         # Risk-level mix per stage, for the Grafana dashboard that compares production and
         # staging. Created here, once per worker, not at import: bento_build re-imports this
         # module per build.
@@ -275,7 +281,7 @@ class CrashRisk:
         """Every zone of a resolution as GeoJSON with its expected crashes, level and P(at least
         one) per block of a date; cached per date, gzipped when the client accepts it."""
         try:
-            plain, packed = self.map_api.zones_layer(dict(request.query_params))
+            plain, packed = await self.map_api.zones_layer(dict(request.query_params))
         except InvalidRequest as exc:
             return Response(orjson.dumps(exc.body()), 400, media_type=JSON)
         if "gzip" in request.headers.get("accept-encoding", ""):
@@ -304,4 +310,6 @@ def _answer(compute: Callable[[], dict], ctx: bentoml.Context | None = None) -> 
         return Response(orjson.dumps(exc.body()), 400, media_type=JSON)
 
 
+# Outermost first: ambiguous headers and oversize bodies are refused before anything reads them.
+CrashRisk.add_asgi_middleware(RequestGuard, max_body_bytes=SETTINGS.vz_max_body_bytes)
 CrashRisk.add_asgi_middleware(OneErrorShape)

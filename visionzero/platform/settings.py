@@ -123,6 +123,12 @@ class Settings(BaseSettings):
         "larger ones are refused with 413 before they are parsed (a 10,000-item `/predict` body "
         "is about 1 MB)",
     )
+    vz_zones_cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="bytes of map layers (`/zones`, plain and gzipped) one worker keeps; the "
+        "least recently asked go first (a resolution-9 day: ~6 MB plus its gzip)",
+    )
     vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
     vz_access_log: bool = Field(False, description="BentoML access log")
     vz_metrics: bool = Field(True, description="Prometheus `/metrics`")

@@ -10,10 +10,12 @@ import gzip
 import logging
 import math
 import re
+import threading
 from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 
+import anyio
 import h3
 import numpy as np
 import orjson
@@ -35,7 +37,6 @@ from visionzero.serving.requests import (
 log = logging.getLogger("bentoml.crash_risk")  # under "bentoml": printed by BentoML's handlers
 STATIC_DIR = Path(__file__).parent / "static"
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-LAYER_CACHE_SIZE = 48  # (resolution, date, block) layers: a week of every resolution, twice over
 STRETCH_KM = 1.0  # the riskiest stretch of a route is its riskiest kilometre or so
 PATH_NOTE = "straight-line H3 grid path between the two points, not streets"
 
@@ -58,9 +59,10 @@ class Point(BaseModel):
 
 
 class MapApi:
-    """Per worker: zone geometry per resolution is built once; layers are cached per date."""
+    """Per worker: zone geometry per resolution is built once; layers are cached per date, up to
+    `cache_bytes` of them (a byte bound: a count of layers says nothing of their size)."""
 
-    def __init__(self, model: CrashRiskModel, stage: str) -> None:
+    def __init__(self, model: CrashRiskModel, stage: str, cache_bytes: int) -> None:
         self.model = model
         self.stage = stage
         self.version = str(model.meta.get("model_version", "unknown"))
@@ -74,7 +76,11 @@ class MapApi:
             if model.context
             else {"type": "FeatureCollection", "features": []}
         )
+        self.cache_bytes = cache_bytes
+        self.cached_bytes = 0  # plain + gzipped bytes of the layers in _layers
         self._layers: OrderedDict[tuple, tuple[bytes, bytes]] = OrderedDict()
+        self._layers_lock = threading.Lock()  # layers are built and cached in worker threads
+        self._builds: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -82,7 +88,7 @@ class MapApi:
         costs ~4x a later one. A model that cannot answer today (a broken day type) still starts
         and fails on the requests that need it, as /predict does: serve's checks judge starts."""
         try:
-            self.zones_layer({})
+            self._layer(self._layer_key({}))
         except Exception as exc:  # noqa: BLE001 - a warm-up, never a reason not to start
             log.warning("today's map layer could not be built at start: %r", exc)
 
@@ -117,9 +123,24 @@ class MapApi:
             )
         return resolution
 
-    def zones_layer(self, params: dict[str, str]) -> tuple[bytes, bytes]:
+    async def zones_layer(self, params: dict[str, str]) -> tuple[bytes, bytes]:
         """GeoJSON of every zone at one resolution with its expected crashes, level and P(at least
-        one) for one date (every block, or the asked one), plain and gzipped."""
+        one) for one date (every block, or the asked one), plain and gzipped.
+
+        A layer not cached is built in a worker thread, one at a time per worker: a build takes
+        ~100 ms of numpy and JSON, which on the event loop would stall /predict and /readyz, and
+        builds at once would each hold their ~50 MB of intermediate objects."""
+        key = self._layer_key(params)
+        with self._layers_lock:
+            if key in self._layers:
+                self._layers.move_to_end(key)
+                return self._layers[key]
+        if self._builds is None:
+            self._builds = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(self._layer, key, limiter=self._builds)
+
+    def _layer_key(self, params: dict[str, str]) -> tuple[int, np.datetime64, int | None]:
+        """The (resolution, date, block) a query asks for; InvalidRequest naming the field."""
         try:
             query = ZonesQuery(**params)
         except ValidationError as exc:
@@ -130,13 +151,26 @@ class MapApi:
         n_blocks = self.model.grain.n_blocks
         if query.block is not None and query.block >= n_blocks:
             raise InvalidRequest("block", f"{query.block}; blocks are 0..{n_blocks - 1}")
-        key = (resolution, day, query.block)
-        if key not in self._layers:
-            self._layers[key] = self._build_layer(resolution, day, query.block)
-            if len(self._layers) > LAYER_CACHE_SIZE:
-                self._layers.popitem(last=False)
-        self._layers.move_to_end(key)
-        return self._layers[key]
+        return resolution, day, query.block
+
+    def _layer(self, key: tuple[int, np.datetime64, int | None]) -> tuple[bytes, bytes]:
+        """The cached layer, else built and cached, dropping the least recently asked layers
+        until the cache fits its bytes again (a layer larger than the whole bound is served but
+        not kept)."""
+        with self._layers_lock:
+            if key in self._layers:  # built by the request before this one
+                self._layers.move_to_end(key)
+                return self._layers[key]
+        layer = self._build_layer(*key)
+        size = len(layer[0]) + len(layer[1])
+        with self._layers_lock:
+            if key not in self._layers and size <= self.cache_bytes:
+                self._layers[key] = layer
+                self.cached_bytes += size
+                while self.cached_bytes > self.cache_bytes:
+                    _, (plain, packed) = self._layers.popitem(last=False)
+                    self.cached_bytes -= len(plain) + len(packed)
+        return layer
 
     def _build_layer(
         self, resolution: int, day: np.datetime64, block: int | None

@@ -111,10 +111,11 @@
     };
   }
 
+  // Leaflet puts a string tooltip in as HTML: server text goes in as a text node, never markup.
   function tooltipText(layer) {
     const p = layer.feature.properties;
     const names = state.meta ? state.meta.risk_levels : [];
-    return `${names[p.risk_index[state.block]]}: ${sig(p.expected_crashes[state.block])} expected crashes`;
+    return el('span', {}, `${names[p.risk_index[state.block]]}: ${sig(p.expected_crashes[state.block])} expected crashes`);
   }
 
   function zonesFor(stage, resolution, date) {
@@ -165,7 +166,7 @@
     view.boroughs = L.geoJSON(fc, {
       pane: 'boroughs', renderer: view.outlines, interactive: false,
       style: {color: '#1f1f1f', weight: 1.5, fill: false},
-      onEachFeature: (f, layer) => layer.bindTooltip(titleCase(f.properties.name), {
+      onEachFeature: (f, layer) => layer.bindTooltip(el('span', {}, titleCase(String(f.properties.name))), {
         permanent: true, direction: 'center', className: 'borough-label', pane: 'boroughs',
       }),
     }).addTo(view.map);
