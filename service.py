@@ -47,6 +47,7 @@ from visionzero.serving.requests import (
     predict_items,
     validation_error_body,
 )
+from visionzero.serving.traffic_metrics import CanaryTraffic
 
 
 class BentoArgs(BaseModel):
@@ -305,3 +306,4 @@ def _answer(compute: Callable[[], dict], ctx: bentoml.Context | None = None) -> 
 
 
 CrashRisk.add_asgi_middleware(OneErrorShape)
+CrashRisk.add_asgi_middleware(CanaryTraffic)
