@@ -86,6 +86,15 @@ class CanaryTraffic:
         own = settings()
         self.stage = own.vz_stage
         self.warm_until = time.monotonic() + own.vz_canary_warmup_seconds
+        # The series the rule reads exist from the start at 0: Prometheus's increase() cannot
+        # count what a series held when it was first scraped.
+        counter, histogram = instruments()
+        for size in SIZE_CLASSES:
+            histogram.labels(stage=self.stage, traffic="split", size=size, phase="steady")
+            for status in ("2xx", "4xx", "5xx"):
+                counter.labels(
+                    stage=self.stage, traffic="split", size=size, status=status, phase="steady"
+                )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
