@@ -485,11 +485,11 @@ def test_pinned_errors_do_not_make_the_monitor_roll_staging_back(
         assert [session.post(pinned, json=huge, timeout=120).status_code for _ in "ab"] == [200] * 2
 
         health = canary_health(rule.metrics_window_minutes)
+        decision = decide_canary(forward, health, rule)
+        assert decision.action == "wait", decision.reasons
         staging = health["staging"]
         assert (staging.requests, staging.errors) == (on_staging, 0)
         assert staging.not_counted["pinned"] == 102 and list(staging.latency) == ["one"]
-        decision = decide_canary(forward, health, rule)
-        assert decision.action == "wait", decision.reasons
         assert f"{on_staging} split after warm-up on staging (not counted: 102 pinned" in (
             "\n".join(decision.reasons)
         )
