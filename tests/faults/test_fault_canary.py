@@ -458,9 +458,9 @@ def test_pinned_errors_do_not_make_the_monitor_roll_staging_back(
     releases: tuple[dict, dict], weekday_only: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 20's done-when: 100 error requests and two 10,000-item ones on /stage/staging/
-    through nginx leave staging healthy in the monitor's reading (its canary_health step reads
-    the backends' /metrics, its decider the rule); the same errors through the split still roll
-    it back."""
+    through nginx, claiming to be split traffic, leave staging healthy in the monitor's reading
+    (its canary_health step reads the backends' /metrics, its decider the rule); the same errors
+    through the split still roll it back."""
     production, _ = releases
     set_state(production, weekday_only)
     monkeypatch.setenv("VZ_CANARY_WARMUP_SECONDS", "0")  # judged at once; warm-up: its own test
@@ -479,10 +479,12 @@ def test_pinned_errors_do_not_make_the_monitor_roll_staging_back(
         assert {a.status_code for a in split} == {200}
         on_staging = sum(a.headers["X-VZ-Stage"] == "staging" for a in split)
         pinned = serve.url + "/stage/staging/predict"
+        session.headers["X-VZ-Traffic"] = "split"  # a client's claim: nginx overwrites it
         attack = [session.post(pinned, json={"items": [SATURDAY]}, timeout=30) for _ in range(100)]
         assert {a.status_code for a in attack} == {500}, "the pinned requests did not fail"
         huge = {"items": [WEEKDAY] * 10_000}
         assert [session.post(pinned, json=huge, timeout=120).status_code for _ in "ab"] == [200] * 2
+        del session.headers["X-VZ-Traffic"]
 
         health = canary_health(rule.metrics_window_minutes)
         decision = decide_canary(forward, health, rule)
