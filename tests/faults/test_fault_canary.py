@@ -83,10 +83,10 @@ def broken(challenger: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def weekday_only(challenger: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def weekday_only(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A staging release that answers weekdays and fails with a 500 on other day types."""
     workdir = tmp_path_factory.mktemp("weekday")
-    return weekday_only_release(challenger["production"]["model_tag"], 997, workdir)
+    return weekday_only_release(trained["production"]["model_tag"], 997, workdir)
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -455,13 +455,13 @@ def unscored(production: dict, staging: dict) -> ForwardReport:
 
 
 def test_pinned_errors_do_not_make_the_monitor_roll_staging_back(
-    releases: tuple[dict, dict], weekday_only: dict, monkeypatch: pytest.MonkeyPatch
+    trained: dict, weekday_only: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 20's done-when: 100 error requests and two 10,000-item ones on /stage/staging/
     through nginx, claiming to be split traffic, leave staging healthy in the monitor's reading
     (its canary_health step reads the backends' /metrics, its decider the rule); the same errors
     through the split still roll it back."""
-    production, _ = releases
+    production = trained["production"]
     set_state(production, weekday_only)
     monkeypatch.setenv("VZ_CANARY_WARMUP_SECONDS", "0")  # judged at once; warm-up: its own test
     monkeypatch.delenv("VZ_PROMETHEUS_URL", raising=False)
