@@ -100,7 +100,8 @@ def test_serve_monitor_scrapes_both_stages_and_stage_health_agrees(
         assert {h.source for h in health.values()} == {"prometheus"}
         assert health["production"].error_rate == 0
         assert health["production"].latency["one"].p99_ms > 0
-        assert health["staging"].error_rate == pytest.approx(10 / 30)
+        # 10 of 30; increase() extrapolates to the window's edges: counts are estimates
+        assert health["staging"].error_rate == pytest.approx(10 / 30, rel=0.15)
         assert health["staging"].latency["one"].p99_ms > 0
         assert health["staging"].not_counted["pinned"] == 5
 
