@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from functools import cache
+from itertools import product
 from typing import Any
 
 import bentoml
@@ -86,15 +87,15 @@ class CanaryTraffic:
         own = settings()
         self.stage = own.vz_stage
         self.warm_until = time.monotonic() + own.vz_canary_warmup_seconds
-        # The series the rule reads exist from the start at 0: Prometheus's increase() cannot
-        # count what a series held when it was first scraped.
+        # Every count and the latency the rule reads exist from the start at 0: Prometheus's
+        # increase() cannot count what a series held when it was first scraped.
         counter, histogram = instruments()
+        for traffic, size, status, phase in product(
+            TRAFFIC_CLASSES, SIZE_CLASSES, ("2xx", "4xx", "5xx"), ("warmup", "steady")
+        ):
+            counter.labels(stage=self.stage, traffic=traffic, size=size, status=status, phase=phase)
         for size in SIZE_CLASSES:
             histogram.labels(stage=self.stage, traffic="split", size=size, phase="steady")
-            for status in ("2xx", "4xx", "5xx"):
-                counter.labels(
-                    stage=self.stage, traffic="split", size=size, status=status, phase="steady"
-                )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
