@@ -48,6 +48,7 @@ from visionzero.serving.requests import (
     predict_items,
     validation_error_body,
 )
+from visionzero.serving.traffic_metrics import CanaryTraffic
 
 
 class BentoArgs(BaseModel):
@@ -313,3 +314,4 @@ def _answer(compute: Callable[[], dict], ctx: bentoml.Context | None = None) -> 
 # Outermost first: ambiguous headers and oversize bodies are refused before anything reads them.
 CrashRisk.add_asgi_middleware(RequestGuard, max_body_bytes=SETTINGS.vz_max_body_bytes)
 CrashRisk.add_asgi_middleware(OneErrorShape)
+CrashRisk.add_asgi_middleware(CanaryTraffic)

@@ -9,7 +9,7 @@ import pytest
 from visionzero.evaluation.metrics import Interval
 from visionzero.monitoring.canary import CanaryRule, decide_canary
 from visionzero.monitoring.forward import ForwardReport, PairedForward, StageForward, Unscored
-from visionzero.monitoring.operational import StageHealth
+from visionzero.monitoring.operational import SizeLatency, StageHealth
 
 RULE = CanaryRule()
 
@@ -42,7 +42,19 @@ def report(days: int, deviance: tuple[float, float, float], hit=(0.01, 0.0, 0.02
     )
 
 
-def reading(stage: str, requests: int, error_rate: float, p99: float) -> StageHealth:
+def latency(requests: int, p99: float) -> SizeLatency:
+    return SizeLatency(requests=requests, p50_ms=p99 / 4, p95_ms=p99 / 2, p99_ms=p99)
+
+
+def reading(
+    stage: str,
+    requests: int,
+    error_rate: float,
+    p99: float,
+    large: SizeLatency | None = None,
+    not_counted: dict[str, int] | None = None,
+) -> StageHealth:
+    """Split post-warm-up traffic, all one-item requests unless `large` adds some."""
     errors = round(requests * error_rate)
     return StageHealth(
         stage=stage,
@@ -50,9 +62,8 @@ def reading(stage: str, requests: int, error_rate: float, p99: float) -> StageHe
         requests=requests,
         errors=errors,
         error_rate=error_rate,
-        p50_ms=p99 / 4,
-        p95_ms=p99 / 2,
-        p99_ms=p99,
+        latency={"one": latency(requests, p99), **({"large": large} if large else {})},
+        not_counted=not_counted or {},
     )
 
 
@@ -139,3 +150,60 @@ def test_unscored_staging_that_errs_is_rolled_back() -> None:
 def test_unscored_healthy_staging_waits() -> None:
     decision = decide_canary(unscored_staging(), health(), RULE)
     assert decision.action == "wait" and "not scored forward" in decision.reasons[-2]
+
+
+BETTER = (-0.002, -0.003, -0.001)  # staging forward-better: promoted when healthy
+
+
+def test_pinned_errors_and_a_few_huge_slow_requests_do_not_roll_staging_back() -> None:
+    """What a client sends to /stage/staging/ is counted apart, and 5 huge requests on staging
+    (none on production) are a size class too small to judge: staging is healthy."""
+    staging = reading(
+        "staging",
+        1000,
+        0.0,
+        20.0,
+        large=latency(5, 9000.0),
+        not_counted={"pinned": 100, "direct": 3, "warmup": 12},
+    )
+    health = {"production": reading("production", 900, 0.0, 20.0), "staging": staging}
+    decision = decide_canary(report(20, BETTER), health, RULE)
+    assert decision.action == "promote", decision.reasons
+    text = "\n".join(decision.reasons)
+    assert "p99 of one-size requests staging 20.0 ms vs production 20.0 ms" in text
+    assert "p99 of large-size requests not judged: 5 staging and 0 production" in text
+    assert (
+        "counted /predict answers: 1000 split after warm-up on staging "
+        "(not counted: 100 pinned, 3 direct, 12 warmup); 900 split after warm-up on production"
+    ) in text
+
+
+def test_huge_requests_compare_with_huge_ones() -> None:
+    """Large requests take seconds on both stages: within the share margin, not a slowdown."""
+    health = {
+        "production": reading("production", 1000, 0.0, 20.0, large=latency(200, 3000.0)),
+        "staging": reading("staging", 1000, 0.0, 20.0, large=latency(200, 3500.0)),
+    }
+    assert decide_canary(report(20, BETTER), health, RULE).action == "promote"
+
+
+def test_a_staging_slower_on_split_huge_requests_is_rolled_back() -> None:
+    health = {
+        "production": reading("production", 1000, 0.0, 20.0, large=latency(200, 3000.0)),
+        "staging": reading("staging", 1000, 0.0, 20.0, large=latency(200, 6000.0)),
+    }
+    decision = decide_canary(report(20, BETTER), health, RULE)
+    assert decision.action == "rollback"
+    assert (
+        "p99 of large-size requests staging 6000.0 ms vs production 3000.0 ms "
+        "(limit 3600.0 ms): staging is slower beyond the margin"
+    ) in decision.reasons
+
+
+def test_only_pinned_traffic_is_not_judged() -> None:
+    """Staging with no split traffic (everything pinned) is not judged, however it erred."""
+    staging = reading("staging", 0, 0.0, 20.0, not_counted={"pinned": 100})
+    health = {"production": reading("production", 900, 0.0, 20.0), "staging": staging}
+    decision = decide_canary(report(2, BETTER), health, RULE)
+    assert decision.action == "wait"
+    assert "not judged: 0 staging and 900 production split requests" in decision.reasons[0]

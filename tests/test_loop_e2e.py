@@ -194,6 +194,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             "SOCRATA_URL": socrata.url + "/resource/h9gi-nx95.json",
             "NOAA_URL": socrata.url + "/noaa",
             "DISCORD_WEBHOOK_URL": discord.url + WEBHOOK_PATH,
+            "VZ_CANARY_WARMUP_SECONDS": "0",  # the traffic is sent at start and must be judged
         }
         for name in ("VZ_PROMETHEUS_URL", "VZ_PUSHGATEWAY_URL", "VZ_PREDICTION_LOG"):
             env.pop(name, None)

@@ -27,41 +27,61 @@ from visionzero.rollout.prometheus import (
 )
 
 K8S_VERSION = "1.33.0"
-# A backend's /metrics as BentoML 1.4 writes it (two workers' samples already summed by it); $L
-# stands for the labels every sample carries besides endpoint, status and le; $D for the histogram.
+# A backend's /metrics as the service writes it (visionzero/serving/traffic_metrics.py; two workers'
+# samples already summed by BentoML); $L stands for the labels every sample carries besides the
+# ones the test varies; $C for the counter, $D for the histogram.
 METRICS = Template("""\
 # HELP bentoml_service_request_total Total number of HTTP requests
 # TYPE bentoml_service_request_total counter
-bentoml_service_request_total{endpoint="/predict",http_response_code="200",$L} 90.0
-bentoml_service_request_total{endpoint="/predict",http_response_code="400",$L} 6.0
-bentoml_service_request_total{endpoint="/predict",http_response_code="504",$L} 4.0
-bentoml_service_request_total{endpoint="/readyz",http_response_code="200",$L} 50.0
-# HELP bentoml_service_request_duration_seconds API HTTP request duration in seconds
-# TYPE bentoml_service_request_duration_seconds histogram
-${D}_bucket{endpoint="/predict",http_response_code="200",le="0.005",$L} 50.0
-${D}_bucket{endpoint="/predict",http_response_code="200",le="0.01",$L} 90.0
-${D}_bucket{endpoint="/predict",http_response_code="200",le="+Inf",$L} 90.0
-${D}_count{endpoint="/predict",http_response_code="200",$L} 90.0
-${D}_sum{endpoint="/predict",http_response_code="200",$L} 0.6
-${D}_bucket{endpoint="/predict",http_response_code="504",le="0.005",$L} 0.0
-${D}_bucket{endpoint="/predict",http_response_code="504",le="0.01",$L} 0.0
-${D}_bucket{endpoint="/predict",http_response_code="504",le="+Inf",$L} 10.0
-${D}_count{endpoint="/predict",http_response_code="504",$L} 10.0
-${D}_sum{endpoint="/predict",http_response_code="504",$L} 9.0
+bentoml_service_request_total{endpoint="/predict",http_response_code="500",service_name="x"} 999.0
+# HELP crash_risk_canary_requests_total POST /predict answers
+# TYPE crash_risk_canary_requests_total counter
+${C}{traffic="split",size="one",status="2xx",phase="steady",$L} 90.0
+${C}{traffic="split",size="one",status="4xx",phase="steady",$L} 6.0
+${C}{traffic="split",size="one",status="5xx",phase="steady",$L} 4.0
+${C}{traffic="split",size="large",status="2xx",phase="steady",$L} 2.0
+${C}{traffic="split",size="one",status="5xx",phase="warmup",$L} 12.0
+${C}{traffic="pinned",size="one",status="5xx",phase="steady",$L} 100.0
+${C}{traffic="pinned",size="large",status="2xx",phase="steady",$L} 5.0
+${C}{traffic="direct",size="one",status="2xx",phase="steady",$L} 3.0
+# HELP crash_risk_canary_request_duration_seconds POST /predict answer time
+# TYPE crash_risk_canary_request_duration_seconds histogram
+${D}_bucket{traffic="split",size="one",phase="steady",le="0.005",$L} 47.0
+${D}_bucket{traffic="split",size="one",phase="steady",le="0.01",$L} 85.0
+${D}_bucket{traffic="split",size="one",phase="steady",le="+Inf",$L} 94.0
+${D}_count{traffic="split",size="one",phase="steady",$L} 94.0
+${D}_sum{traffic="split",size="one",phase="steady",$L} 0.6
+${D}_bucket{traffic="split",size="large",phase="steady",le="0.005",$L} 0.0
+${D}_bucket{traffic="split",size="large",phase="steady",le="5.0",$L} 2.0
+${D}_bucket{traffic="split",size="large",phase="steady",le="+Inf",$L} 2.0
+${D}_count{traffic="split",size="large",phase="steady",$L} 2.0
+${D}_sum{traffic="split",size="large",phase="steady",$L} 6.0
+${D}_bucket{traffic="pinned",size="one",phase="steady",le="0.005",$L} 0.0
+${D}_bucket{traffic="pinned",size="one",phase="steady",le="+Inf",$L} 100.0
+${D}_count{traffic="pinned",size="one",phase="steady",$L} 100.0
+${D}_sum{traffic="pinned",size="one",phase="steady",$L} 900.0
 """).substitute(
-    L='runner_name="CrashRisk",service_name="crash_risk",service_version="x"',
-    D="bentoml_service_request_duration_seconds",
+    L='stage="staging"',
+    C="crash_risk_canary_requests_total",
+    D="crash_risk_canary_request_duration_seconds",
 )
 
 
-def test_metrics_endpoint_counts_predict_answers_and_only_5xx_as_errors() -> None:
+def test_metrics_endpoint_counts_split_steady_answers_and_only_5xx_as_errors() -> None:
     health = parse_metrics("staging", METRICS)
-    assert (health.requests, health.errors) == (100, 4)  # /readyz is not traffic; 400 not an error
-    assert health.error_rate == pytest.approx(0.04)
+    # split after warm-up: 90 + 6 + 4 one-item, 2 large; the 400s are answers, not errors
+    assert (health.requests, health.errors) == (102, 4)
+    assert health.error_rate == pytest.approx(4 / 102)
     assert health.source == "metrics-endpoint"
-    # 100 observations: 50 <= 5 ms, 90 <= 10 ms, 10 above: p50 at 5 ms, p95/p99 in +Inf -> 10 ms
-    assert health.p50_ms == pytest.approx(5.0)
-    assert health.p95_ms == pytest.approx(10.0) and health.p99_ms == pytest.approx(10.0)
+    # pinned 5xx, the warm-up's 5xx and BentoML's own counter are left out, and said
+    assert health.not_counted == {"pinned": 105, "direct": 3, "warmup": 12}
+    assert "(not counted: 105 pinned, 3 direct, 12 warmup)" in health.counted()
+    one, large = health.latency["one"], health.latency["large"]
+    assert one.requests == 94 and large.requests == 2  # timed: all but the 4xx
+    # 94 one-item observations: 47 <= 5 ms, 85 <= 10 ms: p50 at 5 ms, p99 in +Inf -> 10 ms;
+    # the pinned requests' 9 s each are not in it
+    assert one.p50_ms == pytest.approx(5.0) and one.p99_ms == pytest.approx(10.0)
+    assert 5.0 < large.p50_ms <= 5000.0
 
 
 def test_bucket_quantile_interpolates_like_histogram_quantile() -> None:
@@ -70,7 +90,8 @@ def test_bucket_quantile_interpolates_like_histogram_quantile() -> None:
     assert bucket_quantile(0.5, cumulative) == pytest.approx(0.15)  # rank 20: half of bucket 2
     assert bucket_quantile(0.875, cumulative) == pytest.approx(0.3)  # rank 35: half of bucket 3
     assert bucket_quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None
-    assert parse_metrics("production", "").p99_ms is None
+    empty = parse_metrics("production", "")
+    assert (empty.requests, empty.latency) == (0, {})
 
 
 def test_no_source_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

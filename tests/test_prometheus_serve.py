@@ -38,15 +38,18 @@ def targets(prometheus: str) -> dict[str, str]:
     return {t["labels"]["stage"]: t["health"] for t in active["activeTargets"]}
 
 
-def post(url: str, item: dict, times: int) -> list[int]:
+def post(url: str, item: dict, times: int, traffic: str = "split") -> list[int]:
+    """Straight to a backend, marked as nginx marks the traffic it routes."""
     return [
-        requests.post(f"{url}/predict", json={"items": [item]}, timeout=30).status_code
+        requests.post(
+            f"{url}/predict", json={"items": [item]}, headers={"X-VZ-Traffic": traffic}, timeout=30
+        ).status_code
         for _ in range(times)
     ]
 
 
 def test_serve_monitor_scrapes_both_stages_and_stage_health_agrees(
-    trained: dict, weekend_broken: dict
+    trained: dict, weekend_broken: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = deployment.state_path()
     before = path.read_text()
@@ -54,6 +57,7 @@ def test_serve_monitor_scrapes_both_stages_and_stage_health_agrees(
         state.update(staging=weekend_broken)
     pid_file = Path(os.environ["VZ_HOME"]) / "serve.json"
     port = free_port()
+    monkeypatch.setenv("VZ_CANARY_WARMUP_SECONDS", "0")  # the traffic below counts at once
     serve = start_serve(port, "--monitor")
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", 240, serve)
@@ -76,12 +80,15 @@ def test_serve_monitor_scrapes_both_stages_and_stage_health_agrees(
         assert set(post(backends["production"], WEEKDAY, 40)) == {200}
         assert set(post(backends["staging"], WEEKDAY, 20)) == {200}
         assert set(post(backends["staging"], SATURDAY, 10)) == {500}, "the fault did not fire"
+        assert set(post(backends["staging"], SATURDAY, 5, "pinned")) == {500}
 
-        # /metrics, counted since each backend started: the traffic sent plus serve's one check
+        # /metrics, counted since each backend started: the split traffic sent; serve's one
+        # check reached each backend directly and the pinned 500s are counted apart
         direct = from_metrics_endpoints(backends)
-        assert (direct["production"].requests, direct["production"].errors) == (41, 0)
-        assert (direct["staging"].requests, direct["staging"].errors) == (31, 10)
-        assert direct["staging"].error_rate == pytest.approx(10 / 31)
+        assert (direct["production"].requests, direct["production"].errors) == (40, 0)
+        assert (direct["staging"].requests, direct["staging"].errors) == (30, 10)
+        assert direct["staging"].error_rate == pytest.approx(10 / 30)
+        assert direct["staging"].not_counted == {"pinned": 5, "direct": 1, "warmup": 0}
 
         def scraped() -> dict | None:
             health = stage_health(window_minutes=10)
@@ -91,9 +98,12 @@ def test_serve_monitor_scrapes_both_stages_and_stage_health_agrees(
 
         health = wait_for(scraped, 30, "Prometheus did not see the traffic")
         assert {h.source for h in health.values()} == {"prometheus"}
-        assert health["production"].error_rate == 0 and health["production"].p99_ms > 0
-        assert 0.2 < health["staging"].error_rate < 0.5  # 10 of 30: the smoke is the first sample
-        assert health["staging"].p99_ms > 0
+        assert health["production"].error_rate == 0
+        assert health["production"].latency["one"].p99_ms > 0
+        # 10 of 30; increase() extrapolates to the window's edges: counts are estimates
+        assert health["staging"].error_rate == pytest.approx(10 / 30, rel=0.15)
+        assert health["staging"].latency["one"].p99_ms > 0
+        assert 4 <= health["staging"].not_counted["pinned"] <= 6
 
         with deployment.locked_state() as state:  # a rollback of the canary: staging goes
             state.update(staging=None)

@@ -1,5 +1,7 @@
-"""canary_health: each stage's error rate and latency percentiles from the backends' Prometheus
-metrics. An unreachable source is a reading too: the decider then cannot call staging healthy."""
+"""canary_health: each stage's error rate and latency percentiles per size class on the traffic
+the canary split sent after warm-up, from the backends' Prometheus metrics, with what was left out
+(pinned, direct, warm-up). An unreachable source is a reading too: the decider then cannot call
+staging healthy."""
 
 from __future__ import annotations
 

@@ -26,11 +26,17 @@ import psutil
 import pytest
 import requests
 
+from tests.broken_releases import weekday_only_release
 from tests.conftest import ROOT, free_port, start_serve, wait_http
+from visionzero.monitoring.canary import CanaryRule, decide_canary
+from visionzero.monitoring.forward import ForwardReport, Unscored
+from visionzero.monitoring.sources import canary_health
 from visionzero.rollout import deployment_state as deployment
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-POINT = {"items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]}
+WEEKDAY = {"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}
+SATURDAY = {**WEEKDAY, "datetime": "2025-02-08T08:30"}
+POINT = {"items": [WEEKDAY]}
 
 
 def set_state(production: dict, staging: dict | None) -> None:
@@ -74,6 +80,13 @@ def broken(challenger: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "bento_tag": build_bento(model_tag, "bentofile.yaml"),
         "arm64_bento_tag": "none",
     }
+
+
+@pytest.fixture(scope="module")
+def weekday_only(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A staging release that answers weekdays and fails with a 500 on other day types."""
+    workdir = tmp_path_factory.mktemp("weekday")
+    return weekday_only_release(trained["production"]["model_tag"], 997, workdir)
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -426,3 +439,69 @@ def test_clear_failures_in_one_line() -> None:
         assert "Traceback" not in result.stderr, (args, result.stderr)
         assert "run `make run` first" in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+
+
+def unscored(production: dict, staging: dict) -> ForwardReport:
+    """No forward evidence yet (a fresh canary): the monitor's decision rests on health alone."""
+    return ForwardReport(
+        resolutions=[9],
+        last_complete_day=None,
+        stages={},
+        unscored={
+            stage: Unscored(model_version=release["model_version"], reason="no complete day yet")
+            for stage, release in (("production", production), ("staging", staging))
+        },
+    )
+
+
+def test_pinned_errors_do_not_make_the_monitor_roll_staging_back(
+    trained: dict, weekday_only: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20's done-when: 100 error requests and two 10,000-item ones on /stage/staging/
+    through nginx, claiming to be split traffic, leave staging healthy in the monitor's reading
+    (its canary_health step reads the backends' /metrics, its decider the rule); the same errors
+    through the split still roll it back."""
+    production = trained["production"]
+    set_state(production, weekday_only)
+    monkeypatch.setenv("VZ_CANARY_WARMUP_SECONDS", "0")  # judged at once; warm-up: its own test
+    monkeypatch.delenv("VZ_PROMETHEUS_URL", raising=False)
+    rule = CanaryRule(min_requests=30)
+    forward = unscored(production, weekday_only)
+    with Serve() as serve, requests.Session() as session:
+        serve.wait_ready()
+        pid_file = Path(os.environ["VZ_HOME"]) / "serve.json"
+        wait_for(
+            lambda: len(json.loads(pid_file.read_text()).get("backends", {})) == 2,
+            240,
+            "serve started both stages",
+        )
+        split = [session.post(serve.url + "/predict", json=POINT, timeout=30) for _ in range(200)]
+        assert {a.status_code for a in split} == {200}
+        on_staging = sum(a.headers["X-VZ-Stage"] == "staging" for a in split)
+        pinned = serve.url + "/stage/staging/predict"
+        session.headers["X-VZ-Traffic"] = "split"  # a client's claim: nginx overwrites it
+        attack = [session.post(pinned, json={"items": [SATURDAY]}, timeout=30) for _ in range(100)]
+        assert {a.status_code for a in attack} == {500}, "the pinned requests did not fail"
+        huge = {"items": [WEEKDAY] * 10_000}
+        assert [session.post(pinned, json=huge, timeout=120).status_code for _ in "ab"] == [200] * 2
+        del session.headers["X-VZ-Traffic"]
+
+        health = canary_health(rule.metrics_window_minutes)
+        decision = decide_canary(forward, health, rule)
+        assert decision.action == "wait", decision.reasons
+        staging = health["staging"]
+        assert (staging.requests, staging.errors) == (on_staging, 0)
+        assert staging.not_counted["pinned"] == 102 and list(staging.latency) == ["one"]
+        assert f"{on_staging} split after warm-up on staging (not counted: 102 pinned" in (
+            "\n".join(decision.reasons)
+        )
+
+        saturdays = [
+            session.post(serve.url + "/predict", json={"items": [SATURDAY]}, timeout=30)
+            for _ in range(100)
+        ]
+        assert 500 in {a.status_code for a in saturdays}
+        decision = decide_canary(forward, canary_health(rule.metrics_window_minutes), rule)
+        assert decision.action == "rollback", decision.reasons
+        assert "staging errs beyond the margin" in decision.reasons[0]
+        assert serve.terminate() == 0

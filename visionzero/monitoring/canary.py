@@ -5,6 +5,11 @@ interval of its forward deviance change against production (paired, on the days 
 lies below zero over enough complete days and it is operationally healthy; it is rolled back when
 it errs or lags beyond a margin, or when that interval lies above zero; otherwise it waits, and
 the decision says how many more days it needs.
+
+"Errs or lags" is judged on the traffic the canary split sent after each worker's warm-up only,
+latency within each request size class (operational.py, visionzero/serving/traffic_metrics.py):
+what a client sends to the pinned `/stage/staging/` cannot roll staging back, and huge requests
+sent through the split reach both stages in proportion and meet only their own size class.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.monitoring.forward import ForwardReport
-from visionzero.monitoring.operational import StageHealth
+from visionzero.monitoring.operational import SIZE_CLASSES, StageHealth
 
 STAGES = ("staging", "production")
 
@@ -41,10 +46,22 @@ class CanaryRule(BaseModel):
         description="roll back when staging's error rate exceeds production's by more (absolute)",
     )
     p99_margin_ms: float = Field(
-        50.0, ge=0, description="roll back when staging's p99 latency exceeds production's by more"
+        50.0,
+        ge=0,
+        description="roll back when staging's p99 latency exceeds production's by more, in a size "
+        "class both served",
+    )
+    p99_margin_share: float = Field(
+        0.2,
+        ge=0,
+        description="... or by more than this share of production's p99 when that is larger "
+        "(large requests take seconds and vary by more than the fixed margin)",
     )
     min_requests: int = Field(
-        100, ge=1, description="requests each stage needs in the window before health is judged"
+        100,
+        ge=1,
+        description="split requests each stage needs in the window before health is judged, and "
+        "in a size class before its latency is",
     )
     metrics_window_minutes: int = Field(
         60, ge=1, description="the window of error rates and latency percentiles"
@@ -74,50 +91,50 @@ class CanaryDecision(BaseModel):
 def health_verdict(
     health: dict[str, StageHealth] | None, health_error: str | None, rule: CanaryRule
 ) -> tuple[bool | None, list[str]]:
-    """(True healthy / False unhealthy / None not shown, reasons)."""
+    """(True healthy / False unhealthy / None not shown, reasons). Only split traffic after
+    warm-up counts (operational.py): a client pinning `/stage/staging/` cannot roll it back.
+    Latency is compared within each size class both stages served enough of, so a few huge
+    requests are compared with huge ones, never with one-item answers."""
     if health is None:
         return None, [f"operational health unknown ({health_error or 'no metrics source'})"]
     staging, production = health.get("staging"), health.get("production")
     if staging is None or production is None:
         missing = "staging" if staging is None else "production"
         return None, [f"operational health unknown: no metrics of {missing}"]
+    counted = f"counted /predict answers: {staging.counted()}; {production.counted()}"
     if min(staging.requests, production.requests) < rule.min_requests:
         return None, [
-            f"operational health not judged: {staging.requests:.0f} staging and "
-            f"{production.requests:.0f} production requests (each needs {rule.min_requests})"
+            f"operational health not judged: {staging.requests} staging and "
+            f"{production.requests} production split requests after warm-up "
+            f"(each needs {rule.min_requests})",
+            counted,
         ]
-    checks = [  # what, staging, production, margin, unit, digits, verdict beyond the margin
-        (
-            "error rate",
-            staging.error_rate,
-            production.error_rate,
-            rule.error_rate_margin,
-            "",
-            4,
-            "staging errs beyond the margin",
-        ),
-        (
-            "p99",
-            staging.p99_ms,
-            production.p99_ms,
-            rule.p99_margin_ms,
-            " ms",
-            1,
-            "staging is slower beyond the margin",
-        ),
+    limit = production.error_rate + rule.error_rate_margin
+    healthy = staging.error_rate <= limit
+    reasons = [
+        f"error rate staging {staging.error_rate:.4f} vs production {production.error_rate:.4f} "
+        f"(limit {limit:.4f}): {'ok' if healthy else 'staging errs beyond the margin'}"
     ]
-    reasons, healthy = [], True
-    for name, mine, theirs, margin, unit, digits, beyond in checks:
-        if mine is None or theirs is None:  # a percentile needs requests
+    for size in SIZE_CLASSES:
+        mine, theirs = staging.latency.get(size), production.latency.get(size)
+        if mine is None and theirs is None:
             continue
-        limit = theirs + margin
-        line = (
-            f"{name} staging {mine:.{digits}f}{unit} vs production {theirs:.{digits}f}{unit} "
-            f"(limit {limit:.{digits}f}{unit})"
-        )
-        within = mine <= limit
+        served = (mine.requests if mine else 0, theirs.requests if theirs else 0)
+        if min(served) < rule.min_requests or mine.p99_ms is None or theirs.p99_ms is None:
+            reasons.append(
+                f"p99 of {size}-size requests not judged: {served[0]} staging and {served[1]} "
+                f"production (each needs {rule.min_requests})"
+            )
+            continue
+        limit = theirs.p99_ms + max(rule.p99_margin_ms, rule.p99_margin_share * theirs.p99_ms)
+        within = mine.p99_ms <= limit
         healthy = healthy and within
-        reasons.append(f"{line}: {'ok' if within else beyond}")
+        reasons.append(
+            f"p99 of {size}-size requests staging {mine.p99_ms:.1f} ms vs production "
+            f"{theirs.p99_ms:.1f} ms (limit {limit:.1f} ms): "
+            f"{'ok' if within else 'staging is slower beyond the margin'}"
+        )
+    reasons.append(counted)
     return healthy, reasons
 
 

@@ -1,8 +1,9 @@
-"""Operational canary metrics per stage: /predict requests, 5xx errors, latency percentiles.
+"""Operational canary metrics per stage: /predict answers, 5xx errors, latency per size class.
 
-The canary decision needs to know whether staging fails or slows down more than production. The
-numbers come from BentoML's own instruments (`bentoml_service_request_total` by
-`http_response_code`, the `bentoml_service_request_duration_seconds` histogram), read from
+The canary decision needs to know whether staging fails or slows down more than production on
+the traffic the canary split gave it. The numbers come from the service's own instruments
+(visionzero/serving/traffic_metrics.py: answers by traffic class, body size class, status class
+and warm-up phase, and a duration histogram), read from
 
 1. a Prometheus that scrapes both stages with a `stage` label: `VZ_PROMETHEUS_URL` (Kubernetes,
    compose) or the one a running `serve --monitor` recorded in `$VZ_HOME/serve.json`; counts over
@@ -10,7 +11,10 @@ numbers come from BentoML's own instruments (`bentoml_service_request_total` by
 2. otherwise each running backend's `/metrics` (its address also in serve.json): counts since that
    backend started, percentiles from its cumulative buckets, as `histogram_quantile` computes them.
 
-Errors are 5xx answers only: a 4xx is the client's mistake and says nothing about the model server.
+Only split traffic after the worker's warm-up is judged: pinned `/stage/<stage>/` requests (a
+client chooses the stage), direct ones (tests, probes) and warm-up answers are counted apart and
+reported. Errors are 5xx answers only: a 4xx is the client's mistake and says nothing about the
+model server. Latency is per size class, so that a few huge requests compare with huge ones.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ from visionzero.platform.settings import paths
 from visionzero.rollout.local_canary import STAGES
 from visionzero.rollout.prometheus import prometheus_url
 
-REQUESTS = "bentoml_service_request_total"
-DURATION = "bentoml_service_request_duration_seconds"
-ENDPOINT = "/predict"  # the model's answers; probes and /metrics are not the canary's business
+# As visionzero/serving/traffic_metrics.py names them (not imported: that module needs BentoML).
+REQUESTS = "crash_risk_canary_requests"
+DURATION = "crash_risk_canary_request_duration_seconds"
+
 QUANTILES = {"p50_ms": 0.50, "p95_ms": 0.95, "p99_ms": 0.99}
+NOT_COUNTED = ("pinned", "direct", "warmup")
+SIZE_CLASSES = ("one", "small", "large")  # as traffic_metrics.py names them, smallest first
 TIMEOUT = 10.0
 
 
@@ -40,19 +47,35 @@ class MetricsUnavailable(RuntimeError):
     """No source of operational metrics answered; the message says what was tried."""
 
 
+class SizeLatency(BaseModel):
+    """Latency of one size class's split, post-warm-up /predict answers (4xx not timed)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requests: int
+    p50_ms: float | None  # None without requests
+    p95_ms: float | None
+    p99_ms: float | None
+
+
 class StageHealth(BaseModel):
-    """One stage's /predict traffic: what the canary rule compares between the stages."""
+    """One stage's /predict traffic as the canary rule compares it: only what the canary split
+    sent after the worker's warm-up counts; what was left out is kept to be said."""
 
     model_config = ConfigDict(frozen=True)
 
     stage: Literal["production", "staging"]
     source: Literal["prometheus", "metrics-endpoint"]
-    requests: int
-    errors: int  # 5xx answers
+    requests: int  # split, post-warm-up answers
+    errors: int  # 5xx answers among them
     error_rate: float  # errors / requests; 0 without requests
-    p50_ms: float | None  # None without requests
-    p95_ms: float | None
-    p99_ms: float | None
+    latency: dict[str, SizeLatency] = {}  # size class (one, small, large) -> its latency
+    not_counted: dict[str, int] = {}  # pinned, direct (after warm-up), warmup (any traffic)
+
+    def counted(self) -> str:
+        """What the numbers hold and what they leave out, for the rule's reasons."""
+        left_out = ", ".join(f"{self.not_counted.get(k, 0)} {k}" for k in NOT_COUNTED)
+        return f"{self.requests} split after warm-up on {self.stage} (not counted: {left_out})"
 
 
 def serve_pid_file() -> Path:
@@ -119,7 +142,7 @@ def by_stage(rows: list[tuple[dict[str, str], float]]) -> dict[str, float]:
 def from_prometheus(url: str, window_minutes: int) -> dict[str, StageHealth]:
     """Counts and percentiles over the window, per stage label; the stages are those scraped
     now, so a stage that served earlier in the window but no longer is left out. Requests and
-    errors come from one query (by status code), so a scrape landing between two queries cannot
+    errors come from one query (by every label), so a scrape landing between two queries cannot
     make errors outnumber requests; every query is evaluated at the same instant."""
     at = time.time()
     window = f"[{window_minutes}m]"
@@ -127,38 +150,30 @@ def from_prometheus(url: str, window_minutes: int) -> dict[str, StageHealth]:
     stages = sorted(by_stage(up))
     if not stages:
         raise MetricsUnavailable(f"Prometheus at {url} scrapes no target labelled with a stage")
-    predict = f'endpoint="{ENDPOINT}"'
-    by_code = query(
+    counts = query(
         url,
-        f"sum by (stage, http_response_code) (increase({REQUESTS}{{{predict}}}{window}))",
+        f"sum by (stage, traffic, size, status, phase) (increase({REQUESTS}_total{window}))",
         at,
     )
-    total = dict.fromkeys(stages, 0.0)
-    errors = dict.fromkeys(stages, 0.0)
-    for labels, value in by_code:
-        stage = labels.get("stage")
-        if stage in total:
-            total[stage] += value
-            if labels.get("http_response_code", "").startswith("5"):
-                errors[stage] += value
-    percentiles = {
-        name: by_stage(
-            query(
-                url,
-                f"histogram_quantile({q}, sum by (stage, le) "
-                f"(increase({DURATION}_bucket{{{predict}}}{window})))",
-                at,
-            )
+    judged = 'traffic="split",phase="steady"'
+    percentiles: dict[str, dict[str, dict[str, float | None]]] = {}  # stage -> size -> name
+    for name, q in QUANTILES.items():
+        rows = query(
+            url,
+            f"histogram_quantile({q}, sum by (stage, size, le) "
+            f"(increase({DURATION}_bucket{{{judged}}}{window})))",
+            at,
         )
-        for name, q in QUANTILES.items()
-    }
+        for labels, value in rows:
+            if "stage" in labels and "size" in labels:
+                sizes = percentiles.setdefault(labels["stage"], {})
+                sizes.setdefault(labels["size"], {})[name] = value
     return {
-        stage: health(
+        stage: summarise(
             stage,
             "prometheus",
-            round(total[stage]),
-            round(errors[stage]),
-            {name: values.get(stage) for name, values in percentiles.items()},
+            [(labels, value) for labels, value in counts if labels.get("stage") == stage],
+            percentiles.get(stage, {}),
         )
         for stage in stages
     }
@@ -181,24 +196,76 @@ def from_metrics_endpoints(backends: dict[str, str]) -> dict[str, StageHealth]:
 
 
 def parse_metrics(stage: str, text: str) -> StageHealth:
-    """A backend's /metrics text: /predict answers by status and the duration histogram (summed
-    over status codes and workers)."""
-    requests_total = errors = 0.0
-    buckets: dict[float, float] = {}
+    """A backend's /metrics text: the canary instruments' counts and, per size class, the
+    duration histogram of split post-warm-up answers (summed over workers)."""
+    counts: list[tuple[dict[str, str], float]] = []
+    buckets: dict[str, dict[float, float]] = {}  # size -> upper bound -> cumulative count
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.labels.get("endpoint") != ENDPOINT:
-                continue
-            if sample.name == REQUESTS:
-                requests_total += sample.value
-                if sample.labels.get("http_response_code", "").startswith("5"):
-                    errors += sample.value
-            elif sample.name == f"{DURATION}_bucket":
-                bound = float(sample.labels["le"])
-                buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    cumulative = sorted(buckets.items())
-    percentiles = {name: bucket_quantile(q, cumulative) for name, q in QUANTILES.items()}
-    return health(stage, "metrics-endpoint", round(requests_total), round(errors), percentiles)
+            labels = sample.labels
+            if sample.name == f"{REQUESTS}_total":
+                counts.append((labels, sample.value))
+            elif (
+                sample.name == f"{DURATION}_bucket"
+                and labels.get("traffic") == "split"
+                and labels.get("phase") == "steady"
+            ):
+                sizes = buckets.setdefault(labels.get("size", ""), {})
+                bound = float(labels["le"])
+                sizes[bound] = sizes.get(bound, 0.0) + sample.value
+    percentiles = {
+        size: {
+            name: bucket_quantile(q, sorted(cumulative.items())) for name, q in QUANTILES.items()
+        }
+        for size, cumulative in buckets.items()
+    }
+    return summarise(stage, "metrics-endpoint", counts, percentiles)
+
+
+def summarise(
+    stage: str,
+    source: str,
+    counts: list[tuple[dict[str, str], float]],
+    seconds: dict[str, dict[str, float | None]],
+) -> StageHealth:
+    """One stage's health from its answer counts (labelled as traffic_metrics.py writes them)
+    and each size class's percentiles in seconds."""
+    total = errors = 0.0
+    timed: dict[str, float] = {}  # size -> split steady answers that were timed (not 4xx)
+    not_counted = dict.fromkeys(NOT_COUNTED, 0.0)
+    for labels, value in counts:
+        traffic = labels.get("traffic")
+        if labels.get("phase") != "steady":
+            not_counted["warmup"] += value
+        elif traffic != "split":
+            not_counted["pinned" if traffic == "pinned" else "direct"] += value
+        else:
+            total += value
+            status = labels.get("status")
+            errors += value if status == "5xx" else 0.0
+            if status != "4xx":
+                timed[labels.get("size", "")] = timed.get(labels.get("size", ""), 0.0) + value
+    latency = {
+        size: SizeLatency(requests=round(answers), **millis(seconds.get(size, {})))
+        for size, answers in timed.items()
+        if round(answers) > 0
+    }
+    return StageHealth(
+        stage=stage,
+        source=source,
+        requests=round(total),
+        errors=round(errors),
+        error_rate=round(errors) / round(total) if round(total) else 0.0,
+        latency=latency,
+        not_counted={name: round(value) for name, value in not_counted.items()},
+    )
+
+
+def millis(seconds: dict[str, float | None]) -> dict[str, float | None]:
+    return {
+        name: None if (value := seconds.get(name)) is None or math.isnan(value) else value * 1000
+        for name in QUANTILES
+    }
 
 
 def bucket_quantile(q: float, cumulative: list[tuple[float, float]]) -> float | None:
@@ -219,20 +286,3 @@ def bucket_quantile(q: float, cumulative: list[tuple[float, float]]) -> float | 
             return lower_bound + (bound - lower_bound) * share
         lower_bound, lower_count = bound, count
     return lower_bound
-
-
-def health(
-    stage: str, source: str, total: int, errors: int, seconds: dict[str, float | None]
-) -> StageHealth:
-    millis = {
-        name: None if value is None or math.isnan(value) else value * 1000
-        for name, value in seconds.items()
-    }
-    return StageHealth(
-        stage=stage,
-        source=source,
-        requests=total,
-        errors=errors,
-        error_rate=errors / total if total else 0.0,
-        **millis,
-    )

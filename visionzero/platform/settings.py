@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
     vz_access_log: bool = Field(False, description="BentoML access log")
     vz_metrics: bool = Field(True, description="Prometheus `/metrics`")
+    vz_canary_warmup_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="a backend worker's /predict answers in its first seconds count apart "
+        "(phase `warmup`) and not in the canary's health: a cold start cannot fake a slow model",
+    )
     vz_prometheus_url: str | None = Field(
         None,
         description="Prometheus that scrapes both stages (Kubernetes, compose), for the canary's "
