@@ -97,14 +97,20 @@ class Raced:
     outputs: list[str]
 
 
+# A few tuning trials: the runs' order, not the model, is under test.
+QUICK_TUNING = {"max_trials": 2, "share_trials": 2, "cv_folds": 2}
+
+
 @pytest.fixture(scope="module")
 def raced(tmp_path_factory: pytest.TempPathFactory) -> Raced:
     """Two first runs started at once in a fresh project folder."""
     project = tmp_path_factory.mktemp("runs") / "original"
     env = project_env(project)
+    config = project.parent / "training.yaml"
+    config.write_text(yaml.safe_dump({"parameters": {"tuning": QUICK_TUNING}}))
     children = [
         subprocess.Popen(
-            [sys.executable, "run.py", "--offline"],
+            [sys.executable, "run.py", "--offline", "--config", str(config)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
