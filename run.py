@@ -16,6 +16,8 @@ from visionzero.platform.output import configure_output
 from visionzero.platform.settings import REPO_ROOT, configure_environment, settings
 
 if TYPE_CHECKING:
+    from zenml.models import PipelineRunResponse
+
     from visionzero.data.dataset import LoadConfig
 
 T = TypeVar("T")
@@ -57,6 +59,11 @@ def cli(
     """Without a sub-command: run the training pipeline (after the backfill with --backfill)."""
     configure_environment()
     configure_output()
+    from visionzero.platform.stack import repoint_moved_stores
+
+    moved = repoint_moved_stores()  # a copied or moved project: before anything opens a store
+    if moved:
+        click.echo(moved, err=True)  # stderr: `status --json` stays JSON
     if (with_backfill or since) and ctx.invoked_subcommand is not None:
         raise click.UsageError("--backfill and --since go before training, not a sub-command")
     if since and not with_backfill:
@@ -71,8 +78,7 @@ def cli(
     if ctx.invoked_subcommand is None:
         if with_backfill:
             run_backfill(training_data_config(config_path), since)
-        train(offline, config_path)
-        echo_training_summary()
+        echo_training_summary(train(offline, config_path))
 
 
 def run_backfill(data: LoadConfig, since: datetime | None) -> None:
@@ -195,8 +201,9 @@ def on_configured_orchestrator(pipeline: T, **params: Any) -> T:
     return pipeline.with_options(**options)
 
 
-def train(offline: bool, config_path: Path) -> None:
-    """Validate the run configuration first, then run the pipeline on the project's stack."""
+def train(offline: bool, config_path: Path) -> PipelineRunResponse:
+    """Validate the run configuration first, then run the pipeline on the project's stack; the
+    run it made (what its closing summary reads: not "the newest run", maybe another one's)."""
     from visionzero.platform.stack import initialise_store
 
     initialise_store()  # before pipelines.training: importing it touches the store
@@ -211,7 +218,7 @@ def train(offline: bool, config_path: Path) -> None:
         decision=params.decision,
         deploy_target=settings().vz_deploy_target,
     )
-    on_configured_orchestrator(training_pipeline, **arguments)(**arguments)
+    return on_configured_orchestrator(training_pipeline, **arguments)(**arguments)
 
 
 @cli.command()
@@ -232,8 +239,7 @@ def monitor(ctx: click.Context, offline: bool, monitor_config: Path) -> None:
     retrain = run_monitoring(offline, monitor_config)
     if retrain:
         click.echo("Retraining: the training pipeline runs now")
-        train(offline, ctx.parent.params["config_path"])
-        echo_training_summary()
+        echo_training_summary(train(offline, ctx.parent.params["config_path"]))
 
 
 def run_monitoring(offline: bool, config_path: Path) -> bool:
@@ -255,11 +261,11 @@ def run_monitoring(offline: bool, config_path: Path) -> bool:
         act=params.act,
         deploy_target=settings().vz_deploy_target,
     )
-    on_configured_orchestrator(monitoring_pipeline, **arguments)(**arguments)
-    from visionzero.monitoring.summary import load_summary
+    run = on_configured_orchestrator(monitoring_pipeline, **arguments)(**arguments)
+    from visionzero.status import monitoring_outputs
 
-    summary = load_summary() or {}
-    canary, retrain = summary.get("canary", {}), summary.get("retrain", {})
+    summary = monitoring_outputs(run.id)  # this run's verdicts, not another monitor's
+    canary, retrain = summary["canary"], summary["retrain"]
     click.echo(f"\nCanary: {canary.get('action')} ({canary.get('outcome') or '-'})")
     for reason in canary.get("reasons", []):
         click.echo(f"  - {reason}")
@@ -290,13 +296,14 @@ def show_config(ctx: click.Context) -> None:
     click.echo(yaml.safe_dump({"parameters": params.model_dump()}, sort_keys=False).rstrip())
 
 
-def echo_training_summary() -> None:
+def echo_training_summary(run: PipelineRunResponse) -> None:
     """Close a training run with its decision, what serves now and the command to run next."""
     from visionzero.rollout.deployment_state import read_state
-    from visionzero.status import last_training_outputs, training_summary
+    from visionzero.status import training_outputs, training_summary
 
-    decision, deployment = last_training_outputs()
-    click.echo("\n" + training_summary(decision, deployment, read_state()))
+    decision, deployment = training_outputs(run.id)
+    click.echo(f"\nRun {run.name}")
+    click.echo(training_summary(decision, deployment, read_state()))
 
 
 @cli.command()

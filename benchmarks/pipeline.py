@@ -34,12 +34,8 @@ def main() -> None:
 
     configure_environment()
     start = time.perf_counter()
-    train(offline=True, config_path=DEFAULT_CONFIG)
+    run = train(offline=True, config_path=DEFAULT_CONFIG)
     total = time.perf_counter() - start
-
-    from zenml.client import Client
-
-    run = Client().get_pipeline(name_id_or_prefix="training_pipeline").last_run
     print(f"\ncold pipeline run on {os.cpu_count()} cores (fresh stores in {TMP}):")
     for name, step in run.steps.items():
         seconds = (step.end_time - step.start_time).total_seconds()

@@ -75,10 +75,15 @@ def test_second_run_compares_with_production_on_the_same_holdout(trained: dict) 
 
 
 def test_the_closing_summary_reads_the_run_back(trained: dict) -> None:
-    from visionzero.rollout.deployment_state import read_state
-    from visionzero.status import last_training_outputs, training_summary
+    from zenml.client import Client
 
-    text = training_summary(*last_training_outputs(), read_state())
+    from visionzero.rollout.deployment_state import read_state
+    from visionzero.status import training_outputs, training_summary
+
+    run = Client().list_pipeline_runs(
+        pipeline_name="training_pipeline", status="completed", sort_by="desc:created", size=1
+    )
+    text = training_summary(*training_outputs(run.items[0].id), read_state())
     production = read_state()["production"]
     assert f"Serving now: production v{production['model_version']}" in text
     assert text.splitlines()[-1].startswith("Next: python run.py ")

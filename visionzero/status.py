@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from visionzero.data.versioning import read_version
 from visionzero.platform.settings import paths
+
+if TYPE_CHECKING:
+    from uuid import UUID
 
 
 def save_data_summary(summary: dict) -> None:
@@ -212,16 +216,26 @@ def training_summary(decision: dict, deployment: dict, state: dict, port: int = 
     return "\n".join(lines)
 
 
-def last_training_outputs() -> tuple[dict, dict]:
-    """(decision, deployment) of the newest training run, read back from its artifacts."""
+def training_outputs(run_id: UUID) -> tuple[dict, dict]:
+    """(decision, deployment) of one training run, read back from its artifacts by the run's id:
+    never "the newest run", which with two runs at once is the other one (maybe still running)."""
     from zenml.client import Client
 
-    run = (
-        Client()
-        .list_pipeline_runs(pipeline_name="training_pipeline", sort_by="desc:created", size=1)
-        .items[0]
-    )
+    run = Client().get_pipeline_run(run_id)
     return (
         run.steps["trigger_decision"].outputs["decision"][0].load().model_dump(),
         run.steps["deployer"].outputs["deployment"][0].load().model_dump(),
     )
+
+
+def monitoring_outputs(run_id: UUID) -> dict:
+    """The verdicts of one monitoring run (canary, drift flags, retrain), read back from its
+    artifacts by the run's id: `monitoring.json` is whichever monitor finished last."""
+    from zenml.client import Client
+
+    steps = Client().get_pipeline_run(run_id).steps
+    return {
+        "canary": steps["canary_decider"].outputs["canary_decision"][0].load().model_dump(),
+        "drift_flags": steps["drift_detector"].outputs["drift_report"][0].load().flags,
+        "retrain": steps["retrain_trigger"].outputs["retrain_decision"][0].load().model_dump(),
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from filelock import FileLock
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
@@ -42,10 +43,14 @@ def alert_flagged_days(summary: DatasetSummary) -> str:
 def load_dataset(config: LoadConfig) -> DatasetRef:
     """The step's work without ZenML's run context, so tests drive it directly."""
     data_dir = paths().data_dir
-    summary = build_dataset(data_dir, config)
-    version = version_data_dir(data_dir)
+    # Two runs at once (two first runs in a fresh clone) share data/, its staging folder and the
+    # DVC repository: one builds, versions and pins at a time; the other then finds it built.
+    paths().home.mkdir(parents=True, exist_ok=True)
+    with FileLock(paths().home / "dataset.lock"):
+        summary = build_dataset(data_dir, config)
+        version = version_data_dir(data_dir)
+        pinned = checkout_version(version)  # the run reads this copy: the next run rewrites data/
     summary = summary.model_copy(update={"version": version})
-    pinned = checkout_version(version)  # the run reads this copy: the next run rewrites data/
     logger.info(
         "Loaded %d crash rows (source: %s; %d months rewritten); quarantined %s; %d complete"
         " days; data version %s",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import mlflow
+from filelock import FileLock
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
@@ -38,23 +39,26 @@ def hp_tuner(
 ) -> Annotated[TunedParams, "tuned_params"]:
     prepared, train_days, _ = load_split(dataset, model)
     tuner_dir = paths().tuner_dir
-    volume, volume_trials = search(prepared, train_days, model, tuning, tuner_dir)
-    volume_score = log_trials("tuner", volume_trials)
-    logger.info(
-        "hp_tuner: volume %d trials, best CV Poisson deviance %.3f with %s",
-        len(volume_trials),
-        volume_score,
-        volume,
-    )
-    shares, share_trials = search_shares(prepared, train_days, model, tuning, tuner_dir)
-    share_score = log_trials("share", share_trials)
-    logger.info(
-        "hp_tuner: shares %d trials, best CV Poisson deviance (resolution %d) %.6f with %s",
-        len(share_trials),
-        model.finest_resolution,
-        share_score,
-        shares,
-    )
+    tuner_dir.mkdir(parents=True, exist_ok=True)
+    # each search overwrites its folder under tuner/: two runs at once take turns
+    with FileLock(tuner_dir / "searches.lock"):
+        volume, volume_trials = search(prepared, train_days, model, tuning, tuner_dir)
+        volume_score = log_trials("tuner", volume_trials)
+        logger.info(
+            "hp_tuner: volume %d trials, best CV Poisson deviance %.3f with %s",
+            len(volume_trials),
+            volume_score,
+            volume,
+        )
+        shares, share_trials = search_shares(prepared, train_days, model, tuning, tuner_dir)
+        share_score = log_trials("share", share_trials)
+        logger.info(
+            "hp_tuner: shares %d trials, best CV Poisson deviance (resolution %d) %.6f with %s",
+            len(share_trials),
+            model.finest_resolution,
+            share_score,
+            shares,
+        )
     log_metadata(
         metadata={
             "tuning": {
