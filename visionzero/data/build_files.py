@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from visionzero.data.completeness import judge_days
 from visionzero.data.store import ApiInput, from_parquet
 
 COMPLETE_DAYS = "complete_days.csv"
@@ -112,33 +111,3 @@ def quarantine_frame(
         parts[:1] + [part for part in parts[1:] if len(part)], ignore_index=True
     )
     return quarantine.fillna("").astype(str)
-
-
-def complete_days(
-    snapshot_typed: pd.DataFrame,
-    snapshot_complete: pd.DataFrame,
-    overview: pd.DataFrame,
-    judged: pd.DatetimeIndex,
-    reference_days: int,
-    day_count_range: tuple[float, float],
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(complete days: the snapshot's and the API days judged complete, in date order; the
-    flagged API days and why). An API day is compared with the snapshot's complete days."""
-    reference = (  # crashes on each snapshot complete day
-        snapshot_typed.loc[
-            snapshot_typed["crash_date"].isin(snapshot_complete["date"]), "crash_date"
-        ]
-        .value_counts()
-        .reindex(snapshot_complete["date"], fill_value=0)
-    )
-    api_counts = overview.loc[overview["source"] == "api", "crash_date"].value_counts()
-    api_days, flagged = judge_days(judged, api_counts, reference, reference_days, day_count_range)
-    api_complete = pd.DataFrame(
-        {"date": api_days, "window": "API", "confidence": "high", "source": "api"}
-    )
-    complete = (
-        pd.concat([snapshot_complete, api_complete], ignore_index=True)
-        .sort_values("date")
-        .reset_index(drop=True)
-    )
-    return complete, flagged

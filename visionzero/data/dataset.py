@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 
 from visionzero.data import noaa
 from visionzero.data.build_files import (
@@ -26,7 +26,6 @@ from visionzero.data.build_files import (
     MANIFEST,
     QUARANTINE,
     WEATHER,
-    complete_days,
     judged_days,
     legacy_input,
     merge_kept,
@@ -35,9 +34,10 @@ from visionzero.data.build_files import (
     read_kept,
     snapshot_signature,
 )
-from visionzero.data.completeness import covered_days, describe
+from visionzero.data.completeness import covered_days, describe, judge_days
 from visionzero.data.crash_months import held_overview, rebuild_crashes
 from visionzero.data.http import RetryPolicy, SourceUnavailable
+from visionzero.data.load_config import LoadConfig
 from visionzero.data.partitions import CRASHES, read_partitions
 from visionzero.data.socrata import FetchResult, SocrataClient
 from visionzero.data.store import ApiInput, Staging, in_memory, merge_api_rows
@@ -47,52 +47,6 @@ from visionzero.platform.settings import SNAPSHOT_DIR
 log = logging.getLogger(__name__)
 
 DETAILS_SHOWN = 10  # flagged days spelt out in the summary and the alert
-
-
-class LoadConfig(BaseModel):
-    """The data_loader's parameters (configs/training.yaml `parameters.data`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    offline: bool = Field(False, description="never touch the network (`run.py --offline`)")
-    settle_days: int = Field(
-        30,
-        ge=0,
-        description="an API day is judged once it is this old: late reports have arrived by then",
-    )
-    reference_days: int = Field(
-        8,
-        ge=1,
-        description="an API day's crash count is compared with the median of the last this many"
-        " complete days of the same weekday",
-    )
-    day_count_range: tuple[float, float] = Field(
-        (0.4, 1.75),
-        description="plausible crash count of an API day, as multiples of that median (holidays"
-        " reach 0.5, one borough alone is under 0.4, a doubled answer is 2)",
-    )
-    page_size: int = Field(50_000, ge=1, description="Socrata `$limit` per page")
-    max_pages: int = Field(20, ge=1, description="at most this many pages per run")
-    max_attempts: int = Field(4, ge=1, description="tries per HTTP request")
-    backoff_seconds: float = Field(0.5, ge=0, description="first retry wait, doubled each retry")
-    backfill_concurrency: int = Field(
-        2,
-        ge=1,
-        le=8,
-        description="backfill windows (months) fetched at a time: the API is shared, be polite",
-    )
-    snapshot_until: date | None = Field(
-        None,
-        description="bundled snapshot rows and complete days after this day are held back: a "
-        "replay lets later days arrive through the API, as they would have",
-    )
-
-    @field_validator("day_count_range")
-    @classmethod
-    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] < value[1]:
-            raise ValueError("must be two multiples 0 < low < high")
-        return value
 
 
 class DatasetSummary(BaseModel):
@@ -326,6 +280,32 @@ def _gather_sources(
     return sources
 
 
+def _complete_days(
+    cfg: LoadConfig, snapshot: Snapshot, overview: pd.DataFrame, judged: pd.DatetimeIndex
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(complete days: the snapshot's and the API days judged complete, in date order; the
+    flagged API days and why). An API day is compared with the snapshot's complete days."""
+    typed, snapshot_complete = snapshot.typed, snapshot.complete
+    reference = (  # crashes on each snapshot complete day
+        typed.loc[typed["crash_date"].isin(snapshot_complete["date"]), "crash_date"]
+        .value_counts()
+        .reindex(snapshot_complete["date"], fill_value=0)
+    )
+    api_counts = overview.loc[overview["source"] == "api", "crash_date"].value_counts()
+    api_days, flagged = judge_days(
+        judged, api_counts, reference, cfg.reference_days, cfg.day_count_range
+    )
+    api_complete = pd.DataFrame(
+        {"date": api_days, "window": "API", "confidence": "high", "source": "api"}
+    )
+    complete = (
+        pd.concat([snapshot_complete, api_complete], ignore_index=True)
+        .sort_values("date")
+        .reset_index(drop=True)
+    )
+    return complete, flagged
+
+
 def _write_files(
     staging: Staging,
     held: Held,
@@ -408,14 +388,7 @@ def _build(
         held.rebuild,
         merged,
     )
-    complete, flagged = complete_days(
-        snapshot.typed,
-        snapshot.complete,
-        overview,
-        judged,
-        cfg.reference_days,
-        cfg.day_count_range,
-    )
+    complete, flagged = _complete_days(cfg, snapshot, overview, judged)
     frames = {
         COMPLETE_DAYS: complete,
         WEATHER: sources.weather,
