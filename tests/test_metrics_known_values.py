@@ -70,6 +70,14 @@ def test_hit_rate_rounds_the_share_of_zone_slots_up() -> None:
     assert hit_rate(grid, predicted, 10) == pytest.approx(3 / 6)
 
 
+def test_the_tuners_hit_rate_is_the_day_sums_hit_rate() -> None:
+    # DenseGrid.hit_rate (the tuner's CV objective) on the worked examples above.
+    assert GRID.hit_rate(PREDICTED, 0.10) == hit_rate(GRID, PREDICTED, 10) == 3 / 9
+    assert GRID.hit_rate(PREDICTED, 0.20) == 4 / 9
+    assert slot_grid(COUNTS, outside=3.0).hit_rate(PREDICTED, 0.10) == 0.25
+    assert math.isnan(slot_grid([[0] * 10]).hit_rate(dense([[1.0] * 10]), 0.10))
+
+
 def test_hit_rate_without_any_crash_is_undefined() -> None:
     with np.errstate(invalid="ignore"):
         assert math.isnan(hit_rate(slot_grid([[0] * 10]), dense([[1.0] * 10]), 10))

@@ -10,11 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from visionzero.evaluation.grid import DenseGrid, crash_zones
+from visionzero.evaluation.metrics import DaySums
 from visionzero.model.crash_risk import CrashRiskModel, ModelConfig, train
 from visionzero.model.tuning import (
     SHARE_SPACE,
     TunedParams,
     TuningConfig,
+    fold_forecast,
+    score_shares,
     search_shares,
     share_fold_days,
     share_folds,
@@ -63,8 +67,12 @@ def test_share_folds_never_see_a_validation_day(real_data) -> None:
         assert fold.prepared.slots["date"].isin(fold.fit_days).all()
         assert fold.prepared.crashes["crash_date"].isin(fold.fit_days).all()
         assert len(fold.val_days) == min(cfg.holdout_days, len(train_days) // 4)
-        assert fold.observed.shape == (len(fold.val_days), len(fold.cells), cfg.grain.n_blocks)
-        assert fold.observed.sum() > 0
+        assert fold.grid.observed.shape == (
+            len(fold.val_days),
+            len(fold.grid.zones),
+            cfg.grain.n_blocks,
+        )
+        assert fold.grid.observed.sum() > 0
 
 
 @pytest.mark.slow
@@ -88,3 +96,25 @@ def test_share_trial_values_land_in_the_trained_model(
     for name, value in chosen.items():
         assert loaded.meta["config"][name] == value
     assert loaded.meta["params"] == PARAMS
+
+
+@pytest.mark.slow
+def test_the_tuners_cv_scores_are_the_evaluations_on_the_same_fold(real_data) -> None:
+    """One definition of hit@10% and deviance: the evaluation's code path (its own grid of the
+    fold's cells and days, its day sums, ranking expected counts) gives the tuner's numbers."""
+    prepared, train_days, _, cfg = real_data
+    fold = share_folds(prepared, train_days, cfg, n_folds=2)[-1]
+    tuned = score_shares(fold, cfg)
+    grid = DenseGrid.build(
+        prepared,
+        crash_zones(prepared, cfg.finest_resolution),
+        fold.grid.zones,
+        fold.val_days,
+        cfg.grain.n_blocks,
+    )
+    assert grid.outside.sum() > 0  # crashes off the fold's cells count as misses in both
+    expected, _ = fold_forecast(fold, cfg)
+    evaluated = DaySums.of(grid, expected).metrics()
+    assert 0 < tuned["hit_rate_at_10"] < 1
+    assert tuned["hit_rate_at_10"] == evaluated["hit_rate_at_10"]  # to the last bit
+    assert tuned["poisson_deviance"] == pytest.approx(evaluated["poisson_deviance"], abs=1e-12)

@@ -8,101 +8,45 @@ rewrites only the months its new rows touch: the cost of a daily run does not gr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 
 from visionzero.data import noaa
+from visionzero.data.build_files import (
+    API_MALFORMED,
+    COMPLETE_DAYS,
+    FLAGGED_DAYS,
+    MANIFEST,
+    QUARANTINE,
+    WEATHER,
+    judged_days,
+    legacy_input,
+    merge_kept,
+    new_api_rows,
+    quarantine_frame,
+    read_kept,
+    snapshot_signature,
+)
 from visionzero.data.completeness import covered_days, describe, judge_days
+from visionzero.data.crash_months import held_overview, rebuild_crashes
 from visionzero.data.http import RetryPolicy, SourceUnavailable
-from visionzero.data.partitions import (
-    CRASHES,
-    UNDATED,
-    month_keys,
-    partition_keys,
-    read_partitions,
-)
+from visionzero.data.load_config import LoadConfig
+from visionzero.data.partitions import CRASHES, read_partitions
 from visionzero.data.socrata import FetchResult, SocrataClient
-from visionzero.data.store import (
-    API_ROWS,
-    ApiInput,
-    Staging,
-    Validated,
-    from_parquet,
-    in_memory,
-    merge_api_rows,
-)
-from visionzero.data.validation import dedupe, validate
+from visionzero.data.store import ApiInput, Staging, in_memory, merge_api_rows
+from visionzero.data.validation import validate
 from visionzero.platform.settings import SNAPSHOT_DIR
 
 log = logging.getLogger(__name__)
 
-COMPLETE_DAYS = "complete_days.csv"
-WEATHER = "weather.parquet"
-QUARANTINE = "quarantine.parquet"
-API_MALFORMED = (
-    "api_malformed.parquet"  # API records that were not objects, kept for the quarantine
-)
-FLAGGED_DAYS = "flagged_days.csv"  # settled API days that are not complete, and why
-MANIFEST = "manifest.json"  # what the partitions were built from, and the backfill's windows
-LEGACY_API_ROWS = "api_rows.parquet"  # the single-file layout's API rows, moved into partitions
-# Bump when validation or the partitions change meaning: the next build then rebuilds every month
-# instead of only the months new rows touch.
-LAYOUT = 2
 DETAILS_SHOWN = 10  # flagged days spelt out in the summary and the alert
-OVERVIEW = ["collision_id", "crash_date", "source", "geocoded"]  # what a build reads of every row
-
-
-class LoadConfig(BaseModel):
-    """The data_loader's parameters (configs/training.yaml `parameters.data`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    offline: bool = Field(False, description="never touch the network (`run.py --offline`)")
-    settle_days: int = Field(
-        30,
-        ge=0,
-        description="an API day is judged once it is this old: late reports have arrived by then",
-    )
-    reference_days: int = Field(
-        8,
-        ge=1,
-        description="an API day's crash count is compared with the median of the last this many"
-        " complete days of the same weekday",
-    )
-    day_count_range: tuple[float, float] = Field(
-        (0.4, 1.75),
-        description="plausible crash count of an API day, as multiples of that median (holidays"
-        " reach 0.5, one borough alone is under 0.4, a doubled answer is 2)",
-    )
-    page_size: int = Field(50_000, ge=1, description="Socrata `$limit` per page")
-    max_pages: int = Field(20, ge=1, description="at most this many pages per run")
-    max_attempts: int = Field(4, ge=1, description="tries per HTTP request")
-    backoff_seconds: float = Field(0.5, ge=0, description="first retry wait, doubled each retry")
-    backfill_concurrency: int = Field(
-        2,
-        ge=1,
-        le=8,
-        description="backfill windows (months) fetched at a time: the API is shared, be polite",
-    )
-    snapshot_until: date | None = Field(
-        None,
-        description="bundled snapshot rows and complete days after this day are held back: a "
-        "replay lets later days arrive through the API, as they would have",
-    )
-
-    @field_validator("day_count_range")
-    @classmethod
-    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] < value[1]:
-            raise ValueError("must be two multiples 0 < low < high")
-        return value
 
 
 class DatasetSummary(BaseModel):
@@ -217,126 +161,10 @@ def _fetch_weather(bundled: pd.DataFrame, now: datetime) -> tuple[pd.DataFrame, 
     return noaa.merge(bundled, fetched), quarantined
 
 
-def _merge_kept(old: pd.DataFrame, new: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Newly fetched raw input on top of what earlier runs kept: the overlap re-fetched for late
-    reports replaces its earlier copy."""
-    both = pd.concat([old, new], ignore_index=True)
-    keyed = both[key].str.strip() != ""
-    return pd.concat(
-        [both[keyed].drop_duplicates(key, keep="last"), both[~keyed]], ignore_index=True
-    )
-
-
-def _read_kept(path: Path, columns: list[str]) -> pd.DataFrame:
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=columns)
-
-
-def _judged_days(data_dir: Path) -> pd.DatetimeIndex:
-    """API days an earlier build judged (complete or flagged): each had settled and was covered
-    by a fetch that received every page, so each is judged again on today's evidence."""
-    days = []
-    if (data_dir / COMPLETE_DAYS).exists():
-        complete = pd.read_csv(data_dir / COMPLETE_DAYS, parse_dates=["date"])
-        days.append(complete.loc[complete["source"] == "api", "date"])
-    if (data_dir / FLAGGED_DAYS).exists():
-        days.append(pd.read_csv(data_dir / FLAGGED_DAYS, parse_dates=["date"])["date"])
-    return pd.DatetimeIndex(pd.concat(days)).unique() if days else pd.DatetimeIndex([])
-
-
-def _record_quarantine(records: pd.Series, reason: pd.Series | str, source: str) -> pd.DataFrame:
-    """Quarantine rows for records that are no CSV row: the raw text goes where a row's would."""
-    return pd.DataFrame({"LOCATION": records, "reason": reason, "source": source})
-
-
 def read_manifest(data_dir: Path) -> dict:
     """What data_dir's partitions were built from ({} for none or the single-file layout)."""
     path = data_dir / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _snapshot_signature(snapshot_dir: Path, cfg: LoadConfig) -> dict[str, str | int]:
-    """What the snapshot rows in the partitions depend on: a change rebuilds every month."""
-    digest = hashlib.sha256()
-    for name in ("nyc_collisions.csv.gz", "nyc_collisions_complete_days.csv"):
-        digest.update((snapshot_dir / name).read_bytes())
-    return {
-        "layout": LAYOUT,
-        "snapshot_sha256": digest.hexdigest(),
-        "snapshot_until": str(cfg.snapshot_until),
-    }
-
-
-def _legacy_input(data_dir: Path) -> list[ApiInput]:
-    """The single-file layout's API rows, merged into the partitions once: nothing is lost."""
-    path = data_dir / LEGACY_API_ROWS
-    if not path.exists():
-        return []
-    return [ApiInput(LEGACY_API_ROWS, from_parquet(path))]
-
-
-def _held_overview(data_dir: Path) -> pd.DataFrame:
-    """Every crash row held (id, date, source, geocoded) with its month: enough to count days and
-    to know which months a change touches, without reading whole partitions."""
-    frames = [
-        read_partitions(data_dir, CRASHES, [key], OVERVIEW).assign(month=key)
-        for key in partition_keys(data_dir, CRASHES)
-    ]
-    empty = read_partitions(data_dir, CRASHES, [], OVERVIEW).assign(month="")
-    return pd.concat([empty, *frames], ignore_index=True)
-
-
-def _rebuild_crashes(
-    staging: Staging,
-    typed_snapshot: pd.DataFrame,
-    held: pd.DataFrame,
-    rebuild: bool,
-    merged: dict[str, Validated],
-) -> tuple[pd.DataFrame, pd.DataFrame, set[str], int]:
-    """Rewrite the crash partitions whose rows change: (overview of every row now held, API
-    quarantine of the revalidated API months, those months, crash months written).
-
-    An API row replaces the snapshot row with its collision_id (a later correction), wherever
-    that row's month is; so a month is rewritten when its API rows changed, or when a snapshot row
-    in it gains or loses its API replacement."""
-    validated = dict(merged)
-    if rebuild:  # the months no new row touched are validated again too
-        for key in set(staging.keys(API_ROWS)) - set(merged):
-            validated[key] = validate(staging.read(API_ROWS, key), "api")
-    api_months = set(validated)
-    api_typed = {key: typed for key, (typed, _) in validated.items()}
-    quarantine = [rejected.assign(partition=key) for key, (_, rejected) in validated.items()]
-    held_api = held[held["source"] == "api"]
-    before = held_api.loc[held_api["month"].isin(api_months), "collision_id"]
-    fresh = pd.concat([frame["collision_id"] for frame in api_typed.values()] + [before.iloc[:0]])
-    api_ids = pd.Index(
-        pd.concat([held_api.loc[~held_api["month"].isin(api_months), "collision_id"], fresh])
-    ).unique()
-    snapshot_kept = typed_snapshot[~typed_snapshot["collision_id"].isin(api_ids)]
-    snapshot_of = dict(tuple(snapshot_kept.groupby(month_keys(snapshot_kept["crash_date"]))))
-    if rebuild:
-        months = api_months | set(snapshot_of)
-        for key in set(partition_keys(staging.data_dir, CRASHES)) - months:
-            staging.write(CRASHES, key, snapshot_kept.iloc[:0])
-    else:
-        flipped = pd.Index(before).symmetric_difference(pd.Index(fresh))
-        touched = typed_snapshot.loc[typed_snapshot["collision_id"].isin(flipped), "crash_date"]
-        months = api_months | set(month_keys(touched))
-    months.discard(UNDATED)
-    rewritten = []
-    for key in sorted(months):
-        api_part = api_typed.get(key)
-        if api_part is None:  # only its snapshot rows change: its API rows stay as they are
-            held_rows = staging.read(CRASHES, key)
-            api_part = held_rows[held_rows["source"] == "api"] if held_rows is not None else None
-        parts = [
-            part for part in (snapshot_of.get(key), api_part) if part is not None and len(part)
-        ]
-        frame = dedupe(pd.concat(parts, ignore_index=True))[0] if parts else snapshot_kept.iloc[:0]
-        staging.write(CRASHES, key, frame)
-        rewritten.append(frame[OVERVIEW].assign(month=key))
-    overview = pd.concat([held[~held["month"].isin(months)], *rewritten], ignore_index=True)
-    api_quarantine = pd.concat(quarantine, ignore_index=True) if quarantine else pd.DataFrame()
-    return overview, api_quarantine, api_months, len(months)
 
 
 def build_dataset(
@@ -359,77 +187,107 @@ def build_dataset(
     return summary
 
 
-def _build(
-    staging: Staging,
+@dataclass(frozen=True)
+class Snapshot:
+    """The bundled snapshot as this build sees it: held back to `snapshot_until` (a replay),
+    validated once; `complete` its complete days, the reference every API day is judged by."""
+
+    typed: pd.DataFrame
+    quarantine: pd.DataFrame
+    complete: pd.DataFrame
+
+
+def _read_snapshot(snapshot_dir: Path, cfg: LoadConfig) -> Snapshot:
+    """The snapshot's rows validated and its complete days, both as they stood on
+    `snapshot_until` when one is set."""
+    raw, complete = read_snapshot_raw(snapshot_dir), read_snapshot_complete_days(snapshot_dir)
+    if cfg.snapshot_until is not None:
+        raw, complete = hold_back(raw, complete, cfg.snapshot_until)
+    typed, quarantine = validate(raw, "snapshot")
+    return Snapshot(typed, quarantine, complete)
+
+
+@dataclass(frozen=True)
+class Held:
+    """What earlier builds left in data_dir and this one carries on: `rebuild` when the snapshot
+    or the layout changed since (every month is then rewritten, nothing held is trusted)."""
+
+    manifest: dict
+    signature: dict[str, str | int]
+    rebuild: bool
+    overview: pd.DataFrame  # every crash row held, with its month (crash_months.held_overview)
+    api_malformed: pd.DataFrame
+    judged: pd.DatetimeIndex
+
+
+def _read_held(data_dir: Path, snapshot_dir: Path, cfg: LoadConfig) -> Held:
+    """data_dir's manifest, crash overview, kept malformed API records and judged API days."""
+    manifest = read_manifest(data_dir)
+    signature = snapshot_signature(snapshot_dir, cfg.snapshot_until)
+    return Held(
+        manifest=manifest,
+        signature=signature,
+        rebuild=manifest.get("signature") != signature,
+        overview=held_overview(data_dir),
+        api_malformed=read_kept(data_dir / API_MALFORMED, ["page", "record"]),
+        judged=judged_days(data_dir),
+    )
+
+
+@dataclass
+class Sources:
+    """This build's new input: API rows (legacy file, backfill windows, incremental fetch), the
+    weather, and where they came from for the summary (`source`, `note`)."""
+
+    inputs: list[ApiInput]
+    weather: pd.DataFrame
+    weather_quarantine: pd.DataFrame
+    source: str
+    note: str
+
+
+def _gather_sources(
     cfg: LoadConfig,
+    snapshot: Snapshot,
+    held: Held,
+    data_dir: Path,
     snapshot_dir: Path,
     now: datetime,
     merge: Sequence[ApiInput],
-) -> DatasetSummary:
-    data_dir = staging.data_dir
-    raw, snapshot_complete = (
-        read_snapshot_raw(snapshot_dir),
-        read_snapshot_complete_days(snapshot_dir),
+) -> Sources:
+    """Every API input of this build and the weather; online, the incremental fetch and NOAA.
+    An unreachable API is one WARNING line and a snapshot-only build, not a failure."""
+    sources = Sources(
+        inputs=[*legacy_input(data_dir), *merge],
+        weather=noaa.read_bundled(snapshot_dir / "nyc_weather_daily.csv"),
+        weather_quarantine=pd.DataFrame(columns=["record", "reason"]),
+        source="api" if merge else "snapshot",
+        note=f"snapshot + {len(merge)} backfill windows"
+        if merge
+        else "offline: bundled snapshot only",
     )
-    if cfg.snapshot_until is not None:
-        raw, snapshot_complete = hold_back(raw, snapshot_complete, cfg.snapshot_until)
-    typed_snapshot, snapshot_quarantine = validate(raw, "snapshot")
-    manifest = read_manifest(data_dir)
-    signature = _snapshot_signature(snapshot_dir, cfg)
-    rebuild = manifest.get("signature") != signature
-    held = _held_overview(data_dir)
-    inputs = [*_legacy_input(data_dir), *merge]
-    api_malformed = _read_kept(data_dir / API_MALFORMED, ["page", "record"])
-    judged = _judged_days(data_dir)
-    weather = noaa.read_bundled(snapshot_dir / "nyc_weather_daily.csv")
-    weather_quarantine = pd.DataFrame(columns=["record", "reason"])
-    source, note, level = "snapshot", "offline: bundled snapshot only", logging.INFO
-    if merge:
-        source, note = "api", f"snapshot + {len(merge)} backfill windows"
+    level = logging.INFO
     if not cfg.offline:
-        newest = pd.concat([typed_snapshot["crash_date"], held["crash_date"]]).max()
-        fetched, note = _fetch_incremental(cfg, newest, judged, now)
+        newest = pd.concat([snapshot.typed["crash_date"], held.overview["crash_date"]]).max()
+        fetched, sources.note = _fetch_incremental(cfg, newest, held.judged, now)
         if fetched is None:
             level = logging.WARNING
         else:
-            source = "api"
-            inputs.append(fetched)
-            weather, weather_quarantine = _fetch_weather(weather, now)
-    log.log(level, "data source: %s", note)
-    for api_input in inputs:
-        api_malformed = _merge_kept(api_malformed, api_input.malformed, "record")
-        judged = judged.union(api_input.judged)
+            sources.source = "api"
+            sources.inputs.append(fetched)
+            sources.weather, sources.weather_quarantine = _fetch_weather(sources.weather, now)
+    log.log(level, "data source: %s", sources.note)
+    return sources
 
-    merged, merged_rows = merge_api_rows(staging, inputs)
-    new_rows = sum(
-        rows
-        for api_input, rows in zip(inputs, merged_rows, strict=True)
-        if api_input.name != LEGACY_API_ROWS
-    )
-    overview, api_quarantine, api_months, months_written = _rebuild_crashes(
-        staging, typed_snapshot, held.iloc[:0] if rebuild else held, rebuild, merged
-    )
-    quarantine_parts = [snapshot_quarantine.assign(partition="")]
-    if not rebuild and (data_dir / QUARANTINE).exists():  # rows of API months not revalidated
-        kept = pd.read_parquet(data_dir / QUARANTINE)
-        quarantine_parts.append(
-            kept[(kept["partition"] != "") & ~kept["partition"].isin(api_months)]
-        )
-    quarantine_parts += [
-        api_quarantine,
-        _record_quarantine(api_malformed["record"], "malformed_record", "api"),
-        _record_quarantine(weather_quarantine["record"], weather_quarantine["reason"], "noaa"),
-    ]
-    quarantine = pd.concat(  # the snapshot's part first, even empty: it fixes the columns
-        quarantine_parts[:1] + [part for part in quarantine_parts[1:] if len(part)],
-        ignore_index=True,
-    )
-    quarantine = quarantine.fillna("").astype(str)
 
-    reference = (  # crashes on each snapshot complete day: what an API day is compared with
-        typed_snapshot.loc[
-            typed_snapshot["crash_date"].isin(snapshot_complete["date"]), "crash_date"
-        ]
+def _complete_days(
+    cfg: LoadConfig, snapshot: Snapshot, overview: pd.DataFrame, judged: pd.DatetimeIndex
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(complete days: the snapshot's and the API days judged complete, in date order; the
+    flagged API days and why). An API day is compared with the snapshot's complete days."""
+    typed, snapshot_complete = snapshot.typed, snapshot.complete
+    reference = (  # crashes on each snapshot complete day
+        typed.loc[typed["crash_date"].isin(snapshot_complete["date"]), "crash_date"]
         .value_counts()
         .reindex(snapshot_complete["date"], fill_value=0)
     )
@@ -445,18 +303,40 @@ def _build(
         .sort_values("date")
         .reset_index(drop=True)
     )
-    ledger = manifest.get("backfill", {}) | {
+    return complete, flagged
+
+
+def _write_files(
+    staging: Staging,
+    held: Held,
+    merge: Sequence[ApiInput],
+    frames: dict[str, pd.DataFrame],
+) -> None:
+    """The files beside the crash partitions, staged with them; the manifest keeps the
+    backfill's ledger of every window merged so far. An empty optional file is not written."""
+    ledger = held.manifest.get("backfill", {}) | {
         api_input.name: api_input.ledger for api_input in merge if api_input.ledger is not None
     }
-    staging.write_file(MANIFEST, {"signature": signature, "backfill": ledger})
-    staging.write_file(COMPLETE_DAYS, complete)
-    staging.write_file(WEATHER, weather)
-    staging.write_file(QUARANTINE, quarantine)
-    if len(api_malformed):
-        staging.write_file(API_MALFORMED, api_malformed)
-    if len(flagged):
-        staging.write_file(FLAGGED_DAYS, flagged)
+    staging.write_file(MANIFEST, {"signature": held.signature, "backfill": ledger})
+    for name in (COMPLETE_DAYS, WEATHER, QUARANTINE):
+        staging.write_file(name, frames[name])
+    for name in (API_MALFORMED, FLAGGED_DAYS):
+        if len(frames[name]):
+            staging.write_file(name, frames[name])
 
+
+def _summary(
+    cfg: LoadConfig,
+    snapshot: Snapshot,
+    sources: Sources,
+    overview: pd.DataFrame,
+    frames: dict[str, pd.DataFrame],
+    counts: tuple[int, int],
+) -> DatasetSummary:
+    """What the build found, for the data_loader's metadata, `status` and the alert: the first
+    DETAILS_SHOWN flagged days spelt out."""
+    complete, quarantine, flagged = frames[COMPLETE_DAYS], frames[QUARANTINE], frames[FLAGGED_DAYS]
+    new_rows, months_written = counts
     details = [
         describe(flag, cfg.reference_days) for _, flag in flagged.head(DETAILS_SHOWN).iterrows()
     ]
@@ -469,18 +349,63 @@ def _build(
         rows=len(overview),
         complete_days=len(complete),
         quarantined={str(k): int(v) for k, v in quarantine["reason"].value_counts().items()},
-        source=source,
-        source_note=note,
-        duplicates_merged=len(typed_snapshot) - snapshot_rows,
+        source=sources.source,
+        source_note=sources.note,
+        duplicates_merged=len(snapshot.typed) - snapshot_rows,
         flags={"not_geocoded": int((~overview["geocoded"].astype(bool)).sum())},
         first_date=str(days.min().date()) if len(days) else "-",
         last_date=str(days.max().date()) if len(days) else "-",
-        weather_gaps=noaa.gaps(weather, complete["date"]),
+        weather_gaps=noaa.gaps(sources.weather, complete["date"]),
         api_rows_new=new_rows,
         day_flags={str(k): int(v) for k, v in flagged["reason"].value_counts().items()},
         flag_details=details,
         months_rewritten=months_written,
     )
+
+
+def _build(
+    staging: Staging,
+    cfg: LoadConfig,
+    snapshot_dir: Path,
+    now: datetime,
+    merge: Sequence[ApiInput],
+) -> DatasetSummary:
+    """The build's phases in order: read the snapshot and what earlier builds left, gather the
+    new input, rewrite the crash months it touches, quarantine, judge API days, stage the files."""
+    data_dir = staging.data_dir
+    snapshot = _read_snapshot(snapshot_dir, cfg)
+    held = _read_held(data_dir, snapshot_dir, cfg)
+    sources = _gather_sources(cfg, snapshot, held, data_dir, snapshot_dir, now, merge)
+    api_malformed, judged = held.api_malformed, held.judged
+    for api_input in sources.inputs:
+        api_malformed = merge_kept(api_malformed, api_input.malformed, "record")
+        judged = judged.union(api_input.judged)
+    merged, merged_rows = merge_api_rows(staging, sources.inputs)
+    overview, api_quarantine, api_months, months_written = rebuild_crashes(
+        staging,
+        snapshot.typed,
+        held.overview.iloc[:0] if held.rebuild else held.overview,
+        held.rebuild,
+        merged,
+    )
+    complete, flagged = _complete_days(cfg, snapshot, overview, judged)
+    frames = {
+        COMPLETE_DAYS: complete,
+        WEATHER: sources.weather,
+        QUARANTINE: quarantine_frame(
+            data_dir,
+            snapshot.quarantine,
+            held.rebuild,
+            (api_quarantine, api_months),
+            api_malformed,
+            sources.weather_quarantine,
+        ),
+        API_MALFORMED: api_malformed,
+        FLAGGED_DAYS: flagged,
+    }
+    _write_files(staging, held, merge, frames)
+    counts = (new_api_rows(sources.inputs, merged_rows), months_written)
+    return _summary(cfg, snapshot, sources, overview, frames, counts)
 
 
 def load_frames(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

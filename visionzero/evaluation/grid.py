@@ -1,20 +1,16 @@
-"""Dense zone-slot grids at any served resolution: observed crashes as an array [day, zone, block]
-and every predictor's expected counts on the same cells.
-
-Dense arrays because a resolution-9 holdout has millions of zone-slots: ranking, deviance and the
-bootstrap are then array sums, and per-day sums are all the bootstrap needs.
+"""Every predictor's expected counts on the cells of a dense zone-slot grid at any served
+resolution; the grid of observed crashes itself (`DenseGrid`) is the model stage's
+(`model/scoring.py`), shared with the tuner.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import h3
 import numpy as np
 import pandas as pd
 
 from visionzero.model.crash_risk import CrashRiskModel, Prepared, zone_slot_grid
 from visionzero.model.grain import ancestors
+from visionzero.model.scoring import DenseGrid
 
 
 def crash_zones(prepared: Prepared, resolution: int) -> np.ndarray:
@@ -27,42 +23,6 @@ def model_zones(model: CrashRiskModel, resolution: int) -> list[str]:
     """Every zone the model answers for at one resolution, in its zone table's order."""
     table = model.zone_table
     return [zone for zone, row in table.row_of.items() if table.resolution[row] == resolution]
-
-
-@dataclass
-class DenseGrid:
-    """Timed, geocoded crashes of some days on a fixed zone list at one resolution."""
-
-    resolution: int
-    zones: list[str]
-    days: pd.DatetimeIndex
-    observed: np.ndarray  # [D, Z, B] crash counts
-    outside: np.ndarray  # [D] crashes of the day in no zone of the list: misses for every ranking
-
-    @property
-    def n_blocks(self) -> int:
-        return self.observed.shape[2]
-
-    @classmethod
-    def build(
-        cls,
-        prepared: Prepared,
-        zones_by_crash: np.ndarray,
-        zones: list[str],
-        days: pd.DatetimeIndex,
-        n_blocks: int,
-    ) -> DenseGrid:
-        crashes = prepared.crashes
-        day_rows = days.get_indexer(crashes["crash_date"])
-        mine = (day_rows >= 0) & (crashes["block"].to_numpy() >= 0)
-        zone_rows = pd.Index(zones).get_indexer(zones_by_crash[mine])
-        day_rows, blocks = day_rows[mine], crashes["block"].to_numpy()[mine]
-        inside = zone_rows >= 0
-        observed = np.zeros((len(days), len(zones), n_blocks))
-        np.add.at(observed, (day_rows[inside], zone_rows[inside], blocks[inside]), 1.0)
-        outside = np.bincount(day_rows[~inside], minlength=len(days)).astype(float)
-        resolution = h3.get_resolution(zones[0])
-        return cls(resolution, list(zones), days, observed, outside)
 
 
 def status_quo_expected(

@@ -12,9 +12,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from visionzero.evaluation.grid import DenseGrid
 from visionzero.model.deviance import unit_poisson_deviance
 from visionzero.model.levels import RISK_LEVELS, assign_levels
+from visionzero.model.scoring import DenseGrid, top_k_hits
 
 METRIC_KEYS = ["poisson_deviance", "hit_rate_at_10", "hit_rate_at_5", "pai_at_10", "qwk"]
 INTERVAL_KEYS = [
@@ -71,18 +71,16 @@ class DaySums:
 
     @classmethod
     def of(cls, grid: DenseGrid, predicted: np.ndarray) -> DaySums:
-        """Top k% ranks zones within each day x block, ties broken by zone order."""
+        """Top k% ranks zones within each day x block by `predicted` (`top_k_hits`, the tuner's
+        count too)."""
         n_days, n_zones, _ = grid.observed.shape
-        order = np.argsort(-predicted, axis=1, kind="stable")
-        ranked = np.take_along_axis(grid.observed, order, axis=1).cumsum(axis=1)
-        top = np.ceil(CURVE_PERCENTS / 100 * n_zones).astype(int) - 1
         return cls(
             deviance=unit_poisson_deviance(grid.observed, predicted).sum(axis=(1, 2)),
             slots=np.full(n_days, float(n_zones * grid.n_blocks)),
-            crashes=grid.observed.sum(axis=(1, 2)) + grid.outside,
+            crashes=grid.crashes_per_day(),
             observed=grid.observed.sum(axis=(1, 2)),
             predicted=predicted.sum(axis=(1, 2)),
-            hits=ranked[:, top, :].sum(axis=2),
+            hits=top_k_hits(grid.observed, predicted, CURVE_PERCENTS / 100),
         )
 
     @classmethod

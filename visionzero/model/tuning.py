@@ -13,7 +13,6 @@ lies after its training fold (keras-tuner's default KFold would shuffle time).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from visionzero.model.crash_risk import (
     volume_features,
 )
 from visionzero.model.deviance import poisson_deviance
+from visionzero.model.scoring import DenseGrid
 
 if TYPE_CHECKING:  # keras_tuner loads Keras and jax: imported only where a search runs
     import keras_tuner as kt
@@ -203,17 +203,14 @@ class ShareFold:
     """One time-ordered fold of the share search: shares fit on `fit_days` (the fold's `prepared`
     holds only those days' crashes), scored on the later `val_days` at the finest resolution.
 
-    `observed[d, c, b]` counts the timed crashes of validation day d in finest cell c (the zone
-    table's order) and block b; `outside` those in no trained zone. `volume` is each validation
-    day's observed citywide volume and `daytype` its day type."""
+    `grid` holds the timed crashes of the validation days on the finest cells (the zone table's
+    order), built like the evaluation's grids; `volume` is each validation day's observed
+    citywide volume and `daytype` its day type."""
 
     fit_days: pd.DatetimeIndex
     val_days: pd.DatetimeIndex
     prepared: Prepared
-    cells: np.ndarray
-    observed: np.ndarray  # [D, C, B]
-    observed_by_daytype: np.ndarray  # [3, C, B]
-    outside: float
+    grid: DenseGrid
     volume: np.ndarray  # [D]
     daytype: np.ndarray  # [D]
 
@@ -255,51 +252,46 @@ def share_folds(
         # The cells are the same for every trial: the zones are those with crashes on fit days.
         _, table, rows = finest_table(fit, fit_days, cfg)
         cells = np.array(list(table.row_of))[rows]
-        timed = crashes[crashes["crash_date"].isin(val_days) & (crashes["block"] >= 0)]
-        cell = pd.Index(cells).get_indexer(timed["cell"])
-        inside = cell >= 0
-        day = val_days.get_indexer(timed["crash_date"])
-        observed = np.zeros((len(val_days), len(cells), cfg.grain.n_blocks))
-        np.add.at(observed, (day[inside], cell[inside], timed["block"].to_numpy()[inside]), 1.0)
-        daytype = F.daytype(val_days)
-        by_daytype = np.stack([observed[daytype == t].sum(axis=0) for t in range(3)])
+        grid = DenseGrid.build(
+            prepared, crashes["cell"].to_numpy(), cells, val_days, cfg.grain.n_blocks
+        )
         volume = prepared.days.set_index("date")["volume"].reindex(val_days).to_numpy(float)
         folds.append(
             ShareFold(
                 fit_days=fit_days,
                 val_days=val_days,
                 prepared=fit,
-                cells=cells,
-                observed=observed,
-                observed_by_daytype=by_daytype,
-                outside=float((~inside).sum()),
+                grid=grid,
                 volume=volume,
-                daytype=daytype,
+                daytype=F.daytype(val_days),
             )
         )
     return folds
 
 
-def score_shares(fold: ShareFold, cfg: ModelConfig) -> dict[str, float]:
-    """Poisson deviance and hit@10% of the share hierarchy under cfg on one fold, at the finest
-    resolution: expected = observed citywide volume x P(block) x P(zone) x child shares, dense
-    [days, cells, blocks]. hit@10% ranks cells within each date x block, as the holdout does."""
+def fold_forecast(fold: ShareFold, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(expected, share), both [days, cells, blocks], of the share hierarchy under cfg on one
+    fold at the finest resolution: expected = observed citywide volume x P(block) x P(zone) x
+    child shares; share is the same without the volume, one ranking per day type."""
     shares, table, rows = finest_table(fold.prepared, fold.fit_days, cfg)
-    if len(rows) != len(fold.cells):
+    if len(rows) != len(fold.grid.zones):
         raise ValueError("the fold's finest cells changed between trials")
     base, factor = table.base_rows[rows], table.factor[rows]  # [C], [C, B]
     # share[t, c, b] = P(b | t) x P(base zone of c | b, t) x P(c | base zone, b)
     share = shares.p_block[:, None, :] * np.moveaxis(shares.p_zone[base], 2, 0) * factor[None]
-    expected = fold.volume[:, None, None] * share[fold.daytype]
-    top = np.zeros(share.shape, dtype=bool)  # the 10% riskiest cells of each day type x block
-    k = math.ceil(0.10 * len(rows))
-    np.put_along_axis(top, np.argsort(-share, axis=1, kind="stable")[:, :k, :], True, axis=1)
-    total = fold.observed_by_daytype.sum() + fold.outside
+    by_day = share[fold.daytype]
+    return fold.volume[:, None, None] * by_day, by_day
+
+
+def score_shares(fold: ShareFold, cfg: ModelConfig) -> dict[str, float]:
+    """Poisson deviance and hit@10% of the share hierarchy under cfg on one fold (`fold_forecast`).
+    hit@10% is the evaluation's (`DenseGrid.hit_rate`), each date x block ranked by the day
+    type's share: the order of expected, since a day's volume is one positive factor, without
+    the ties that rounding the product could add."""
+    expected, share = fold_forecast(fold, cfg)
     return {
-        "poisson_deviance": poisson_deviance(fold.observed.ravel(), expected.ravel()),
-        "hit_rate_at_10": float((fold.observed_by_daytype * top).sum() / total)
-        if total
-        else float("nan"),
+        "poisson_deviance": poisson_deviance(fold.grid.observed.ravel(), expected.ravel()),
+        "hit_rate_at_10": fold.grid.hit_rate(share, 0.10),
     }
 
 
