@@ -8,16 +8,20 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from string import Template
 
 import pytest
+import requests
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port, wait_http
 
 TOKEN = "vz-mlflow-token-4d1f9c0b7e"  # what must never reach a file under VZ_HOME
 PASSWORD = "vz-mlflow-password-92ab"
@@ -244,5 +248,76 @@ def test_vendored_leaflet_is_the_pinned_release() -> None:
     }
     assert shipped == pinned
     assert "leaflet-1.9.4/leaflet.js" in pinned
-    integrity = "sha512-nxS1ynzJOmOlHp+iL3FyWqK89GtNL8U8rvlMOsQdTTssxZwCXh8N2NB3GDQOL+YR3XnWyZAxwQixURb+FA74PA=="
+    integrity = (
+        "sha512-nxS1ynzJOmOlHp+iL3FyWqK89GtNL8U8rvlMOsQdTTssxZw"
+        "CXh8N2NB3GDQOL+YR3XnWyZAxwQixURb+FA74PA=="
+    )
     assert integrity in (VENDOR / "README.md").read_text()
+
+
+# --- the serving pods' read-only root filesystem --------------------------------------------------
+
+
+def deployment_container() -> tuple[dict, dict]:
+    """The serving Deployment's pod spec and its one container, placeholders filled."""
+    text = (ROOT / "k8s" / "deployment.yaml").read_text()
+    values = {"NAMESPACE": "vz", "STAGE": "production", "MODEL_VERSION": "1", "IMAGE": "i:1"}
+    (deployment,) = yaml.safe_load_all(Template(text).substitute(values))
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+def snapshot(root: Path) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_served_bento_writes_only_to_the_deployments_empty_dirs(
+    trained: dict, tmp_path: Path
+) -> None:
+    """The Bento laid out as in its image (BENTOML_HOME = HOME = /home/bentoml, the Bento in
+    /home/bentoml/bento, its working directory) under a real `bentoml serve` with the Deployment's
+    environment, a prediction and a scrape: every file it creates or changes is under one of the
+    Deployment's emptyDir mounts, so `readOnlyRootFilesystem: true` takes nothing it needs."""
+    import bentoml
+
+    pod, container = deployment_container()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty_dirs]
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    tmp.mkdir()
+    writable = [
+        tmp if mount == "/tmp" else home / Path(mount).relative_to("/home/bentoml")
+        for mount in mounts
+    ]
+    shutil.copytree(Path(bentoml.get(trained["production"]["bento_tag"]).path), home / "bento")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VZ_", "BENTOML_"))}
+    env.update({e["name"]: e["value"] for e in container["env"]})
+    env.update(HOME=str(home), BENTOML_HOME=str(home), TMPDIR=str(tmp))
+    before = snapshot(tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", str(home / "bento"), "--port", str(port)],
+        cwd=home / "bento",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_http(url + "/readyz", process=process)
+        point = {"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}
+        answer = requests.post(url + "/predict", json={"items": [point]}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert requests.get(url + "/metrics", timeout=10).status_code == 200
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    after = snapshot(tmp_path)
+    written = [p for p, seen in after.items() if before.get(p) != seen]
+    assert written  # the workers' metric files at least
+    outside = [str(p) for p in written if not any(p.is_relative_to(w) for w in writable)]
+    assert outside == []
