@@ -321,3 +321,27 @@ def test_a_served_bento_writes_only_to_the_deployments_empty_dirs(
     assert written  # the workers' metric files at least
     outside = [str(p) for p in written if not any(p.is_relative_to(w) for w in writable)]
     assert outside == []
+
+
+def test_state_is_private_whatever_the_umask_it_starts_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every entry point calls configure_environment: from then on what the process (and its
+    children: model servers, nginx, Prometheus) creates is its user's alone. The outbox and the
+    deployment state are 0600 even in a process that never called it."""
+    from visionzero.platform.settings import configure_environment
+    from visionzero.rollout import alerts, deployment_state
+
+    monkeypatch.setenv("VZ_HOME", str(tmp_path / "home"))
+    previous = os.umask(0o022)
+    try:
+        alerts.send(alerts.build_message("info", "modes", {"a": 1}))
+        with deployment_state.locked_state() as state:
+            state["canary_weight"] = 0
+        for name in ("outbox.jsonl", "deployment.json"):
+            assert stat.S_IMODE((tmp_path / "home" / name).stat().st_mode) == 0o600, name
+        configure_environment()
+        child = subprocess.run(["sh", "-c", "umask"], capture_output=True, text=True)
+        assert child.stdout == "0077\n"  # and the children inherit it
+    finally:
+        os.umask(previous)
