@@ -276,10 +276,11 @@ def snapshot(root: Path) -> dict[Path, tuple[int, int]]:
 def test_a_served_bento_writes_only_to_the_deployments_empty_dirs(
     trained: dict, tmp_path: Path
 ) -> None:
-    """The Bento laid out as in its image (BENTOML_HOME = HOME = /home/bentoml, the Bento in
-    /home/bentoml/bento, its working directory) under a real `bentoml serve` with the Deployment's
-    environment, a prediction and a scrape: every file it creates or changes is under one of the
-    Deployment's emptyDir mounts, so `readOnlyRootFilesystem: true` takes nothing it needs."""
+    """The Bento laid out as in its image (BENTOML_HOME = HOME = /home/bentoml, the Bento with its
+    model in /home/bentoml/bento, its working directory) under a real `bentoml serve` with the
+    Deployment's environment, a prediction and a scrape: every file it creates or changes is under
+    one of the Deployment's emptyDir mounts, so `readOnlyRootFilesystem: true` takes nothing it
+    needs. (Without BENTOML_DO_NOT_TRACK it wrote BENTOML_HOME/client_id.)"""
     import bentoml
 
     pod, container = deployment_container()
@@ -292,7 +293,10 @@ def test_a_served_bento_writes_only_to_the_deployments_empty_dirs(
         tmp if mount == "/tmp" else home / Path(mount).relative_to("/home/bentoml")
         for mount in mounts
     ]
-    shutil.copytree(Path(bentoml.get(trained["production"]["bento_tag"]).path), home / "bento")
+    release = trained["production"]
+    shutil.copytree(Path(bentoml.get(release["bento_tag"]).path), home / "bento")
+    model = bentoml.models.get(release["model_tag"])  # the image holds it in the Bento
+    shutil.copytree(model.path, home / "bento" / "models" / model.tag.name / model.tag.version)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VZ_", "BENTOML_"))}
     env.update({e["name"]: e["value"] for e in container["env"]})
     env.update(HOME=str(home), BENTOML_HOME=str(home), TMPDIR=str(tmp))
