@@ -548,7 +548,7 @@ def test_pipelines_image_is_the_locked_project_as_zenml_runs_it(cluster_config: 
     docker = cluster_config["settings"]["docker"]
     assert (ROOT / docker["dockerfile"]).resolve() == ROOT / "container" / "pipelines.Dockerfile"
     assert (ROOT / docker["build_context_root"]).resolve() == ROOT
-    assert re.search(r"^FROM python:3\.11-", text, re.M)  # pyproject: requires-python 3.11
+    assert re.search(r"^FROM python:3\.11\.\d+-", text, re.M)  # pyproject: requires-python 3.11
     assert re.search(rf"^WORKDIR {DOCKER_IMAGE_WORKDIR}$", text, re.M)
     lock_uv = re.search(r"^uv==(\S+)", (ROOT / "requirements.lock").read_text(), re.M).group(1)
     assert f"uv=={lock_uv}" in text and "uv pip sync" in text and "requirements.lock" in text
