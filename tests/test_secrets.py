@@ -318,7 +318,8 @@ def test_a_served_bento_writes_only_to_the_deployments_empty_dirs(
         assert answer.status_code == 200, answer.text
         assert requests.get(url + "/metrics", timeout=10).status_code == 200
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        if process.poll() is None:  # an early exit must show its own error, not this one's
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
     after = snapshot(tmp_path)
     written = [p for p, seen in after.items() if before.get(p) != seen]
