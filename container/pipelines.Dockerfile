@@ -3,7 +3,7 @@
 # and the ZenML orchestrator and step pods (configs/kubernetes.yaml: ZenML builds it from here, or
 # runs a pushed one named by VZ_PIPELINE_IMAGE as it is). Build from the repository root:
 #   docker build -f container/pipelines.Dockerfile -t "$VZ_REGISTRY/pipelines:$(git rev-parse --short HEAD)" .
-FROM python:3.11-slim-bookworm
+FROM python:3.11.13-slim-bookworm
 
 # kubectl from the Kubernetes project's signed apt repository: Debian's kubernetes-client (1.20)
 # predates --prune-allowlist. The minor version follows the cluster's (kubectl supports +-1).

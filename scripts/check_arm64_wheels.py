@@ -27,8 +27,9 @@ def index_reachable() -> str | None:
 
 
 def locked_requirements() -> list[str]:
+    """`name==version` of each locked package (its `--hash` lines and line continuation off)."""
     return [
-        line.split(";")[0].strip()
+        line.split(";")[0].removesuffix("\\").strip()
         for line in LOCK.read_text().splitlines()
         if line.strip() and not line.startswith(("#", " ", "-"))
     ]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -117,3 +119,71 @@ def test_compose_canary_is_rendered_from_the_local_canary_template() -> None:
     assert (CONTAINER / "nginx" / "canary.conf").read_text() == render_container_nginx_conf(), (
         "container/nginx/canary.conf is stale: run `make nginx-conf`"
     )
+
+
+def test_every_published_port_is_bound_to_loopback() -> None:
+    """Nothing of the team set-up listens on the network: MLflow, the Pushgateway, Prometheus,
+    MinIO and ZenML are this machine's (a tunnel or a TLS proxy reaches them from elsewhere)."""
+    published = 0
+    for name, service in compose()["services"].items():
+        for port in service.get("ports") or []:
+            published += 1
+            if isinstance(port, dict):  # the long syntax
+                assert port.get("host_ip") == "127.0.0.1", name
+            else:
+                assert str(port).startswith("127.0.0.1:") and str(port).count(":") == 2, name
+    assert published >= 8
+
+
+# major.minor.patch (Postgres numbers its releases major.minor), a MinIO release, or a digest
+EXACT_TAG = re.compile(
+    r"([a-z0-9./-]+:(v?\d+\.\d+\.\d+[a-z0-9.-]*|RELEASE\.[0-9TZ-]+)"
+    r"|postgres:\d+\.\d+(-[a-z]+)?)(@sha256:[0-9a-f]{64})?"
+    r"|[a-z0-9./-]+@sha256:[0-9a-f]{64}"
+)
+
+
+def test_images_are_pinned_by_exact_tag_or_digest() -> None:
+    """No `latest`, no floating major or minor: a pull tomorrow gets today's image. The Bento
+    images come from the environment (the deployment's own tags)."""
+    images = [s["image"] for s in compose()["services"].values() if "image" in s]
+    pinned = [image for image in images if not image.startswith("${")]
+    assert len(pinned) >= 8
+    for image in pinned:
+        assert EXACT_TAG.fullmatch(image), image
+    for dockerfile in CONTAINER.glob("*.Dockerfile"):
+        for base in re.findall(r"^FROM (\S+)", dockerfile.read_text(), re.M):
+            assert EXACT_TAG.fullmatch(base), (dockerfile.name, base)
+    for floating in ("postgres:16", "nginx:1.27", "python:3.11-slim", "minio:latest", "x:1.2"):
+        assert not EXACT_TAG.fullmatch(floating)
+
+
+def test_mlflow_asks_for_a_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's basic-auth app, its first admin from the environment, its users on a volume; the
+    image has what the app needs and the config MLflow itself reads."""
+    import importlib.util
+
+    import mlflow as mlflow_package
+
+    # MLflow's own reader of the auth config (its package needs Flask-WTF, which only the image has)
+    module = Path(mlflow_package.__file__).parent / "server" / "auth" / "config.py"
+    spec = importlib.util.spec_from_file_location("mlflow_auth_config", module)
+    auth_config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(auth_config)
+    mlflow = compose()["services"]["mlflow"]
+    assert "--app-name basic-auth" in mlflow["command"]
+    environment = mlflow["environment"]
+    assert environment["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert environment["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${MLFLOW_FLASK_SECRET_KEY:?")
+    dockerfile = (CONTAINER / "mlflow.Dockerfile").read_text()
+    assert re.search(r"mlflow==3\.17\.2 Flask-WTF==\d", dockerfile)  # what mlflow[auth] adds
+    source, target = re.search(r"^COPY (\S+) (\S+)$", dockerfile, re.M).groups()
+    assert f"ENV MLFLOW_AUTH_CONFIG_PATH={target}" in dockerfile
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(CONTAINER / source))
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
+    config = auth_config.read_auth_config()
+    assert config.admin_password is None  # from the environment only, never the file
+    volume, mount = mlflow["volumes"][0].split(":")
+    assert config.database_uri == f"sqlite:///{mount}/basic_auth.db"
+    assert volume in compose()["volumes"]

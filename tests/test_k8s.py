@@ -7,12 +7,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from string import Template
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import K8S_TEMPLATE_VALUES, ROOT
+from tests.pod_security import restricted_violations
 from visionzero.platform.cluster import quantity
 from visionzero.rollout import deployment_state
 from visionzero.rollout.kubernetes import render
@@ -62,7 +64,6 @@ def test_every_core_manifest_validates(canary_docs: list[dict]) -> None:
     kinds = sorted(d["kind"] for d in canary_docs)
     assert kinds == sorted(
         [
-            "Namespace",
             "Deployment",
             "Deployment",
             "Service",
@@ -71,6 +72,8 @@ def test_every_core_manifest_validates(canary_docs: list[dict]) -> None:
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
             "PodDisruptionBudget",
+            "NetworkPolicy",
+            "NetworkPolicy",
             "NetworkPolicy",
             "Ingress",
             "Ingress",
@@ -316,7 +319,7 @@ def test_kubernetes_target_without_docker_or_cluster_leaves_manifests_ready(
     )
     assert "no Docker engine" in result["images_error"]
     assert "KUBECONFIG is not set" in result["apply_error"]
-    assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 15
+    assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 16
 
 
 PART_OF = "app.kubernetes.io/part-of"
@@ -358,11 +361,10 @@ def test_after_rollback_the_apply_prunes_the_canary(tmp_path: Path) -> None:
     assert plan["create"] == []
     assert "HTTPRoute/crash-risk" in plan["update"] and "Ingress/crash-risk" in plan["update"]
     assert apply_plan(after, before)["create"] == plan["delete"]  # a new canary comes back
-    # every kind the templates render can be pruned, except the Namespace (never deleted)
+    # every kind the templates render can be pruned (the Namespace is applied once, not rendered)
     kinds = {
         f"{d['apiVersion'] if '/' in d['apiVersion'] else 'core/' + d['apiVersion']}/{d['kind']}"
         for d in before
-        if d["kind"] != "Namespace"
     }
     assert kinds == set(PRUNE_ALLOWLIST)
     assert apply_command(tmp_path / "rolled-back") == [
@@ -401,3 +403,143 @@ def test_apply_runs_kubectl_with_prune(tmp_path: Path, monkeypatch: pytest.Monke
     argv = (tmp_path / "argv").read_text().splitlines()
     assert argv == kubernetes.apply_command(tmp_path / "out")[1:]
     assert "--prune" in argv
+
+
+# --- Pod Security, serving pods, network policies -------------------------------------------------
+
+
+def template(name: str) -> list[dict]:
+    text = (ROOT / "k8s" / name).read_text()
+    return [d for d in yaml.safe_load_all(Template(text).substitute(K8S_TEMPLATE_VALUES)) if d]
+
+
+def test_namespace_enforces_pod_security_restricted(canary_docs: list[dict]) -> None:
+    """Applied once per cluster, never rendered: the deployer needs no right on Namespaces."""
+    (namespace,) = template("namespace.yaml")
+    kubernetes_validate.validate(namespace, K8S_VERSION, strict=True)
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+        assert labels[f"pod-security.kubernetes.io/{mode}-version"] == "v1.33"
+    assert "Namespace" not in {d["kind"] for d in canary_docs}
+
+
+def test_every_pod_of_the_manifests_is_admitted_as_restricted(canary_docs: list[dict]) -> None:
+    """The Deployments and both CronJobs (ZenML's pods: tests/test_cluster.py)."""
+    pods = [d["spec"]["template"]["spec"] for d in by_kind(canary_docs, "Deployment")]
+    for name in ("train-cronjob.yaml", "monitor-cronjob.yaml"):
+        (cronjob,) = template(name)
+        pods.append(cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    assert len(pods) == 4
+    for pod in pods:
+        assert restricted_violations(pod) == []
+    privileged = {**pods[0], "hostNetwork": True, "volumes": [{"name": "h", "hostPath": {}}]}
+    assert restricted_violations(privileged) == ["hostNetwork", "volume h: ['hostPath']"]
+
+
+def test_serving_pods_have_no_token_and_a_read_only_root(canary_docs: list[dict]) -> None:
+    """No API token in a model server, and its root filesystem read-only: what `bentoml serve`
+    writes has an emptyDir of bounded size (tests/test_secrets.py serves a Bento laid out as in
+    its image and checks it writes nowhere else)."""
+    for deployment in by_kind(canary_docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        (container,) = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+        assert set(mounts) == {"/tmp", "/home/bentoml/prometheus_multiproc_dir"}
+        assert all(v["emptyDir"]["sizeLimit"] for v in mounts.values())
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions In / NotIn / Exists) against labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+    return True
+
+
+def reachable(
+    policies: list[dict],
+    pod: dict,
+    direction: str,
+    port: int,
+    protocol: str = "TCP",
+    peer_namespace: str = "visionzero",
+    peer: dict | None = None,
+) -> bool:
+    """Whether the NetworkPolicies let traffic through, as the API defines them: a pod selected by
+    no policy of that direction is open; otherwise some rule of a selecting policy must match the
+    port and the peer (pods of namespace `peer_namespace` labelled `peer`; an external address
+    when peer_namespace is None)."""
+    selecting = [
+        p
+        for p in policies
+        if direction in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], pod)
+    ]
+    if not selecting:
+        return True
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    namespace_labels = {"kubernetes.io/metadata.name": peer_namespace}
+    for policy in selecting:
+        for rule in policy["spec"].get(key) or []:
+            ports = rule.get("ports")
+            if ports and not any(
+                p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports
+            ):
+                continue
+            peers = rule.get(peers_key)
+            if not peers:
+                return True
+            for entry in peers:
+                if peer_namespace is None:
+                    continue  # only ipBlock peers reach outside the cluster; none is used here
+                if "namespaceSelector" in entry:
+                    if not _selects(entry["namespaceSelector"], namespace_labels):
+                        continue
+                elif peer_namespace != "visionzero":
+                    continue
+                if _selects(entry.get("podSelector") or {}, peer or {}):
+                    return True
+    return False
+
+
+SERVING = {"app": "crash-risk", "stage": "production"}
+CRONJOB = {"app": "crash-risk-pipelines", "pipeline": "train"}
+ZENML_POD = {"zenml-pipeline": "training"}  # ZenML's pods carry no `app` label
+DNS = {"peer_namespace": "kube-system", "peer": {"k8s-app": "kube-dns"}}
+
+
+def test_network_policies_deny_by_default_with_the_needed_exceptions(
+    canary_docs: list[dict],
+) -> None:
+    policies = by_kind(canary_docs, "NetworkPolicy")
+    # the model servers: their port from the ingress controller, the gateway and Prometheus only
+    for namespace in ("ingress-nginx", "gateway-system", "monitoring"):
+        assert reachable(policies, SERVING, "Ingress", 3000, peer_namespace=namespace)
+    assert not reachable(policies, SERVING, "Ingress", 3000, peer=CRONJOB)
+    assert not reachable(policies, SERVING, "Ingress", 3000, peer_namespace="default")
+    assert not reachable(policies, SERVING, "Ingress", 22, peer_namespace="ingress-nginx")
+    # and they call nothing, not even DNS
+    assert not reachable(policies, SERVING, "Egress", 53, "UDP", **DNS)
+    assert not reachable(policies, SERVING, "Egress", 443, peer_namespace=None)
+    # the pipelines: nothing reaches them; they reach DNS, HTTPS, the API server, the team services
+    for pod in (CRONJOB, ZENML_POD):
+        assert not reachable(policies, pod, "Ingress", 8080, peer=CRONJOB)
+        assert not reachable(policies, pod, "Ingress", 8080, peer_namespace="monitoring")
+        assert reachable(policies, pod, "Egress", 53, "UDP", **DNS)
+        assert not reachable(policies, pod, "Egress", 53, "UDP", peer_namespace="default")
+        for port in (443, 6443, 5000, 8080, 9000, 9090, 9091):
+            assert reachable(policies, pod, "Egress", port, peer_namespace=None), port
+        assert not reachable(policies, pod, "Egress", 22, peer_namespace=None)
+        assert not reachable(policies, pod, "Egress", 3000, peer=SERVING)
+    # without the policies everything is open: the check above is the policies' doing
+    assert reachable([], SERVING, "Egress", 443, peer_namespace=None)

@@ -227,7 +227,10 @@ def paths() -> Paths:
 def configure_environment() -> Paths:
     """Point ZenML, MLflow and BentoML at the project stores unless the user configured them.
 
-    These are the libraries' own variables: they read them from the process environment."""
+    These are the libraries' own variables: they read them from the process environment. The
+    umask makes every file this process and its children create (state, stores, logs) readable by
+    its user alone: the ZenML store holds secrets, the outbox and logs name the deployment."""
+    os.umask(0o077)
     p = paths()
     p.home.mkdir(parents=True, exist_ok=True)
     current = settings()

@@ -156,20 +156,51 @@ def stack_export(recipe: StackRecipe) -> dict[str, Any]:
     }
 
 
-def _tracker_configuration() -> dict[str, str]:
-    """The MLflow server the settings name, if any; otherwise ZenML's local store."""
+LOCAL_SECRET_NAME = "visionzero_mlflow"  # the ZenML secret the local stack's tracker reads
+# The tracker's credential fields, each read from the setting (env variable) "mlflow_<field>"
+TRACKER_CREDENTIALS = ("tracking_username", "tracking_password", "tracking_token")
+
+
+def _tracker_configuration() -> tuple[dict[str, str | None], dict[str, str]]:
+    """The MLflow server the settings name, if any (otherwise ZenML's local store), and the
+    credentials to keep in the ZenML secret LOCAL_SECRET_NAME. The configuration holds only
+    references to that secret: ZenML keeps component configurations in plain text in its store
+    (and shows them in `zenml stack describe`), never a place for a token. A credential that is
+    not set maps to None, which removes a value an older registration held."""
     current = settings()
-    values = {
-        "tracking_uri": current.mlflow_tracking_uri,
-        "tracking_username": current.mlflow_tracking_username,
-        "tracking_password": current.mlflow_tracking_password,
-        "tracking_token": current.mlflow_tracking_token,
-    }
-    return {
-        key: value.get_secret_value() if isinstance(value, SecretStr) else value
-        for key, value in values.items()
-        if value
-    }
+    configuration: dict[str, str | None] = {"tracking_uri": current.mlflow_tracking_uri}
+    values = {}
+    for field in TRACKER_CREDENTIALS:
+        key = f"mlflow_{field}"
+        value = getattr(current, key)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value:
+            values[key] = value
+        configuration[field] = "{{" + f"{LOCAL_SECRET_NAME}.{key}" + "}}" if value else None
+    return configuration, values
+
+
+def _holds_plain_credential(configuration: dict[str, Any]) -> bool:
+    """Whether a registered tracker keeps a credential as a value (registered before credentials
+    moved into the ZenML secret) rather than as a `{{secret.key}}` reference."""
+    return any(
+        configuration.get(field) and not str(configuration[field]).startswith("{{")
+        for field in TRACKER_CREDENTIALS
+    )
+
+
+def _ensure_secret(client: Any, name: str, values: dict[str, str]) -> None:
+    """The ZenML secret `name` holds `values` (created, or updated when a value changed)."""
+    if not values:
+        return
+    try:
+        held = client.get_secret(name, allow_partial_name_match=False)
+    except KeyError:
+        client.create_secret(name, values=values)
+    else:
+        if _differs(values, held.secret_values):
+            client.update_secret(name, add_or_update_values=values)
 
 
 def ensure_local_server() -> None:
@@ -388,15 +419,7 @@ def register_stack(recipe: StackRecipe) -> None:
     from zenml.enums import StackComponentType
 
     client = Client()
-    values = _secret_values(recipe)
-    if values:
-        try:
-            held = client.get_secret(recipe.secret_name, allow_partial_name_match=False)
-        except KeyError:
-            client.create_secret(recipe.secret_name, values=values)
-        else:
-            if _differs(values, held.secret_values):
-                client.update_secret(recipe.secret_name, add_or_update_values=values)
+    _ensure_secret(client, recipe.secret_name, _secret_values(recipe))
     for component in recipe.components:
         kind = StackComponentType(component.type)
         try:
@@ -428,23 +451,29 @@ def register_stack(recipe: StackRecipe) -> None:
 
 
 def _ensure_stack() -> None:
+    """The local stack: credentials go into the ZenML secret, the tracker references them. A
+    tracker registered earlier with a credential in its configuration is rewritten to the
+    references (the value then remains only in the secret); one registered otherwise, e.g. by the
+    cluster recipe, is kept as it is."""
     from zenml.client import Client
     from zenml.enums import StackComponentType
 
     client = Client()
-    components = {
-        c.name
-        for c in client.list_stack_components(
-            type=StackComponentType.EXPERIMENT_TRACKER, size=100
-        ).items
-    }
-    if TRACKER_NAME not in components:
+    configuration, values = _tracker_configuration()
+    _ensure_secret(client, LOCAL_SECRET_NAME, values)
+    kind = StackComponentType.EXPERIMENT_TRACKER
+    try:
+        held = client.get_stack_component(kind, TRACKER_NAME, allow_name_prefix_match=False)
+    except KeyError:
         client.create_stack_component(
             name=TRACKER_NAME,
             flavor="mlflow",
-            component_type=StackComponentType.EXPERIMENT_TRACKER,
-            configuration=_tracker_configuration(),
+            component_type=kind,
+            configuration={k: v for k, v in configuration.items() if v is not None},
         )
+    else:
+        if _holds_plain_credential(held.configuration):
+            client.update_stack_component(TRACKER_NAME, kind, configuration=configuration)
     stacks = {s.name for s in client.list_stacks(size=100).items}
     if STACK_NAME not in stacks:
         client.create_stack(

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
 
 import requests
 from discord_webhook import DiscordEmbed, DiscordWebhook
@@ -144,8 +146,14 @@ def _read_outbox() -> list[dict]:
     return entries
 
 
+def _open_private(path: Path, flags: int) -> TextIO:
+    """The outbox (what was alerted about the deployment) is its user's alone (0600), whatever
+    the umask of the process that creates it."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600), "w")
+
+
 def _keep(message: dict, delivery: str) -> None:
-    with _outbox_lock(), paths().outbox.open("a") as handle:
+    with _outbox_lock(), _open_private(paths().outbox, os.O_APPEND) as handle:
         handle.write(json.dumps({**message, "delivery": delivery}) + "\n")
 
 
@@ -157,7 +165,8 @@ def _mark(message_id: str, delivery: str) -> None:
         ]
         outbox = paths().outbox
         staged = outbox.with_name(outbox.name + ".tmp")
-        staged.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        with _open_private(staged, os.O_TRUNC) as handle:
+            handle.write("".join(json.dumps(e) + "\n" for e in entries))
         os.replace(staged, outbox)
 
 

@@ -27,7 +27,8 @@ PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml", "ingress
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "visionzero-risk"
 # Every kind render() can write, as kubectl's --prune-allowlist names them (group/version/kind,
-# "core" for the core group). The Namespace is left out: it is never pruned.
+# "core" for the core group). The Namespace is not rendered: k8s/namespace.yaml is applied once per
+# cluster, so the deployer needs no right on it.
 PRUNE_ALLOWLIST = [
     "core/v1/Service",
     "apps/v1/Deployment",
@@ -90,7 +91,7 @@ def render(state: dict, out_dir: Path) -> list[Path]:
     conf = template_values()
     weight = staging_weight(state)
     base = {**conf, "CANARY_WEIGHT": str(weight)}
-    docs: list[tuple[str, dict]] = [("namespace", d) for d in _render("namespace.yaml", base)]
+    docs: list[tuple[str, dict]] = []
     for stage in ("production", "staging"):
         release = state.get(stage)
         if not release:
