@@ -223,7 +223,8 @@ def test_no_location_names_an_upstream(counted: tuple[dict, Counter]) -> None:
     upstreams, _ = counted
     with nginx_canary(upstreams) as url, requests.Session() as session:
         locations = {}
-        for path in [*UNKNOWN, "/stage/staging", "/metadata?redirect", "/stage/staging/zones?redirect"]:
+        redirecting = ["/stage/staging", "/metadata?redirect", "/stage/staging/zones?redirect"]
+        for path in [*UNKNOWN, *redirecting]:
             answer = session.get(url + path, timeout=5, allow_redirects=False)
             if "Location" in answer.headers:
                 locations[path] = answer.headers["Location"]
@@ -287,4 +288,3 @@ def test_the_temp_folders_belong_to_the_workers(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         assert body.owner() == "www-data" and body.stat().st_mode & 0o777 == 0o700
         assert workdir.group() == "www-data" and workdir.stat().st_mode & 0o777 == 0o710
-

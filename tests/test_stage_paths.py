@@ -84,7 +84,7 @@ def echo(stage: str, seen: Counter | None = None) -> type[BaseHTTPRequestHandler
     return Echo
 
 
-# These tests send a hundred requests in a blink from one client: the limits are tests/test_edge.py's
+# A hundred requests in a blink from one client here: the limits are tested in tests/test_edge.py
 UNLIMITED = EdgeLimits(rate=100_000, burst=100_000, connections=1000)
 
 

@@ -355,7 +355,8 @@ def nginx_worker_user() -> str | None:
         with contextlib.suppress(KeyError):
             pwd.getpwnam(name)
             return name
-    raise CanaryError(f"no unprivileged account for nginx's workers: {', '.join(NGINX_WORKER_USERS)}")
+    tried = ", ".join(NGINX_WORKER_USERS)
+    raise CanaryError(f"no unprivileged account for nginx's workers (tried {tried})")
 
 
 def make_nginx_temp_folders(workdir: Path) -> None:
