@@ -13,19 +13,25 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import kubernetes_validate
 import psutil
 import pytest
 import requests
+import yaml
 
+from tests import test_map_page
 from tests.conftest import ROOT, LocalServer
 from tests.test_stage_paths import echo, nginx_canary
 from visionzero.rollout import edge
+from visionzero.rollout.kubernetes import INGRESS_ANNOTATION as INGRESS
+from visionzero.rollout.kubernetes import render
 from visionzero.rollout.local_canary import (
     EdgeLimits,
     make_nginx_temp_folders,
@@ -33,6 +39,7 @@ from visionzero.rollout.local_canary import (
     render_nginx_canary,
 )
 
+browser = test_map_page.browser  # the headless Chromium fixture
 # Routes BentoML itself serves next to service.py's: its probes and Swagger's spec and files.
 BENTOML_ROUTES = {"/docs.json", "/readyz", "/livez", "/healthz", "/static_content/"}
 UNKNOWN = [
@@ -288,3 +295,115 @@ def test_the_temp_folders_belong_to_the_workers(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         assert body.owner() == "www-data" and body.stat().st_mode & 0o777 == 0o700
         assert workdir.group() == "www-data" and workdir.stat().st_mode & 0o777 == 0o710
+
+
+CSP_RECORDER = """
+window.vzViolations = [];
+document.addEventListener('securitypolicyviolation',
+    (e) => window.vzViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
+"""
+
+
+@pytest.mark.slow
+def test_the_map_page_and_swagger_work_under_the_policy(browser: object, served: str) -> None:
+    """The real page and BentoML's Swagger UI through nginx in headless Chromium: they draw, and
+    the Content-Security-Policy blocks nothing they load."""
+    with nginx_canary({"production": served[7:]}) as url:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.add_init_script(CSP_RECORDER)
+            page.goto(url + "/")
+            page.wait_for_function("document.body.dataset.state === 'ready'", timeout=60_000)
+            assert page.evaluate("window.vzViolations") == []
+            page.goto(url + "/docs")
+            page.wait_for_selector("text=/predict", timeout=30_000)
+            assert page.evaluate("window.vzViolations") == []
+        finally:
+            context.close()
+
+
+def k8s_docs(tmp_path: Path) -> list[dict]:
+    release = {
+        "model_version": 1,
+        "model_tag": "nyc_crash_risk:m1",
+        "bento_tag": "crash_risk:b1",
+        "arm64_bento_tag": "crash_risk_arm64:a1",
+    }
+    state = {"production": release, "staging": {**release, "model_version": 2}, "canary_weight": 50}
+    return [yaml.safe_load(path.read_text()) for path in render(state, tmp_path / "out")]
+
+
+def test_the_ingresses_forward_exactly_the_services_routes(tmp_path: Path) -> None:
+    docs = {d["metadata"]["name"]: d for d in k8s_docs(tmp_path) if d["kind"] == "Ingress"}
+    candidates = [route.path + ("x.js" if route.prefix else "") for route in edge.ROUTES]
+    strangers = ["/metrics", "/admin", "/zones/", "/METADATA", "/metadatax", "/static", "/x/zones"]
+    for name, prefix in (("crash-risk", ""), ("crash-risk-canary", "")) + tuple(
+        (f"crash-risk-stage-{s}", f"/stage/{s}") for s in ("production", "staging")
+    ):
+        ingress = docs[name]
+        kubernetes_validate.validate(ingress, "1.33.0", strict=True)
+        paths = [p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]]
+        assert "/" not in paths and not any("metrics" in p for p in paths)
+
+        def matched(path: str, paths: list[str] = paths) -> bool:
+            """ingress-nginx's regex location: `~* ^path` (its rewrite-target makes it so)."""
+            return any(re.match(p, path, flags=re.IGNORECASE) for p in paths)
+
+        assert all(matched(prefix + path) for path in candidates), name
+        assert not any(matched(prefix + path) for path in strangers), name
+        assert not any(matched(f"/stage/other{path}") for path in candidates)
+
+
+def test_the_ingresses_limit_clients_set_headers_and_serve_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("VZ_EDGE_RATE_PER_SECOND", "VZ_EDGE_BURST", "VZ_EDGE_CONNECTIONS"):
+        monkeypatch.delenv(name)  # the defaults (conftest raises them for load tests)
+    docs = {d["metadata"]["name"]: d for d in k8s_docs(tmp_path) if d["kind"] == "Ingress"}
+    main, canary = docs["crash-risk"], docs["crash-risk-canary"]
+    pinned = docs["crash-risk-stage-staging"]
+    assert main["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    for ingress in (main, pinned):
+        assert ingress["spec"]["tls"] == [
+            {"hosts": ["crash-risk.example.org"], "secretName": "crash-risk-tls"}
+        ]
+    for ingress, traffic in ((main, "split"), (pinned, "pinned")):
+        annotations = ingress["metadata"]["annotations"]
+        nginx = {
+            k.removeprefix(INGRESS): v for k, v in annotations.items() if k.startswith(INGRESS)
+        }
+        assert (nginx["limit-rps"], nginx["limit-burst-multiplier"]) == ("50", "4")
+        assert nginx["limit-connections"] == "30" and nginx["proxy-body-size"] == "4194304"
+        snippet = nginx["configuration-snippet"].splitlines()
+        assert snippet[0] == f"proxy_set_header X-VZ-Traffic {traffic};"
+        assert snippet[1:] == [
+            f'more_set_headers "{k}: {v}";' for k, v in edge.SECURITY_HEADERS.items()
+        ]
+    # ingress-nginx applies the main Ingress's annotations to the canary's requests
+    assert not any("snippet" in key or "limit" in key for key in canary["metadata"]["annotations"])
+
+
+def test_the_httproutes_forward_exactly_the_services_routes(tmp_path: Path) -> None:
+    routes = {d["metadata"]["name"]: d for d in k8s_docs(tmp_path) if d["kind"] == "HTTPRoute"}
+    expected = {(r.path, "PathPrefix" if r.prefix else "Exact") for r in edge.ROUTES}
+    for name, route in routes.items():
+        assert route["spec"]["parentRefs"][0]["sectionName"] == "https"
+        prefix = "" if name == "crash-risk" else "/stage/" + name.removeprefix("crash-risk-stage-")
+        forwarded = {
+            (m["path"]["value"].removeprefix(prefix), m["path"]["type"])
+            for rule in route["spec"]["rules"]
+            if "backendRefs" in rule
+            for m in rule["matches"]
+        }
+        assert forwarded == {(prefix and p or p, t) for p, t in expected}, name
+        traffic = "split" if name == "crash-risk" else "pinned"
+        for rule in route["spec"]["rules"]:
+            if "backendRefs" not in rule:  # /stage/<stage> -> /stage/<stage>/
+                continue
+            filters = {f["type"]: f for f in rule["filters"]}
+            assert filters["RequestHeaderModifier"]["requestHeaderModifier"] == {
+                "set": [{"name": "X-VZ-Traffic", "value": traffic}]
+            }
+            answer = filters["ResponseHeaderModifier"]["responseHeaderModifier"]["set"]
+            assert {h["name"]: h["value"] for h in answer} == edge.SECURITY_HEADERS
