@@ -106,6 +106,9 @@ def test_the_limits_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> N
     config = render_nginx_canary({"production": "127.0.0.1:1"}, 0, "80")
     assert "rate=7r/s;" in config and "burst=11 nodelay;" in config
     assert "limit_conn vz_conn 13;" in config and "client_max_body_size 4096;" in config
+    compose = render_container_nginx_conf()  # committed: the defaults, not this environment
+    assert "rate=50r/s;" in compose and "burst=200 nodelay;" in compose
+    assert "limit_conn vz_conn 30;" in compose and "client_max_body_size 4194304;" in compose
 
 
 @pytest.fixture(scope="module")
@@ -204,11 +207,11 @@ def test_one_client_past_its_connections_gets_a_json_429(counted: tuple[dict, Co
 
 
 @pytest.mark.slow
-def test_security_headers_on_every_answer(counted: tuple[dict, Counter], monkeypatch) -> None:
+def test_security_headers_on_every_answer(counted: tuple[dict, Counter]) -> None:
     upstreams, _ = counted
-    monkeypatch.setenv("VZ_MAX_BODY_BYTES", "2048")
     dead_staging = {**upstreams, "staging": "127.0.0.1:9"}  # discard: refused
-    with nginx_canary(dead_staging) as url, requests.Session() as session:
+    small_bodies = EdgeLimits(rate=1000, burst=1000, connections=100, max_body_bytes=2048)
+    with nginx_canary(dead_staging, limits=small_bodies) as url, requests.Session() as session:
         ok = session.get(f"{url}/stage/production/metadata?own-headers", timeout=5)
         assert ok.status_code == 200 and ok.json()["path"] == "/metadata?own-headers"
         assert_secured(ok)  # the backend's own CSP and X-Frame-Options are replaced, not repeated

@@ -332,18 +332,30 @@ NGINX_WORKER_USERS = ("www-data", "nobody")
 
 @dataclass(frozen=True)
 class EdgeLimits:
-    """Per-client limits at the edge: requests a second, burst above it, open connections."""
+    """What one client may do at the edge: requests a second, a burst above that, open
+    connections; and the largest request body anyone may send."""
 
     rate: int
     burst: int
     connections: int
+    max_body_bytes: int = Settings.model_fields["vz_max_body_bytes"].default
 
     @classmethod
     def from_settings(cls) -> EdgeLimits:
         current = settings()
         return cls(
-            current.vz_edge_rate_per_second, current.vz_edge_burst, current.vz_edge_connections
+            current.vz_edge_rate_per_second,
+            current.vz_edge_burst,
+            current.vz_edge_connections,
+            current.vz_max_body_bytes,
         )
+
+    @classmethod
+    def defaults(cls) -> EdgeLimits:
+        """The settings' defaults, whatever this machine's environment says."""
+        fields = Settings.model_fields
+        names = ("vz_edge_rate_per_second", "vz_edge_burst", "vz_edge_connections")
+        return cls(*(fields[name].default for name in names))
 
 
 def nginx_worker_user() -> str | None:
@@ -387,6 +399,7 @@ def render_nginx_canary(
     """The canary template; a whole config with `workdir`, else a conf.d file (compose). `limits`
     default to the settings'. `guarded=False` drops the per-client limits and the security headers:
     only benchmarks/serving.py's comparison renders that."""
+    limits = limits or EdgeLimits.from_settings()
     return TEMPLATES.get_template("nginx_canary.conf.j2").render(
         upstreams=upstreams,
         stages=STAGES,
@@ -396,35 +409,23 @@ def render_nginx_canary(
         worker_user=nginx_worker_user() if workdir else None,
         temp_kinds=NGINX_TEMP_KINDS,
         routes=edge.ROUTES,
-        limits=(limits or EdgeLimits.from_settings()) if guarded else None,
+        limits=limits if guarded else None,
         security_headers=edge.SECURITY_HEADERS if guarded else {},
-        max_body_bytes=settings().vz_max_body_bytes,
+        max_body_bytes=limits.max_body_bytes,
     )
 
 
-def nginx_conf(
-    port: int,
-    backends: dict[str, Backend],
-    weight: int,
-    workdir: Path,
-    limits: EdgeLimits | None = None,
-) -> str:
+def nginx_conf(port: int, backends: dict[str, Backend], weight: int, workdir: Path) -> str:
     """The local canary's nginx config: the backends on 127.0.0.1, staging at `weight` percent."""
     upstreams = {stage: f"127.0.0.1:{b.port}" for stage, b in backends.items()}
-    return render_nginx_canary(upstreams, weight, f"127.0.0.1:{port}", workdir, limits)
+    return render_nginx_canary(upstreams, weight, f"127.0.0.1:{port}", workdir)
 
 
 def render_container_nginx_conf() -> str:
     """container/nginx/canary.conf: the compose services behind the default canary weight, with
     the default limits (not this machine's environment: the file is committed)."""
     upstreams = {stage: f"crash-risk-{stage}:3000" for stage in STAGES}
-    defaults = EdgeLimits(
-        *(
-            Settings.model_fields[name].default
-            for name in ("vz_edge_rate_per_second", "vz_edge_burst", "vz_edge_connections")
-        )
-    )
-    return render_nginx_canary(upstreams, CANARY_WEIGHT, "80", limits=defaults)
+    return render_nginx_canary(upstreams, CANARY_WEIGHT, "80", limits=EdgeLimits.defaults())
 
 
 def _is_serve(pid: int) -> bool:
