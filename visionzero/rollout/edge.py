@@ -32,11 +32,12 @@ READ_PREFIXES = ("/static/", "/static_content/")
 READ_METHODS = ("GET", "HEAD")
 WRITE_METHODS = ("POST",)
 
-# The page and Swagger load only their own files; `data:` images are the page's empty favicon and
-# Swagger's CSS icons. Styles set from script (Leaflet, Swagger's React) are not inline styles.
+# The page and Swagger load only their own files and run only their own scripts; `data:` images are
+# the page's empty favicon and Swagger's CSS icons. Inline styles are allowed: the map page (in
+# headless Chromium, with real data) and Swagger's page write some, and a style runs no code.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
