@@ -59,7 +59,7 @@ MAX_EDGE_DROP_PCT = 5  # issue #20: limits and headers on cost <= 5% of one-item
 BENCHMARK_EDGE_LIMITS = {
     "VZ_EDGE_RATE_PER_SECOND": "1000000",
     "VZ_EDGE_BURST": "1000000",
-    "VZ_EDGE_CONNECTIONS": "100000",
+    "VZ_EDGE_CONNECTIONS": "10000",
 }
 
 

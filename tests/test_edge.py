@@ -22,6 +22,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import psutil
+import pydantic
 import pytest
 import requests
 import yaml
@@ -29,6 +30,7 @@ import yaml
 from tests import test_map_page
 from tests.conftest import ROOT, LocalServer
 from tests.test_stage_paths import echo, nginx_canary
+from visionzero.platform.settings import settings
 from visionzero.rollout import edge
 from visionzero.rollout.kubernetes import INGRESS_ANNOTATION as INGRESS
 from visionzero.rollout.kubernetes import render
@@ -109,6 +111,15 @@ def test_the_limits_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> N
     compose = render_container_nginx_conf()  # committed: the defaults, not this environment
     assert "rate=50r/s;" in compose and "burst=200 nodelay;" in compose
     assert "limit_conn vz_conn 30;" in compose and "client_max_body_size 4194304;" in compose
+
+
+def test_connections_per_client_stay_within_what_nginx_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nginx refuses to start with limit_conn over 65535: the setting says so first."""
+    monkeypatch.setenv("VZ_EDGE_CONNECTIONS", "65536")
+    with pytest.raises(pydantic.ValidationError, match="vz_edge_connections"):
+        settings()
 
 
 @pytest.fixture(scope="module")

@@ -139,6 +139,7 @@ class Settings(BaseSettings):
     vz_edge_connections: int = Field(
         30,
         ge=1,
+        le=65535,  # nginx's limit_conn refuses more
         description="connections one client may hold open at the edge (a browser opens 6 per "
         "host; several tabs and a script stay under it)",
     )
