@@ -1,6 +1,8 @@
 """Throughput and latency of the BentoML service, with its prediction log off and on, vs a plain
 FastAPI app on the same model, in one run; or, with --rates, its latency at fixed request rates
-through the local canary's nginx and direct, and its saturation throughput on both paths.
+through the local canary's nginx and direct, and its saturation throughput on both paths. With
+--rates, a second nginx in front of the same backends runs the same template with the edge's
+per-client limits and security headers off ("nginx-off"): the same run compares the two.
 
 Needs a trained production model (`make run`), wrk and, for --rates, hey (`make bench-deps`).
 Run: .venv/bin/python benchmarks/serving.py [--seconds 15] [--connections 32] [--rounds 2]
@@ -10,6 +12,7 @@ Run: .venv/bin/python benchmarks/serving.py [--seconds 15] [--connections 32] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -23,12 +26,16 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+if TYPE_CHECKING:
+    from visionzero.rollout.local_canary import Child
 
 BODY = {"items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]}
 BIG = {
@@ -45,6 +52,15 @@ BIG = {
 
 PAUSE_SECONDS = 2.0  # between runs: the writer thread flushes the previous run's log rows
 TARGET_RATE, TARGET_P99_MS = 2000, 25  # issue #14: p99 <= 25 ms at 2,000 req/s through nginx
+MAX_EDGE_DROP_PCT = 5  # issue #20: limits and headers on cost <= 5% of one-item throughput
+# The load generator is ONE client (127.0.0.1): the canary's nginx keeps its per-client limits on
+# (their cost is measured), set far above the benchmark's own load so that they never refuse it.
+# Every 429 is counted and printed: a run with any is not a measurement of the limits' cost.
+BENCHMARK_EDGE_LIMITS = {
+    "VZ_EDGE_RATE_PER_SECOND": "1000000",
+    "VZ_EDGE_BURST": "1000000",
+    "VZ_EDGE_CONNECTIONS": "10000",
+}
 
 
 def free_port() -> int:
@@ -137,6 +153,7 @@ def hey(url: str, rate: int, seconds: int, clients: int, body: Path) -> dict[str
         "achieved_rps": (sum(statuses.values()) + failed) / seconds_taken,
         "errors": sum(n for code, n in statuses.items() if code != 200) + failed,
         "answered": statuses.get(200, 0),
+        "status_429": statuses.get(429, 0),
         "load_1m": os.getloadavg()[0],
     }
 
@@ -281,6 +298,7 @@ def fixed_rates(args: argparse.Namespace, release: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp, stopping_on_signals():
         tmp = Path(tmp)
         os.environ["VZ_PREDICTION_LOG"] = str(tmp / "predictions")  # the backends inherit it
+        os.environ.update(BENCHMARK_EDGE_LIMITS)  # read when the canary renders its nginx
         bento_tag = build_bento(release["model_tag"], "bentofile.yaml")
         try:
             served = {**release, "bento_tag": bento_tag}
@@ -295,21 +313,64 @@ def fixed_rates(args: argparse.Namespace, release: dict) -> None:
             canary.check()
             try:
                 canary.start()
-                urls = {
-                    "nginx": f"http://127.0.0.1:{port}",
-                    "direct": f"http://127.0.0.1:{canary.backends['production'].port}",
-                }
-                processes = {
-                    "backend": [p for b in canary.backends.values() for p in b.child.processes()],
-                    "nginx": canary.nginx.processes(),
-                }
-                paths, saturation = load_paths(args, urls, processes, tmp)
+                weight = CANARY_WEIGHT if args.canary else 0
+                with unguarded_nginx(canary.backends, weight) as (off_url, off_nginx):
+                    urls = {
+                        "nginx": f"http://127.0.0.1:{port}",
+                        "direct": f"http://127.0.0.1:{canary.backends['production'].port}",
+                        "nginx-off": off_url,
+                    }
+                    processes = {
+                        "backend": [
+                            p for b in canary.backends.values() for p in b.child.processes()
+                        ],
+                        "nginx": canary.nginx.processes(),
+                        "nginx-off": off_nginx.processes(),
+                    }
+                    paths, saturation = load_paths(args, urls, processes, tmp)
             finally:
                 canary.stop()  # the workers write their buffered rows as they stop
         finally:
             bentoml.bentos.delete(bento_tag)
         logged = logged_rows(tmp / "predictions")
     report_rates(args, release, paths, saturation, logged)
+
+
+@contextlib.contextmanager
+def unguarded_nginx(backends: dict, weight: int) -> Iterator[tuple[str, Child]]:
+    """A second nginx in front of the same backends: the canary's template with the per-client
+    limits and the security headers off (the comparison's "off" arm); stopped on every path. Its
+    folder is a fresh one under the system's temp folder, as `serve`'s is: nginx's unprivileged
+    workers must reach its temp folders."""
+    from visionzero.rollout.local_canary import (
+        listening,
+        make_nginx_temp_folders,
+        nginx_binary,
+        render_nginx_canary,
+        start_child,
+    )
+
+    workdir = Path(tempfile.mkdtemp(prefix="vz-nginx-off-"))
+    try:
+        make_nginx_temp_folders(workdir)
+        port = free_port()
+        upstreams = {stage: f"127.0.0.1:{b.port}" for stage, b in backends.items()}
+        conf = workdir / "nginx.conf"
+        listen = f"127.0.0.1:{port}"
+        conf.write_text(render_nginx_canary(upstreams, weight, listen, workdir, guarded=False))
+        argv = [nginx_binary(), "-p", str(workdir), "-c", str(conf)]
+        nginx = start_child("nginx-off", argv, workdir / "nginx.log")
+        try:
+            deadline = time.monotonic() + 10
+            while not listening(port):
+                if nginx.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((workdir / "nginx.log").read_text())
+                time.sleep(0.05)
+            yield f"http://{listen}", nginx
+        finally:
+            nginx.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def cpu_seconds(processes: dict[str, list[psutil.Process]]) -> dict[str, float]:
@@ -336,7 +397,7 @@ def load_paths(
             post(url, BODY)
     paths: dict[str, dict[str, dict]] = {name: {} for name in urls}
     print(
-        f"{'path':<8}{'rate':>7}{'achieved':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'path':<10}{'rate':>7}{'achieved':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
         f"{'load 1m':>9}{'CPU ms/request: backend':>25}{'nginx':>7}",
         flush=True,
     )
@@ -352,17 +413,28 @@ def load_paths(
             paths[name][str(rate)] = result
             short = " (rate NOT reached)" if result["achieved_rps"] < 0.95 * rate else ""
             print(
-                f"{name:<8}{rate:>7}{result['achieved_rps']:>10.0f}{result['p50_ms']:>9.1f}"
+                f"{name:<10}{rate:>7}{result['achieved_rps']:>10.0f}{result['p50_ms']:>9.1f}"
                 f"{result['p99_ms']:>9.1f}{result['errors']:>8}{result['load_1m']:>9.2f}"
                 f"{result['backend_cpu_ms']:>25.3f}{result['nginx_cpu_ms']:>7.3f}{short}",
                 flush=True,
             )
     script = write_wrk_script(tmp / "post.lua")
-    saturation = {}
-    for name, url in urls.items():
+    # Each path once; the two nginx arms twice, in A B B A order, averaged: a neighbour's load
+    # drifting during the run weighs on both arms alike.
+    order = ["nginx", "nginx-off", "nginx-off", "nginx", "direct"]
+    runs: dict[str, list[dict]] = {name: [] for name in urls}
+    for name in order:
         time.sleep(PAUSE_SECONDS)
-        saturation[name] = wrk(url, args.seconds, args.connections, script)
-        saturation[name]["load_1m"] = os.getloadavg()[0]
+        result = wrk(urls[name], args.seconds, args.connections, script)
+        result["load_1m"] = os.getloadavg()[0]
+        runs[name].append(result)
+    saturation = {
+        name: {
+            **{key: statistics.mean(r[key] for r in found) for key in found[0]},
+            "non_2xx": sum(r["non_2xx"] for r in found),
+        }
+        for name, found in runs.items()
+    }
     return paths, saturation
 
 
@@ -402,10 +474,19 @@ def report_rates(
             f"target p99 <= {TARGET_P99_MS} ms at {TARGET_RATE:,} req/s through nginx: {verdict} "
             f"({target['p99_ms']:.1f} ms at {target['achieved_rps']:.0f} req/s)"
         )
+    edge = edge_comparison(paths, saturation)
+    print(
+        f"edge limits and headers on vs off (same run, same backends): one-item throughput "
+        f"{edge['throughput_drop_pct']:+.1f}% drop ({edge['saturation_rps']['off']} -> "
+        f"{edge['saturation_rps']['on']} req/s, target <= {MAX_EDGE_DROP_PCT}%); p99 at "
+        f"{edge['rate']} req/s {edge['p99_ms']['off']} ms off, {edge['p99_ms']['on']} ms on; "
+        f"429s {edge['status_429']} (must be 0: limits {BENCHMARK_EDGE_LIMITS})"
+    )
     print(
         json.dumps(
             {
                 "machine": host,
+                "edge": edge,
                 "model": release["model_tag"],
                 "resolution": args.resolution or 9,
                 "prediction_log": "on",
@@ -425,6 +506,27 @@ def report_rates(
             }
         )
     )
+
+
+def edge_comparison(paths: dict[str, dict[str, dict]], saturation: dict[str, dict]) -> dict:
+    """nginx with the edge's limits and headers ("nginx") against without ("nginx-off"): the
+    saturation throughput's drop in %, p99 at the target rate (else the highest rate run), and
+    the 429s each arm answered (hey's count at fixed rates; any wrk non-2xx counts too)."""
+    on, off = saturation["nginx"]["rps"], saturation["nginx-off"]["rps"]
+    rate = str(TARGET_RATE) if str(TARGET_RATE) in paths["nginx"] else max(paths["nginx"], key=int)
+    return {
+        "throughput_drop_pct": round(100 * (off - on) / off, 2),
+        "saturation_rps": {"on": round(on), "off": round(off)},
+        "rate": int(rate),
+        "p99_ms": {
+            "on": round(paths["nginx"][rate]["p99_ms"], 2),
+            "off": round(paths["nginx-off"][rate]["p99_ms"], 2),
+        },
+        "status_429": {
+            arm: sum(r["status_429"] for r in paths[name].values()) + saturation[name]["non_2xx"]
+            for arm, name in (("on", "nginx"), ("off", "nginx-off"))
+        },
+    }
 
 
 def rate_list(text: str) -> list[int]:

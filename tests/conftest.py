@@ -43,6 +43,11 @@ os.environ.update(
         "BENTOML_DO_NOT_TRACK": "true",
         "KERAS_BACKEND": "jax",
         "DVC_NO_ANALYTICS": "1",
+        # Tests drive `serve` with load (2,000 requests as fast as nginx answers): one client far
+        # past a person's limits. The limits themselves are tested in tests/test_edge.py.
+        "VZ_EDGE_RATE_PER_SECOND": "100000",
+        "VZ_EDGE_BURST": "100000",
+        "VZ_EDGE_CONNECTIONS": "1000",
     }
 )
 for var in (

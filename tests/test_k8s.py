@@ -80,6 +80,8 @@ def test_every_core_manifest_validates(canary_docs: list[dict]) -> None:
             "Ingress",
             "Ingress",
             "HTTPRoute",
+            "HTTPRoute",
+            "HTTPRoute",
         ]
     )
 
@@ -151,25 +153,28 @@ def named(docs: list[dict], kind: str, *names: str) -> list[dict]:
     return [found[name] for name in names]
 
 
-def test_canary_ingress_takes_50_percent_on_the_same_host_and_path(canary_docs: list[dict]) -> None:
+def test_canary_ingress_takes_50_percent_on_the_same_host_and_paths(
+    canary_docs: list[dict],
+) -> None:
     main, canary = named(canary_docs, "Ingress", "crash-risk", "crash-risk-canary")
     assert canary["metadata"]["annotations"] == {
         "nginx.ingress.kubernetes.io/canary": "true",
         "nginx.ingress.kubernetes.io/canary-weight": "50",
+        "nginx.ingress.kubernetes.io/use-regex": "true",
     }
-    assert "annotations" not in main["metadata"]
     assert main["spec"]["rules"][0]["host"] == canary["spec"]["rules"][0]["host"]
-    main_path = main["spec"]["rules"][0]["http"]["paths"][0]
-    canary_path = canary["spec"]["rules"][0]["http"]["paths"][0]
-    assert main_path["path"] == canary_path["path"] == "/"
-    assert main_path["backend"]["service"]["name"] == "crash-risk-production"
-    assert canary_path["backend"]["service"]["name"] == "crash-risk-staging"
+    main_paths = main["spec"]["rules"][0]["http"]["paths"]
+    canary_paths = canary["spec"]["rules"][0]["http"]["paths"]
+    assert [p["path"] for p in main_paths] == [p["path"] for p in canary_paths]  # paired by path
+    assert {p["backend"]["service"]["name"] for p in main_paths} == {"crash-risk-production"}
+    assert {p["backend"]["service"]["name"] for p in canary_paths} == {"crash-risk-staging"}
 
 
 def test_httproute_splits_50_50(canary_docs: list[dict]) -> None:
-    (route,) = by_kind(canary_docs, "HTTPRoute")
+    (route,) = named(canary_docs, "HTTPRoute", "crash-risk")
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
-    refs = {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+    (rule,) = route["spec"]["rules"]
+    refs = {ref["name"]: ref["weight"] for ref in rule["backendRefs"]}
     assert refs == {"crash-risk-production": 50, "crash-risk-staging": 50}
     services = {d["metadata"]["name"] for d in by_kind(canary_docs, "Service")}
     assert set(refs) <= services
@@ -178,7 +183,8 @@ def test_httproute_splits_50_50(canary_docs: list[dict]) -> None:
 # From the Gateway API v1 HTTPRoute CRD (standard channel): the enums of a filter's type and of a
 # path modifier's type, and its CEL rules on a rule: `replacePrefixMatch` is required with
 # type ReplacePrefixMatch, and "When using URLRewrite filter with path.replacePrefixMatch, exactly
-# one PathPrefix match must be specified"; at most 16 rules.
+# one PathPrefix match must be specified"; at most 16 rules, 64 matches a rule, each filter type
+# once a rule; a RequestRedirect's status 301 or 302.
 FILTER_FIELDS = {  # a filter's type and the one field that configures it
     "RequestHeaderModifier": "requestHeaderModifier",
     "ResponseHeaderModifier": "responseHeaderModifier",
@@ -195,12 +201,19 @@ def check_httproute_rules(route: dict) -> None:
     rules = route["spec"]["rules"]
     assert 1 <= len(rules) <= 16
     for rule in rules:
+        assert 1 <= len(rule["matches"]) <= 64
         for match in rule["matches"]:
             assert match["path"]["type"] in {"Exact", "PathPrefix", "RegularExpression"}
             assert match["path"]["value"].startswith("/")
+            assert set(match) <= {"path", "method"}
+        types = [fil["type"] for fil in rule.get("filters", [])]
+        assert len(types) == len(set(types))
         for fil in rule.get("filters", []):
             assert set(fil) == {"type", FILTER_FIELDS[fil["type"]]}
-            path = fil.get("urlRewrite", {}).get("path")
+            config = fil.get("urlRewrite") or fil.get("requestRedirect") or {}
+            if fil["type"] == "RequestRedirect":
+                assert config["statusCode"] in {301, 302} and "backendRefs" not in rule
+            path = config.get("path")
             if path is None:
                 continue
             assert path["type"] in PATH_MODIFIER_TYPES
@@ -208,45 +221,62 @@ def check_httproute_rules(route: dict) -> None:
                 assert set(path) == {"type", "replacePrefixMatch"}
                 assert len(path["replacePrefixMatch"]) <= 1024
                 assert [m["path"]["type"] for m in rule["matches"]] == ["PathPrefix"]
-        for ref in rule["backendRefs"]:
+            else:
+                assert set(path) == {"type", "replaceFullPath"}
+        for ref in rule.get("backendRefs", []):
             assert 1 <= ref["port"] <= 65535 and 0 <= ref.get("weight", 1) <= 1_000_000
 
 
-def pinned(route: dict) -> dict[str, dict]:
-    """The HTTPRoute's /stage/<stage> rules by the stage their path names."""
-    return {
-        rule["matches"][0]["path"]["value"].removeprefix("/stage/"): rule
-        for rule in route["spec"]["rules"]
-        if rule["matches"][0]["path"]["value"].startswith("/stage/")
-    }
+def pinned_path(route: dict, request_path: str) -> str | None:
+    """The path a stage's HTTPRoute sends upstream for `request_path` (Exact or path-element
+    PathPrefix matches, then the URLRewrite), "redirect" for its redirect; None when no rule
+    matches."""
+    for rule in route["spec"]["rules"]:
+        for match in rule["matches"]:
+            kind, value = match["path"]["type"], match["path"]["value"]
+            prefixed = request_path.startswith(value.rstrip("/") + "/") or (
+                request_path == value.rstrip("/")
+            )
+            if (kind == "Exact" and request_path == value) or (kind == "PathPrefix" and prefixed):
+                filters = {f["type"]: f for f in rule["filters"]}
+                if "RequestRedirect" in filters:
+                    return "redirect"
+                path = filters["URLRewrite"]["urlRewrite"]["path"]
+                if path["type"] == "ReplaceFullPath":
+                    return path["replaceFullPath"]
+                rest = request_path[len(value.rstrip("/")) :].lstrip("/")
+                return path["replacePrefixMatch"].rstrip("/") + "/" + rest
+    return None
 
 
 def rewritten(ingress: dict, request_path: str) -> str | None:
-    """The path ingress-nginx sends upstream: its regex location (`~* ^path`, case-insensitive
-    prefix) and rewrite-target with the capture groups; None when the path does not match."""
-    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
-    found = re.match(path["path"], request_path, flags=re.IGNORECASE)
+    """The path ingress-nginx sends upstream: its regex locations (`~* ^path`, case-insensitive)
+    and rewrite-target with the capture groups; None when no path matches."""
     target = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/rewrite-target"]
-    return re.sub(r"\$(\d)", lambda m: found.group(int(m.group(1))), target) if found else None
+    for path in ingress["spec"]["rules"][0]["http"]["paths"]:
+        found = re.match(path["path"], request_path, flags=re.IGNORECASE)
+        if found:
+            return re.sub(r"\$(\d)", lambda m, f=found: f.group(int(m.group(1))) or "", target)
+    return None
 
 
-def test_stage_paths_are_pinned_in_the_httproute_and_the_ingresses(
+def test_stage_paths_are_pinned_in_the_httproutes_and_the_ingresses(
     canary_docs: list[dict],
 ) -> None:
-    """/stage/<stage>/<path> reaches that stage's Service alone, as <path>, in both forms."""
-    (route,) = by_kind(canary_docs, "HTTPRoute")
-    check_httproute_rules(route)
-    rules = pinned(route)
-    assert set(rules) == {"production", "staging"}
-    for stage, rule in rules.items():
-        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": f"/stage/{stage}"}}]
-        assert rule["filters"] == [
-            {
-                "type": "URLRewrite",
-                "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
-            }
-        ]
-        assert rule["backendRefs"] == [{"name": f"crash-risk-{stage}", "port": 80}]  # no fallback
+    """/stage/<stage>/<route> reaches that stage's Service alone, as <route>, in both forms."""
+    for stage in ("production", "staging"):
+        (route,) = named(canary_docs, "HTTPRoute", f"crash-risk-stage-{stage}")
+        check_httproute_rules(route)
+        refs = {
+            ref["name"] for rule in route["spec"]["rules"] for ref in rule.get("backendRefs", [])
+        }
+        assert refs == {f"crash-risk-{stage}"}  # one Service, no fallback
+        assert pinned_path(route, f"/stage/{stage}/zones") == "/zones"
+        assert pinned_path(route, f"/stage/{stage}/static/vendor/a.js") == "/static/vendor/a.js"
+        assert pinned_path(route, f"/stage/{stage}/") == "/"
+        assert pinned_path(route, f"/stage/{stage}") == "redirect"
+        for unknown in ("/zones", f"/stage/{stage}/metrics", f"/stage/{stage}/zones/x"):
+            assert pinned_path(route, unknown) is None, unknown
     production, staging = named(
         canary_docs, "Ingress", "crash-risk-stage-production", "crash-risk-stage-staging"
     )
@@ -254,12 +284,12 @@ def test_stage_paths_are_pinned_in_the_httproute_and_the_ingresses(
         annotations = ingress["metadata"]["annotations"]
         assert annotations["nginx.ingress.kubernetes.io/use-regex"] == "true"
         assert not any("canary" in key for key in annotations)
-        (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
-        assert path["pathType"] == "ImplementationSpecific"
-        assert path["backend"]["service"] == {
-            "name": f"crash-risk-{stage}",
-            "port": {"name": "http"},
-        }
+        for path in ingress["spec"]["rules"][0]["http"]["paths"]:
+            assert path["pathType"] == "ImplementationSpecific"
+            assert path["backend"]["service"] == {
+                "name": f"crash-risk-{stage}",
+                "port": {"name": "http"},
+            }
         assert rewritten(ingress, f"/stage/{stage}/zones") == "/zones"
         assert rewritten(ingress, f"/stage/{stage}/static/map.js") == "/static/map.js"
         assert rewritten(ingress, f"/stage/{stage}/") == "/"
@@ -275,12 +305,13 @@ def test_without_staging_production_takes_everything(tmp_path: Path) -> None:
     render({"production": release(1), "staging": None, "canary_weight": 50}, tmp_path / "out")
     docs = load(tmp_path / "out")
     assert len(by_kind(docs, "Ingress")) == 2 and len(by_kind(docs, "Deployment")) == 1
-    (route,) = by_kind(docs, "HTTPRoute")
+    (route,) = named(docs, "HTTPRoute", "crash-risk")
     assert route["spec"]["rules"][0]["backendRefs"] == [
         {"name": "crash-risk-production", "port": 80, "weight": 100}
     ]
     check_httproute_rules(route)
-    assert set(pinned(route)) == {"production"}  # /stage/staging/... is the service's 404
+    stage_routes = [r["metadata"]["name"] for r in by_kind(docs, "HTTPRoute") if r is not route]
+    assert stage_routes == ["crash-risk-stage-production"]  # /stage/staging/... is a 404
     (stage_ingress,) = [i for i in by_kind(docs, "Ingress") if "stage" in i["metadata"]["name"]]
     assert stage_ingress["metadata"]["name"] == "crash-risk-stage-production"
 
@@ -319,7 +350,7 @@ def test_kubernetes_target_without_docker_or_cluster_leaves_manifests_ready(
     )
     assert "no Docker engine" in result["images_error"]
     assert "KUBECONFIG is not set" in result["apply_error"]
-    assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 16
+    assert result["files"] == len(list((tmp_path / "k8s").glob("*.yaml"))) == 18
 
 
 PART_OF = "app.kubernetes.io/part-of"
@@ -352,6 +383,7 @@ def test_after_rollback_the_apply_prunes_the_canary(tmp_path: Path) -> None:
     plan = apply_plan(before, after)
     assert plan["delete"] == [
         "Deployment/crash-risk-staging",
+        "HTTPRoute/crash-risk-stage-staging",
         "HorizontalPodAutoscaler/crash-risk-staging",
         "Ingress/crash-risk-canary",
         "Ingress/crash-risk-stage-staging",

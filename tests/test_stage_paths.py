@@ -21,7 +21,9 @@ import requests
 
 from tests.conftest import LocalServer, free_port
 from visionzero.rollout.local_canary import (
+    EdgeLimits,
     listening,
+    make_nginx_temp_folders,
     nginx_binary,
     render_nginx_canary,
     start_child,
@@ -30,26 +32,51 @@ from visionzero.rollout.local_canary import (
 pytestmark = pytest.mark.slow  # a real nginx (no model: a few seconds)
 
 
-def echo(stage: str) -> type[BaseHTTPRequestHandler]:
-    """A stage stand-in: JSON naming the stage, the method and the path+query it received; the path
-    /own-error is the backend's own 502, which nginx must pass through, not replace."""
+def echo(stage: str, seen: Counter | None = None) -> type[BaseHTTPRequestHandler]:
+    """A stage stand-in: JSON naming the stage, the method, the path+query it received and the
+    X-VZ-Traffic header nginx set; counts every request it gets in `seen`. Like the real app it
+    redirects a path with a trailing slash to the one without, naming the Host it was sent (what
+    Starlette does); `?redirect` answers 307 to /metadata the same way; `?own-error` is the
+    backend's own 502, which nginx must pass through, not replace; `?own-headers` sends its own
+    security headers, which nginx must replace, not repeat; `?slow` answers after a second."""
 
     class Echo(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as nginx's upstream keepalive expects
 
         def _answer(self) -> None:
+            if seen is not None:
+                seen[stage] += 1
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode() if length else ""
-            status = 502 if self.path == "/own-error" else 200
-            payload = {"stage": stage, "method": self.command, "path": self.path, "body": body}
+            path, _, query = self.path.partition("?")
+            if query == "slow":
+                time.sleep(1)
+            if query == "redirect" or (path.endswith("/") and path != "/"):
+                target = "/metadata" if query == "redirect" else path.rstrip("/")
+                self.send_response(307)
+                self.send_header("Location", f"http://{self.headers['Host']}{target}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 502 if query == "own-error" else 200
+            payload = {
+                "stage": stage,
+                "method": self.command,
+                "path": self.path,
+                "body": body,
+                "traffic": self.headers.get("X-VZ-Traffic"),
+            }
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if query == "own-headers":
+                self.send_header("Content-Security-Policy", "default-src *")
+                self.send_header("X-Frame-Options", "ALLOWALL")
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = _answer
+        do_GET = do_POST = do_PUT = do_DELETE = _answer
 
         def log_message(self, *args: object) -> None:
             """Quiet: the tests read the answers."""
@@ -57,23 +84,29 @@ def echo(stage: str) -> type[BaseHTTPRequestHandler]:
     return Echo
 
 
+# A hundred requests in a blink from one client here: the limits are tested in tests/test_edge.py
+UNLIMITED = EdgeLimits(rate=100_000, burst=100_000, connections=1000)
+
+
 @contextlib.contextmanager
-def nginx_canary(upstreams: dict[str, str], weight: int = 50) -> Iterator[str]:
+def nginx_canary(
+    upstreams: dict[str, str], weight: int = 50, limits: EdgeLimits = UNLIMITED
+) -> Iterator[str]:
     """A real nginx running the canary config for `upstreams` (host:port by stage); yields its
     URL and stops it on every exit path."""
     with tempfile.TemporaryDirectory(prefix="vz-stage-paths-") as tmp:
         workdir = Path(tmp)
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (workdir / "tmp" / kind).mkdir(parents=True)
+        make_nginx_temp_folders(workdir)
         port = free_port()
         conf = workdir / "nginx.conf"
-        conf.write_text(render_nginx_canary(upstreams, weight, f"127.0.0.1:{port}", workdir))
+        config = render_nginx_canary(upstreams, weight, f"127.0.0.1:{port}", workdir, limits)
+        conf.write_text(config)
         argv = [nginx_binary(), "-p", str(workdir), "-c", str(conf)]
         nginx = start_child("nginx", argv, workdir / "nginx.log")
         try:
             deadline = time.monotonic() + 10
             while not listening(port):
-                assert nginx.process.poll() is None, (workdir / "error.log").read_text()
+                assert nginx.process.poll() is None, (workdir / "nginx.log").read_text()
                 assert time.monotonic() < deadline, "nginx did not listen within 10 s"
                 time.sleep(0.05)
             yield f"http://127.0.0.1:{port}"
@@ -105,6 +138,7 @@ def test_pinned_paths_always_reach_their_stage(stages: dict[str, str]) -> None:
                 "method": "POST",
                 "path": "/predict",
                 "body": '{"items": []}',
+                "traffic": "pinned",
             }
         # the unpinned path is still the 50/50 split: pinning is what makes the stage certain
         split = {session.get(f"{url}/metadata", timeout=5).json()["stage"] for _ in range(60)}
@@ -164,6 +198,6 @@ def test_a_pinned_stage_whose_backend_is_down_never_answers_as_the_other(
 def test_a_backends_own_error_passes_through_a_pinned_path(stages: dict[str, str]) -> None:
     """Only nginx's own 502/504 (no answer) become the 503: a backend's answer is its own."""
     with nginx_canary(stages) as url:
-        own = requests.get(f"{url}/stage/staging/own-error", timeout=5)
+        own = requests.get(f"{url}/stage/staging/metadata?own-error", timeout=5)
         assert answered(own) == (502, "staging", "staging")
-        assert own.json()["path"] == "/own-error"
+        assert own.json()["path"] == "/metadata?own-error"

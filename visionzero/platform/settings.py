@@ -129,6 +129,38 @@ class Settings(BaseSettings):
         description="bytes of map layers (`/zones`, plain and gzipped) one worker keeps; the "
         "least recently asked go first (a resolution-9 day: ~6 MB plus its gzip)",
     )
+    vz_edge_rate_per_second: int = Field(
+        50,
+        ge=1,
+        description="requests a second one client (IP address) may send through the edge (nginx, "
+        "Ingress) before it is answered 429; a person's map page sends ~10 at once, side by side "
+        "~20, then a few a click",
+    )
+    vz_edge_burst: int = Field(
+        200,
+        ge=0,
+        description="requests one client may send at once above that rate (answered without "
+        "delay) before the 429s: ten map pages loading together",
+    )
+    vz_edge_connections: int = Field(
+        30,
+        ge=1,
+        le=65535,  # nginx's limit_conn refuses more
+        description="connections one client may hold open at the edge (a browser opens 6 per "
+        "host; several tabs and a script stay under it)",
+    )
+    vz_k8s_tls_secret: str = Field(
+        "crash-risk-tls",
+        description="Secret holding the Ingress's TLS certificate (cert-manager writes it)",
+    )
+    vz_k8s_cluster_issuer: str = Field(
+        "letsencrypt",
+        description="cert-manager ClusterIssuer that issues the Ingress's certificate",
+    )
+    vz_k8s_gateway_listener: str = Field(
+        "https",
+        description="the Gateway's HTTPS listener (sectionName) the route attaches to",
+    )
     vz_workers: int = Field(2, ge=1, description="worker processes of one Bento")
     vz_access_log: bool = Field(False, description="BentoML access log")
     vz_metrics: bool = Field(True, description="Prometheus `/metrics`")

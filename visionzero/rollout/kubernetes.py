@@ -12,6 +12,7 @@ after a rollback).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,10 +21,19 @@ from string import Template
 import yaml
 
 from visionzero.platform.settings import REPO_ROOT, settings
+from visionzero.rollout import edge
 from visionzero.rollout.deployment_state import staging_weight
 
 TEMPLATES = REPO_ROOT / "k8s"
-PER_STAGE = ["deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml", "ingress-stage.yaml"]
+PER_STAGE = [
+    "deployment.yaml",
+    "service.yaml",
+    "hpa.yaml",
+    "pdb.yaml",
+    "ingress-stage.yaml",
+    "httproute-stage.yaml",
+]
+INGRESS_ANNOTATION = "nginx.ingress.kubernetes.io/"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "visionzero-risk"
 # Every kind render() can write, as kubectl's --prune-allowlist names them (group/version/kind,
@@ -50,6 +60,9 @@ def template_values() -> dict[str, str]:
         "NAMESPACE": current.vz_k8s_namespace,
         "HOST": current.vz_k8s_host,
         "GATEWAY": current.vz_k8s_gateway,
+        "GATEWAY_LISTENER": current.vz_k8s_gateway_listener,
+        "TLS_SECRET": current.vz_k8s_tls_secret,
+        "CLUSTER_ISSUER": current.vz_k8s_cluster_issuer,
         "REGISTRY": current.vz_registry,
     }
 
@@ -64,21 +77,120 @@ def _render(template: str, values: dict[str, str]) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def pinned_rule(stage: str) -> dict:
-    """The HTTPRoute rule for /stage/<stage>/<path>: that stage's Service alone, the prefix
-    replaced by "/" (so /stage/staging/zones?resolution=7 reaches staging as /zones?resolution=7).
-    One backendRef and no fallback: a comparison must never show production as staging. The
-    schema allows ReplacePrefixMatch only in a rule with exactly one PathPrefix match."""
+def ingress_paths(service: str, prefix: str = "") -> list[dict]:
+    """The service's routes as ingress-nginx path regexes, under `prefix` (a pinned stage's, with
+    rewrite-target `/$1` sending the route). Regexes because rewrite-target turns every path of
+    the host into a case-blind regex location (`~* ^path`), Exact ones too: each is anchored with
+    `$` and case-sensitive (`(?-i:...)`, RE2 and PCRE alike), so /METADATA or /metadata/x match
+    nothing. No `/` catch-all: any other path is ingress-nginx's own 404. Without a prefix,
+    `/stage/<stage>` alone serves the page (the slash is optional)."""
+    exact = "|".join(re.escape(r.path[1:]) for r in edge.ROUTES if not r.prefix and r.path != "/")
+    folders = "|".join(re.escape(r.path[1:-1]) for r in edge.ROUTES if r.prefix)
+    if prefix:
+        paths = [f"{prefix}(?-i:(?:/({exact})?)?)$", f"{prefix}/(?-i:((?:{folders})/.+))"]
+    else:
+        paths = [f"/(?-i:({exact})?)$", f"/(?-i:({folders})/.+)"]
+    return [
+        {
+            "path": path,
+            "pathType": "ImplementationSpecific",
+            "backend": {"service": {"name": service, "port": {"name": "http"}}},
+        }
+        for path in paths
+    ]
+
+
+def edge_annotations(traffic: str) -> dict[str, str]:
+    """ingress-nginx annotations for per-client limits, the body limit, the security headers and
+    X-VZ-Traffic. The headers need `configuration-snippet` (the controller must allow snippets):
+    ingress-nginx has no per-Ingress annotation for a request header (`proxy-set-headers` is
+    controller-wide, `custom-headers` sets answers' headers only), and `more_set_headers` sets
+    the security headers on every answer, errors included."""
+    current = settings()
+    rate = current.vz_edge_rate_per_second
+    snippet = [f"proxy_set_header {edge.TRAFFIC_HEADER} {traffic};"]
+    snippet += [
+        f'more_set_headers "{name}: {value}";' for name, value in edge.SECURITY_HEADERS.items()
+    ]
     return {
-        "matches": [{"path": {"type": "PathPrefix", "value": f"/stage/{stage}"}}],
-        "filters": [
-            {
-                "type": "URLRewrite",
-                "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
-            }
-        ],
-        "backendRefs": [{"name": f"crash-risk-{stage}", "port": 80}],
+        INGRESS_ANNOTATION + "limit-rps": str(rate),
+        # ingress-nginx's burst is rate x multiplier
+        INGRESS_ANNOTATION + "limit-burst-multiplier": str(
+            max(1, -(-current.vz_edge_burst // rate))
+        ),
+        INGRESS_ANNOTATION + "limit-connections": str(current.vz_edge_connections),
+        INGRESS_ANNOTATION + "proxy-body-size": str(current.vz_max_body_bytes),
+        INGRESS_ANNOTATION + "configuration-snippet": "\n".join(snippet) + "\n",
     }
+
+
+def header_filters(traffic: str) -> list[dict]:
+    """HTTPRoute filters: X-VZ-Traffic set for the backend (a client's own value replaced), the
+    security headers set on the answer."""
+    return [
+        {
+            "type": "RequestHeaderModifier",
+            "requestHeaderModifier": {"set": [{"name": edge.TRAFFIC_HEADER, "value": traffic}]},
+        },
+        {
+            "type": "ResponseHeaderModifier",
+            "responseHeaderModifier": {
+                "set": [{"name": k, "value": v} for k, v in edge.SECURITY_HEADERS.items()]
+            },
+        },
+    ]
+
+
+def route_matches(prefix: str = "") -> list[dict]:
+    """HTTPRoute matches for the service's routes (under `prefix`): Exact, PathPrefix for a
+    folder; a POST-only route matches POST alone."""
+    return [
+        {
+            "path": {"type": "PathPrefix" if r.prefix else "Exact", "value": prefix + r.path},
+            **({"method": r.methods[0]} if len(r.methods) == 1 else {}),
+        }
+        for r in edge.ROUTES
+    ]
+
+
+def pinned_rules(stage: str) -> list[dict]:
+    """The HTTPRoute rules for /stage/<stage>/<route>: that stage's Service alone, the prefix
+    stripped (/stage/staging/zones?resolution=7 reaches staging as /zones?resolution=7). One
+    backendRef and no fallback: a comparison must never show production as staging. One rule per
+    route: an exact path is rewritten with ReplaceFullPath, a folder with ReplacePrefixMatch (the
+    schema allows that only in a rule with exactly one PathPrefix match); `/stage/<stage>` is
+    redirected to its slash (the page's relative URLs need it)."""
+    rules = [
+        {
+            "matches": [{"path": {"type": "Exact", "value": f"/stage/{stage}"}}],
+            "filters": [
+                {
+                    "type": "RequestRedirect",
+                    "requestRedirect": {
+                        "path": {"type": "ReplaceFullPath", "replaceFullPath": f"/stage/{stage}/"},
+                        "statusCode": 301,
+                    },
+                }
+            ],
+        }
+    ]
+    for route, match in zip(edge.ROUTES, route_matches(f"/stage/{stage}"), strict=True):
+        path = (
+            {"type": "ReplacePrefixMatch", "replacePrefixMatch": route.path}
+            if route.prefix
+            else {"type": "ReplaceFullPath", "replaceFullPath": route.path}
+        )
+        rules.append(
+            {
+                "matches": [match],
+                "filters": [
+                    *header_filters("pinned"),
+                    {"type": "URLRewrite", "urlRewrite": {"path": path}},
+                ],
+                "backendRefs": [{"name": f"crash-risk-{stage}", "port": 80}],
+            }
+        )
+    return rules
 
 
 def render(state: dict, out_dir: Path) -> list[Path]:
@@ -108,12 +220,9 @@ def render(state: dict, out_dir: Path) -> list[Path]:
     docs += [("ingress", d) for d in _render("ingress.yaml", base)]
     if weight:
         docs += [("ingress-canary", d) for d in _render("ingress-canary.yaml", base)]
-    route = _render("httproute.yaml", base)[0]
-    route["spec"]["rules"][0]["backendRefs"] = [
-        {"name": "crash-risk-production", "port": 80, "weight": 100 - weight}
-    ] + ([{"name": "crash-risk-staging", "port": 80, "weight": weight}] if weight else [])
-    route["spec"]["rules"] += [pinned_rule(s) for s in ("production", "staging") if state.get(s)]
-    docs.append(("httproute", route))
+    docs.append(("httproute", _render("httproute.yaml", base)[0]))
+    for _, doc in docs:
+        _fill_edge(doc, weight)
 
     for _, doc in docs:
         doc["metadata"].setdefault("labels", {})[PART_OF_LABEL] = PART_OF
@@ -126,6 +235,38 @@ def render(state: dict, out_dir: Path) -> list[Path]:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         files.append(path)
     return files
+
+
+def _fill_edge(doc: dict, weight: int) -> None:
+    """The paths, limits and headers of the Ingresses and HTTPRoutes, from
+    visionzero/rollout/edge.py and the settings (which the YAML templates cannot loop over)."""
+    name = doc["metadata"]["name"]
+    if doc["kind"] == "Ingress":
+        paths = doc["spec"]["rules"][0]["http"]["paths"]
+        annotations = doc["metadata"]["annotations"]
+        if name.startswith("crash-risk-stage-"):
+            stage = name.removeprefix("crash-risk-stage-")
+            paths += ingress_paths(f"crash-risk-{stage}", f"/stage/{stage}")
+            annotations.update(edge_annotations("pinned"))
+        elif name == "crash-risk-canary":
+            paths += ingress_paths("crash-risk-staging")
+        else:
+            paths += ingress_paths("crash-risk-production")
+            annotations.update(edge_annotations("split"))
+    elif doc["kind"] == "HTTPRoute":
+        if name.startswith("crash-risk-stage-"):
+            doc["spec"]["rules"] = pinned_rules(name.removeprefix("crash-risk-stage-"))
+            return
+        backends = [{"name": "crash-risk-production", "port": 80, "weight": 100 - weight}]
+        if weight:
+            backends.append({"name": "crash-risk-staging", "port": 80, "weight": weight})
+        doc["spec"]["rules"] = [
+            {
+                "matches": route_matches(),
+                "filters": header_filters("split"),
+                "backendRefs": backends,
+            }
+        ]
 
 
 def docker_available() -> bool:

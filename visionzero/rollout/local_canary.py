@@ -19,6 +19,7 @@ import contextlib
 import errno
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -35,7 +36,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from visionzero.platform.settings import paths, settings
+from visionzero.platform.settings import Settings, paths, settings
+from visionzero.rollout import edge
 from visionzero.rollout.alerts import build_message, send
 from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
 from visionzero.rollout.prometheus import (
@@ -323,17 +325,93 @@ def wanted(state: dict) -> dict[str, dict]:
     return {stage: state[stage] for stage in STAGES if state.get(stage)}
 
 
+NGINX_TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+# Where nginx started as root drops its workers: Debian's nginx account, else the classic nobody.
+NGINX_WORKER_USERS = ("www-data", "nobody")
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What one client may do at the edge: requests a second, a burst above that, open
+    connections; and the largest request body anyone may send."""
+
+    rate: int
+    burst: int
+    connections: int
+    max_body_bytes: int = Settings.model_fields["vz_max_body_bytes"].default
+
+    @classmethod
+    def from_settings(cls) -> EdgeLimits:
+        current = settings()
+        return cls(
+            current.vz_edge_rate_per_second,
+            current.vz_edge_burst,
+            current.vz_edge_connections,
+            current.vz_max_body_bytes,
+        )
+
+    @classmethod
+    def defaults(cls) -> EdgeLimits:
+        """The settings' defaults, whatever this machine's environment says."""
+        fields = Settings.model_fields
+        names = ("vz_edge_rate_per_second", "vz_edge_burst", "vz_edge_connections")
+        return cls(*(fields[name].default for name in names))
+
+
+def nginx_worker_user() -> str | None:
+    """The unprivileged account nginx's workers run as when it starts as root (None otherwise:
+    its workers are then its own user)."""
+    if os.geteuid() != 0:
+        return None
+    for name in NGINX_WORKER_USERS:
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    tried = ", ".join(NGINX_WORKER_USERS)
+    raise CanaryError(f"no unprivileged account for nginx's workers (tried {tried})")
+
+
+def make_nginx_temp_folders(workdir: Path) -> None:
+    """nginx's temp folders (request bodies, buffered answers) under workdir/tmp. As root, its
+    workers run unprivileged: the folders are theirs alone and workdir lets their group pass
+    through (mode 0710: no listing, and no other account gets in)."""
+    for kind in NGINX_TEMP_KINDS:
+        (workdir / "tmp" / kind).mkdir(parents=True, exist_ok=True)
+    user = nginx_worker_user()
+    if user is None:
+        return
+    account = pwd.getpwnam(user)
+    os.chown(workdir, -1, account.pw_gid)
+    workdir.chmod(0o710)
+    for folder in [workdir / "tmp", *(workdir / "tmp" / kind for kind in NGINX_TEMP_KINDS)]:
+        os.chown(folder, account.pw_uid, account.pw_gid)
+        folder.chmod(0o700)
+
+
 def render_nginx_canary(
-    upstreams: dict[str, str], weight: int, listen: str, workdir: Path | None = None
+    upstreams: dict[str, str],
+    weight: int,
+    listen: str,
+    workdir: Path | None = None,
+    limits: EdgeLimits | None = None,
+    guarded: bool = True,
 ) -> str:
-    """The canary template; a whole config with `workdir`, else a conf.d file (compose)."""
+    """The canary template; a whole config with `workdir`, else a conf.d file (compose). `limits`
+    default to the settings'. `guarded=False` drops the per-client limits and the security headers:
+    only benchmarks/serving.py's comparison renders that."""
+    limits = limits or EdgeLimits.from_settings()
     return TEMPLATES.get_template("nginx_canary.conf.j2").render(
         upstreams=upstreams,
         stages=STAGES,
         weight=weight,
         listen=listen,
         workdir=workdir,
-        run_as_root=os.geteuid() == 0,
+        worker_user=nginx_worker_user() if workdir else None,
+        temp_kinds=NGINX_TEMP_KINDS,
+        routes=edge.ROUTES,
+        limits=limits if guarded else None,
+        security_headers=edge.SECURITY_HEADERS if guarded else {},
+        max_body_bytes=limits.max_body_bytes,
     )
 
 
@@ -344,9 +422,10 @@ def nginx_conf(port: int, backends: dict[str, Backend], weight: int, workdir: Pa
 
 
 def render_container_nginx_conf() -> str:
-    """container/nginx/canary.conf: the compose services behind the default canary weight."""
+    """container/nginx/canary.conf: the compose services behind the default canary weight, with
+    the default limits (not this machine's environment: the file is committed)."""
     upstreams = {stage: f"crash-risk-{stage}:3000" for stage in STAGES}
-    return render_nginx_canary(upstreams, CANARY_WEIGHT, "80")
+    return render_nginx_canary(upstreams, CANARY_WEIGHT, "80", limits=EdgeLimits.defaults())
 
 
 def _is_serve(pid: int) -> bool:
@@ -445,8 +524,7 @@ class LocalCanary:
 
     def start(self) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="vz-serve-"))
-        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.workdir / "tmp" / sub).mkdir(parents=True)
+        make_nginx_temp_folders(self.workdir)
         self._record()
         self.reconcile()
         if self.monitor:
