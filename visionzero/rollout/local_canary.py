@@ -35,7 +35,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from visionzero.platform.settings import paths, settings
+from visionzero.platform.settings import child_environment, paths, settings
 from visionzero.rollout.alerts import build_message, send
 from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
 from visionzero.rollout.prometheus import (
@@ -213,8 +213,10 @@ class Child:
 
 
 def start_child(name: str, argv: list[str], log: Path, tag: str = "", **env: str) -> Child:
-    """Start argv in a session of its own, output to log; env (and the tag) on top of ours."""
-    environment = {**os.environ, **env, **({BACKEND_TAG: tag} if tag else {})}
+    """Start argv in a session of its own, output to log; env (and the tag) on top of the
+    allowlisted part of ours (`child_environment`: no secret reaches a model server, nginx or
+    Prometheus), which holds the absolute VZ_HOME `configure_environment` exported."""
+    environment = child_environment({**env, **({BACKEND_TAG: tag} if tag else {})})
     with open(log, "w") as out:  # the child keeps its own copy
         process = subprocess.Popen(
             argv, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -271,9 +273,18 @@ def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backe
     argv = [sys.executable, "-m", "bentoml", "serve", release["bento_tag"]]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
     tag = f"{workdir.name}/{name}"
-    home = str(backend_home(workdir, name))
+    stores = paths()  # absolute: the model server runs in its Bento's folder, not ours
     child = start_child(
-        name, argv, log, tag, VZ_STAGE=stage, BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=home, **env
+        name,
+        argv,
+        log,
+        tag,
+        VZ_STAGE=stage,
+        VZ_HOME=str(stores.home),
+        VZ_DATA_DIR=str(stores.data_dir),
+        BENTOML_DO_NOT_TRACK="true",
+        BENTOML_HOME=str(backend_home(workdir, name)),
+        **env,
     )
     return Backend(stage, release, port, log, child)
 
