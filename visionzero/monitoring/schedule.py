@@ -45,7 +45,8 @@ def crontab_lines(
         lines.append(
             f"{cron} cd {q(str(repo))} && mkdir -p {q(str(logs))} && "
             f"{{ [ ! -f {q(str(env_file))} ] || {{ set -a; . {q(str(env_file))}; set +a; }}; }} && "
-            f"VZ_HOME={q(str(home))} VZ_DATA_DIR={q(str(data_dir))} flock -w {LOCK_WAIT_SECONDS} {q(str(lock))} {command} "
+            f"VZ_HOME={q(str(home))} VZ_DATA_DIR={q(str(data_dir))} "
+            f"flock -w {LOCK_WAIT_SECONDS} {q(str(lock))} {command} "
             f">> {q(str(logs / f'{name}.log'))} 2>&1"
         )
     return lines
