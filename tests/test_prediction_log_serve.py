@@ -215,6 +215,5 @@ def test_a_flood_of_big_requests_stays_under_the_day_cap(logged: LoggedServe) ->
         time.sleep(0.5)
     written = sum(path.stat().st_size for path in day.glob("*.jsonl"))
     assert written <= DAY_CAP and written > DAY_CAP - 1024  # filled to the last whole row
-    assert len(list(day.glob("*.jsonl"))) >= 2, "both workers should have written"
     assert flood_rows() + day_cap_dropped(logged.url) == sent
     assert 0 < flood_rows() < sent

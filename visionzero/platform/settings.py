@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     vz_home: Path = Field(
         REPO_ROOT / ".vz",
         description="project state: ZenML store, MLflow store "
-        "(SQLite), Bento store, DVC remote, deployment state, alert outbox",
+        "(SQLite), Bento store, DVC remote, deployment state, alert outbox, prediction log; a "
+        "relative path is taken from the current folder and passed on to children absolute",
     )
     vz_data_dir: Path = Field(
         REPO_ROOT / "data", description="the versioned dataset (Parquet), tracked by `data.dvc`"
