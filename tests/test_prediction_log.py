@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import ROOT
 from visionzero.serving.prediction_log import (
     COLUMNS,
+    UNLOGGED_REQUEST_ID,
     DailyFiles,
     PredictionLog,
     Stdout,
@@ -342,3 +343,17 @@ def test_no_log_inside_a_bento(tmp_path: Path) -> None:
     )
     assert outside.stdout.split()[0] == str(tmp_path / "home" / "predictions")
     assert not list(bento.rglob("*.jsonl")) and not (bento / "src" / ".vz").exists()
+
+
+def test_the_serve_check_request_is_not_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` checks each backend with one prediction under an id only it knows: no traffic."""
+    from visionzero.rollout.local_canary import SMOKE_REQUEST_ID
+
+    monkeypatch.setenv(UNLOGGED_REQUEST_ID, SMOKE_REQUEST_ID)
+    log = writer(tmp_path)
+    log.record(SMOKE_REQUEST_ID, answer(1))
+    log.record("vz-check-guess", answer(1))
+    log.close()
+    assert read_predictions(tmp_path)["request_id"].tolist() == ["vz-check-guess"]

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -48,6 +49,7 @@ from visionzero.rollout.prometheus import (
     write_config,
 )
 from visionzero.rollout.rendering import TEMPLATES
+from visionzero.serving.prediction_log import UNLOGGED_REQUEST_ID
 
 STAGES = ("production", "staging")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -56,6 +58,8 @@ BACKEND_TAG = "VZ_SERVE_BACKEND"
 SMOKE_REQUEST = {
     "items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]
 }
+# The check's own prediction is no one's traffic: its backends leave this (unguessable) id unlogged.
+SMOKE_REQUEST_ID = f"vz-check-{secrets.token_hex(16)}"
 STARTUP_FAILED = "Application startup failed"  # uvicorn's line when a worker cannot start
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 MAX_RESTARTS = 3  # attempts in a row for a dead backend, 1, 2 and 4 s apart
@@ -281,6 +285,7 @@ def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backe
         tag,
         VZ_STAGE=stage,
         VZ_HOME=str(stores.home),
+        **{UNLOGGED_REQUEST_ID: SMOKE_REQUEST_ID},
         VZ_DATA_DIR=str(stores.data_dir),
         BENTOML_DO_NOT_TRACK="true",
         BENTOML_HOME=str(backend_home(workdir, name)),
@@ -305,7 +310,12 @@ def check_backend(backend: Backend, timeout: float) -> None:
             raise backend.failed(f"not ready within {timeout:.0f} s")
         time.sleep(0.5)
     try:
-        response = requests.post(url + "/predict", json=SMOKE_REQUEST, timeout=30)
+        response = requests.post(
+            url + "/predict",
+            json=SMOKE_REQUEST,
+            headers={"X-Request-ID": SMOKE_REQUEST_ID},
+            timeout=30,
+        )
         served = response.json()["predictions"][0]["model_version"] if response.ok else None
     except (requests.RequestException, ValueError, LookupError, TypeError) as exc:
         raise backend.failed(f"smoke prediction: {exc!r}") from exc

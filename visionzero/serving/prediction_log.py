@@ -71,6 +71,9 @@ UUID4_SET = (4 << 76) | (0x8000 << 48)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 STDOUT_EVENT = "crash_risk_prediction"  # tells the log shipper which stdout lines are rows
 DAY_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Set by `serve` for a backend: the request id of its own check, which is not logged (a tag, not a
+# setting: it is random per serve, so no client can hide its requests behind it).
+UNLOGGED_REQUEST_ID = "VZ_UNLOGGED_REQUEST_ID"
 WRITERS_LOCK = ".writers.lock"  # in the stage folder: one day total checked and written at a time
 log = logging.getLogger("bentoml.crash_risk.prediction_log")
 
@@ -262,6 +265,7 @@ class PredictionLog:
         self.flush_seconds = flush_seconds
         self.on_drop = on_drop
         self.extra = {"event": STDOUT_EVENT} if isinstance(sink, Stdout) else {}
+        self.unlogged_request_id = os.environ.get(UNLOGGED_REQUEST_ID) or None
         self.dropped = 0
         self._last_warning = -DROP_WARNING_SECONDS
         self._buffer: list[tuple[str | None, float, list[dict]]] = []
@@ -274,7 +278,10 @@ class PredictionLog:
 
     def record(self, request_id: str | None, predictions: list[dict]) -> None:
         """Keep one request's answer under the client's X-Request-ID (None: the writer gives it
-        a uuid4). The dicts are not copied: they must not change after."""
+        a uuid4). The dicts are not copied: they must not change after. `serve`'s own check of the
+        backend is not kept."""
+        if request_id is not None and request_id == self.unlogged_request_id:
+            return
         rows = len(predictions)
         with self._lock:
             if self._rows + rows > self.max_rows:
