@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+import yaml
 
 from tests.conftest import ROOT, free_port, wait_http
 from visionzero.rollout.local_canary import clear_stale
@@ -32,6 +33,11 @@ SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
     "AWS_SECRET_ACCESS_KEY": "aws-secret",
     "GITHUB_TOKEN": "gh-token",
+}
+# The default recipe with a smaller search and evaluation budget: the settings stay the defaults.
+SMALL_BUDGET = {
+    "tuning": {"max_trials": 2, "share_trials": 2},
+    "evaluation": {"backtest_origins": 1, "bootstrap_reps": 200},
 }
 USER_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TMPDIR", "TZ")
 
@@ -98,7 +104,9 @@ def fresh_run() -> Iterator[FreshRun]:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
         (clone / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
         env = user_environment()
-        run(clone, env, "--offline", timeout=1800)
+        budget = Path(tmp) / "training.yaml"
+        budget.write_text(yaml.safe_dump({"parameters": SMALL_BUDGET}))
+        run(clone, env, "--offline", "--config", str(budget), timeout=3600)
         port = free_port()
         with open(Path(tmp) / "serve.log", "w") as log:
             serve = subprocess.Popen(
@@ -135,7 +143,7 @@ def fresh_run() -> Iterator[FreshRun]:
         finally:
             stop(serve, clone, set(children))
         assert serve.returncode == 0, (Path(tmp) / "serve.log").read_text()[-3000:]
-        monitor_output = run(clone, env, "--offline", "monitor", timeout=1800)
+        monitor_output = run(clone, env, "--offline", "monitor", timeout=3600)
         yield FreshRun(clone, answered, children, monitor_output)
 
 
