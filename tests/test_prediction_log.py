@@ -19,7 +19,6 @@ import pytest
 from tests.conftest import ROOT
 from visionzero.serving.prediction_log import (
     COLUMNS,
-    UNLOGGED_REQUEST_ID,
     DailyFiles,
     PredictionLog,
     Stdout,
@@ -349,6 +348,7 @@ def test_the_serve_check_request_is_not_logged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`serve` checks each backend with one prediction under an id only it knows: no traffic."""
+    from visionzero.platform.settings import UNLOGGED_REQUEST_ID
     from visionzero.rollout.local_canary import SMOKE_REQUEST_ID
 
     monkeypatch.setenv(UNLOGGED_REQUEST_ID, SMOKE_REQUEST_ID)

@@ -233,6 +233,16 @@ def child_environment(
     return {**kept, **(extra or {})}
 
 
+# Set by `serve` for a backend: the request id of its own check, which is not logged. A tag, not a
+# setting: it is random per serve, so no client can hide its requests behind it.
+UNLOGGED_REQUEST_ID = "VZ_UNLOGGED_REQUEST_ID"
+
+
+def unlogged_request_id() -> str | None:
+    """The request id this model server must not log (`serve`'s check), if any."""
+    return os.environ.get(UNLOGGED_REQUEST_ID) or None
+
+
 def settings() -> Settings:
     """Read the environment now (tests change it between calls)."""
     return Settings()

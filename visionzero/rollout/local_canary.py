@@ -36,7 +36,12 @@ from pathlib import Path
 import psutil
 import requests
 
-from visionzero.platform.settings import child_environment, paths, settings
+from visionzero.platform.settings import (
+    UNLOGGED_REQUEST_ID,
+    child_environment,
+    paths,
+    settings,
+)
 from visionzero.rollout.alerts import build_message, send
 from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
 from visionzero.rollout.prometheus import (
@@ -49,7 +54,6 @@ from visionzero.rollout.prometheus import (
     write_config,
 )
 from visionzero.rollout.rendering import TEMPLATES
-from visionzero.serving.prediction_log import UNLOGGED_REQUEST_ID
 
 STAGES = ("production", "staging")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

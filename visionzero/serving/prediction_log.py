@@ -47,7 +47,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from visionzero.platform.settings import BENTO_ROOT, paths, settings
+from visionzero.platform.settings import BENTO_ROOT, paths, settings, unlogged_request_id
 
 COLUMNS = [
     "request_id",
@@ -71,9 +71,6 @@ UUID4_SET = (4 << 76) | (0x8000 << 48)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 STDOUT_EVENT = "crash_risk_prediction"  # tells the log shipper which stdout lines are rows
 DAY_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
-# Set by `serve` for a backend: the request id of its own check, which is not logged (a tag, not a
-# setting: it is random per serve, so no client can hide its requests behind it).
-UNLOGGED_REQUEST_ID = "VZ_UNLOGGED_REQUEST_ID"
 WRITERS_LOCK = ".writers.lock"  # in the stage folder: one day total checked and written at a time
 log = logging.getLogger("bentoml.crash_risk.prediction_log")
 
@@ -265,7 +262,7 @@ class PredictionLog:
         self.flush_seconds = flush_seconds
         self.on_drop = on_drop
         self.extra = {"event": STDOUT_EVENT} if isinstance(sink, Stdout) else {}
-        self.unlogged_request_id = os.environ.get(UNLOGGED_REQUEST_ID) or None
+        self.unlogged_request_id = unlogged_request_id()
         self.dropped = 0
         self._last_warning = -DROP_WARNING_SECONDS
         self._buffer: list[tuple[str | None, float, list[dict]]] = []
