@@ -198,7 +198,7 @@ class CrashRisk:
             return None
         dropped = bentoml.metrics.Counter(
             name="crash_risk_prediction_log_dropped",
-            documentation="Prediction log rows dropped (buffer full or a failed write)",
+            documentation="Prediction log rows dropped (buffer full, a failed write, the day cap)",
             labelnames=["stage", "reason"],
         )
         return PredictionLog(

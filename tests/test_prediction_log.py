@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import ROOT
 from visionzero.serving.prediction_log import (
     COLUMNS,
     DailyFiles,
@@ -216,3 +220,140 @@ def test_the_setting_chooses_the_destination(
     for value in ("off", "stdout", "STDOUT"):
         monkeypatch.setenv("VZ_PREDICTION_LOG", value)
         assert prediction_log_root() is None
+
+
+def test_the_day_cap_holds_for_all_the_stage_writers_together(tmp_path: Path) -> None:
+    """Two writers (two workers) of one stage share the day's bytes; past them whole rows are
+    dropped, counted as `day_cap`, and the next writes of the day are dropped too."""
+    cap = 2000
+    drops: list[tuple[int, str]] = []
+    logs = [
+        PredictionLog(
+            DailyFiles(tmp_path, "staging", max_day_bytes=cap),
+            "staging",
+            "3",
+            BLOCK_STARTS,
+            flush_seconds=3600,
+            on_drop=lambda *d: drops.append(d),
+        )
+        for _ in range(2)
+    ]
+    for round_ in range(3):
+        for number, log in enumerate(logs):
+            log.record(f"r{round_}-{number}", answer(4))
+            log.flush()
+    for log in logs:
+        log.close()
+    files = files_under(tmp_path)
+    total = sum(path.stat().st_size for path in files)
+    assert len(files) == 2 and cap - 300 < total <= cap  # filled up to the last whole row
+    written = len(read_predictions(tmp_path))
+    dropped = sum(rows for rows, _ in drops)
+    assert {reason for _, reason in drops} == {"day_cap"}
+    assert written + dropped == 24 and sum(log.dropped for log in logs) == dropped
+    assert all(line.endswith("}") for p in files for line in p.read_text().splitlines())
+
+
+def test_a_writer_deletes_day_folders_older_than_the_days_kept(tmp_path: Path) -> None:
+    today = date.today()
+    stage = tmp_path / "staging"
+    ages = (0, 1, 2, 3, 40)
+    for age in ages:
+        folder = stage / (today - timedelta(days=age)).isoformat()
+        folder.mkdir(parents=True)
+        (folder / "host-1-1.jsonl").write_text("")
+    (stage / "notes").mkdir()  # not a day folder: left alone
+    other = tmp_path / "production" / "2000-01-01"  # another stage: its own writer's job
+    other.mkdir(parents=True)
+    log = PredictionLog(DailyFiles(tmp_path, "staging", keep_days=3), "staging", "3", BLOCK_STARTS)
+    log.record("a", answer(1))
+    log.close()
+    kept = sorted(p.name for p in stage.iterdir() if p.is_dir())
+    assert kept == sorted(
+        [(today - timedelta(days=age)).isoformat() for age in (0, 1, 2)] + ["notes"]
+    )
+    assert other.exists()
+
+
+def test_the_defaults_keep_what_the_monitor_reads_and_bound_a_day(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from visionzero.monitoring.traffic import TrafficConfig
+    from visionzero.platform.settings import Settings
+
+    for name in ("VZ_PREDICTION_LOG_MAX_DAY_BYTES", "VZ_PREDICTION_LOG_KEEP_DAYS"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = Settings()
+    assert defaults.vz_prediction_log_keep_days > TrafficConfig().lookback_days
+    assert 0 < defaults.vz_prediction_log_max_day_bytes <= 1024**3
+
+
+def test_stdout_keeps_to_its_share_of_the_day(capfd: pytest.CaptureFixture[str]) -> None:
+    drops: list[tuple[int, str]] = []
+    log = PredictionLog(
+        Stdout(max_day_bytes=1000),
+        "production",
+        "7",
+        BLOCK_STARTS,
+        flush_seconds=3600,
+        on_drop=lambda *d: drops.append(d),
+    )
+    log.record("x", answer(20))
+    log.close()
+    out = capfd.readouterr().out
+    assert 700 < len(out.encode()) <= 1000
+    assert len(out.splitlines()) + sum(rows for rows, _ in drops) == 20
+    assert {reason for _, reason in drops} == {"day_cap"}
+
+
+def test_no_log_inside_a_bento(tmp_path: Path) -> None:
+    """This code as a Bento holds it (`<bento>/src/`, `<bento>/bento.yaml`), run with no VZ_HOME:
+    the default log folder would be inside the Bento, so the log is off, with a warning."""
+    bento = tmp_path / "crash_risk" / "tag"
+    shutil.copytree(ROOT / "visionzero", bento / "src" / "visionzero")
+    (bento / "bento.yaml").write_text("service: service:CrashRisk\n")
+    probe = (
+        "from visionzero.serving.prediction_log import open_sink, prediction_log_target\n"
+        "print(prediction_log_target(), open_sink('production'))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VZ_")}
+    inside = str(bento / "src" / "logs")
+    results = {}
+    for name, extra in {"unset": {}, "inside": {"VZ_PREDICTION_LOG": inside}}.items():
+        results[name] = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=bento / "src",
+            env={**clean, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    for result in results.values():
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["None", "None"]
+        assert "is inside the Bento" in result.stderr and "VZ_HOME" in result.stderr
+    outside = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=bento / "src",
+        env={**clean, "VZ_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert outside.stdout.split()[0] == str(tmp_path / "home" / "predictions")
+    assert not list(bento.rglob("*.jsonl")) and not (bento / "src" / ".vz").exists()
+
+
+def test_the_serve_check_request_is_not_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` checks each backend with one prediction under an id only it knows: no traffic."""
+    from visionzero.platform.settings import UNLOGGED_REQUEST_ID
+    from visionzero.rollout.local_canary import SMOKE_REQUEST_ID
+
+    monkeypatch.setenv(UNLOGGED_REQUEST_ID, SMOKE_REQUEST_ID)
+    log = writer(tmp_path)
+    log.record(SMOKE_REQUEST_ID, answer(1))
+    log.record("vz-check-guess", answer(1))
+    log.close()
+    assert read_predictions(tmp_path)["request_id"].tolist() == ["vz-check-guess"]

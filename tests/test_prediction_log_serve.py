@@ -1,5 +1,6 @@
 """The prediction log of a real `bentoml serve` of the production Bento: what is logged, what is
-not, and that a SIGTERM and a restart on the same log folder neither lose nor duplicate a row."""
+not, that a SIGTERM and a restart on the same log folder neither lose nor duplicate a row, and that
+a flood stays under the day's cap with the rest counted in /metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +24,7 @@ from visionzero.serving.prediction_log import COLUMNS, read_predictions
 
 pytestmark = pytest.mark.slow
 POINT = {"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}
+DAY_CAP = 4 * 1024 * 1024  # the served stage's VZ_PREDICTION_LOG_MAX_DAY_BYTES: a few big requests
 
 
 class LoggedServe:
@@ -36,7 +39,12 @@ class LoggedServe:
 
     def start(self) -> None:
         port = free_port()
-        env = {**os.environ, "VZ_STAGE": "production", "VZ_PREDICTION_LOG": str(self.log_dir)}
+        env = {
+            **os.environ,
+            "VZ_STAGE": "production",
+            "VZ_PREDICTION_LOG": str(self.log_dir),
+            "VZ_PREDICTION_LOG_MAX_DAY_BYTES": str(DAY_CAP),
+        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", self.bento_tag]
             + ["--host", "127.0.0.1", "--port", str(port)],
@@ -174,3 +182,38 @@ def test_a_restart_neither_loses_nor_duplicates_rows(logged: LoggedServe) -> Non
     assert len(keys) == 2 * len(ours) and set(keys.values()) == {1}  # no duplicate
     frame = read_predictions(logged.log_dir)
     assert len(frame[frame["request_id"].isin(ours)]) == 70
+
+
+def day_cap_dropped(url: str) -> float:
+    """crash_risk_prediction_log_dropped{reason="day_cap"} of all workers, from /metrics."""
+    text = requests.get(url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(None, 1)[1])
+        for line in text.splitlines()
+        if line.startswith("crash_risk_prediction_log_dropped")
+        and 'reason="day_cap"' in line
+        and 'stage="production"' in line
+    )
+
+
+def test_a_flood_of_big_requests_stays_under_the_day_cap(logged: LoggedServe) -> None:
+    """Runs last in this module: it uses the day's bytes up. Both workers write; the day folder
+    stays under the cap and every row not written is counted as dropped."""
+    big = [{**POINT, "datetime": f"2025-02-{day:02d}T08:30"} for day in range(1, 11)] * 1000
+    ids = {f"flood-{i}" for i in range(6)}
+    with ThreadPoolExecutor(2) as pool:  # two at once: both workers answer and log
+        codes = list(pool.map(lambda rid: logged.predict(big, request_id=rid).status_code, ids))
+    assert codes == [200] * len(ids)
+    sent = len(big) * len(ids)
+    day = logged.log_dir / "production" / pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d")
+
+    def flood_rows() -> int:
+        return sum(1 for row in raw_rows(logged.log_dir) if row["request_id"] in ids)
+
+    deadline = time.monotonic() + 60
+    while flood_rows() + day_cap_dropped(logged.url) < sent and time.monotonic() < deadline:
+        time.sleep(0.5)
+    written = sum(path.stat().st_size for path in day.glob("*.jsonl"))
+    assert written <= DAY_CAP and written > DAY_CAP - 1024  # filled to the last whole row
+    assert flood_rows() + day_cap_dropped(logged.url) == sent
+    assert 0 < flood_rows() < sent

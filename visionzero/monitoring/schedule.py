@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from visionzero.platform.settings import REPO_ROOT
+from visionzero.platform.settings import REPO_ROOT, paths
 
 MONITOR_CRON = "30 6 * * *"  # daily, after the city's overnight data refresh
 TRAIN_CRON = "0 3 * * 1"  # weekly, Monday night
@@ -26,10 +26,14 @@ def project_python() -> Path:
     return venv if venv.exists() else Path(sys.executable).absolute()
 
 
-def crontab_lines(home: Path, python: Path | None = None, repo: Path = REPO_ROOT) -> list[str]:
+def crontab_lines(
+    home: Path, python: Path | None = None, repo: Path = REPO_ROOT, data_dir: Path | None = None
+) -> list[str]:
     """One line per pipeline: cd to the checkout, source `$VZ_HOME/cron.env` when present (the
-    secrets, kept out of the crontab), wait for the shared lock, append to `$VZ_HOME/logs/`."""
+    secrets, kept out of the crontab), wait for the shared lock, append to `$VZ_HOME/logs/`. The
+    stores are named by absolute path: cron starts in another folder with none of our variables."""
     python = python or project_python()
+    home, data_dir = home.absolute(), (data_dir or paths().data_dir).absolute()
     logs, lock, env_file = home / "logs", home / "pipelines.lock", home / "cron.env"
     q = shlex.quote
     lines = [
@@ -41,7 +45,8 @@ def crontab_lines(home: Path, python: Path | None = None, repo: Path = REPO_ROOT
         lines.append(
             f"{cron} cd {q(str(repo))} && mkdir -p {q(str(logs))} && "
             f"{{ [ ! -f {q(str(env_file))} ] || {{ set -a; . {q(str(env_file))}; set +a; }}; }} && "
-            f"VZ_HOME={q(str(home))} flock -w {LOCK_WAIT_SECONDS} {q(str(lock))} {command} "
+            f"VZ_HOME={q(str(home))} VZ_DATA_DIR={q(str(data_dir))} "
+            f"flock -w {LOCK_WAIT_SECONDS} {q(str(lock))} {command} "
             f">> {q(str(logs / f'{name}.log'))} 2>&1"
         )
     return lines

@@ -3,16 +3,23 @@
 Nothing is required: with no configuration every store lives in the git-ignored `.vz/` folder of the
 repository. Tests point VZ_HOME and VZ_DATA_DIR at temporary folders so they never touch a user's
 stores. The README's configuration table is generated from this class (`environment_table`).
+
+VZ_HOME and VZ_DATA_DIR are made absolute when read (a relative one against the current folder),
+and `configure_environment` exports them so: a child that runs elsewhere (a model server runs in
+its Bento's folder, where `REPO_ROOT` is the Bento's) uses the same stores as the command that
+started it. Children get `child_environment()`: an allowlist, never our secrets.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +27,8 @@ SNAPSHOT_DIR = REPO_ROOT / "snapshot"
 MODEL_NAME = "nyc_crash_risk"  # the ZenML Model, the MLflow registered model and the Bento model
 SOCRATA_DEFAULT_URL = "https://data.cityofnewyork.us/resource/h9gi-nx95.json"
 NOAA_DEFAULT_URL = "https://www.ncei.noaa.gov/access/services/data/v1"
+# A built Bento holds this code under `<bento>/src/` next to `<bento>/bento.yaml`.
+BENTO_ROOT = REPO_ROOT.parent if (REPO_ROOT.parent / "bento.yaml").is_file() else None
 
 
 class Settings(BaseSettings):
@@ -30,7 +39,8 @@ class Settings(BaseSettings):
     vz_home: Path = Field(
         REPO_ROOT / ".vz",
         description="project state: ZenML store, MLflow store "
-        "(SQLite), Bento store, DVC remote, deployment state, alert outbox",
+        "(SQLite), Bento store, DVC remote, deployment state, alert outbox, prediction log; a "
+        "relative path is taken from the current folder and passed on to children absolute",
     )
     vz_data_dir: Path = Field(
         REPO_ROOT / "data", description="the versioned dataset (Parquet), tracked by `data.dvc`"
@@ -194,11 +204,87 @@ class Settings(BaseSettings):
         description="where every `/predict` answer is logged (see Serving): a directory (default "
         "`$VZ_HOME/predictions`), `stdout` (JSON lines, for a cluster's log shipper) or `off`",
     )
+    vz_prediction_log_max_day_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=4096,
+        description="bytes the prediction log keeps per stage and UTC day, all workers together "
+        "(about a million one-item answers); rows past it are dropped and counted in "
+        '`crash_risk_prediction_log_dropped{reason="day_cap"}`',
+    )
+    vz_prediction_log_keep_days: int = Field(
+        100,
+        ge=1,
+        description="UTC days of prediction log kept per stage (today included); older day "
+        "folders are deleted by the writer. The monitor reads the last 90",
+    )
     vz_test_artifacts: Path = Field(
         REPO_ROOT / "test-artifacts",
         description="where the browser tests and `benchmarks/map_page.py` save screenshots "
         "(git-ignored)",
     )
+
+    @field_validator("vz_home", "vz_data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """Resolved once, here: a relative path means the current folder of the reader."""
+        return value.expanduser().resolve()
+
+    @field_validator("vz_prediction_log")
+    @classmethod
+    def _absolute_log(cls, value: str | None) -> str | None:
+        """A folder is made absolute like VZ_HOME; `stdout`, `off` and unset stay as they are."""
+        if value is None or value.strip().lower() in ("", "off", "stdout"):
+            return value
+        return str(Path(value).expanduser().resolve())
+
+
+# What a child process (model server, nginx, Prometheus) may inherit: what they need to run,
+# never a credential. A name that matches SECRET_NAME is left out even when allowed.
+CHILD_ENV_NAMES = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TERM", "NO_COLOR",
+        "TMPDIR", "TMP", "TEMP", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE",
+        "SSL_CERT_DIR", "KERAS_BACKEND", "XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS", "PYTHONIOENCODING", "PYTHONUTF8",
+    }
+)  # fmt: skip
+CHILD_ENV_PREFIXES = ("LC_", "BENTOML_", "OTEL_", "JAX_", "VZ_")
+SECRET_NAME = re.compile(
+    r"TOKEN|PASSWORD|PASSWD|SECRET|_KEY|KEY_|CREDENTIAL|WEBHOOK|^AWS_|^DISCORD_|^MLFLOW_TRACKING_"
+)
+
+
+def child_environment(
+    extra: Mapping[str, str] | None = None, source: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The allowlisted part of `source` (default: ours), `extra` on top: a model server, nginx or
+    Prometheus needs no credential, and a worker's environ is readable by anyone who gets code to
+    run in it. VZ_* settings held as secrets are left out by name as well as by pattern."""
+    environ = os.environ if source is None else source
+    secret_settings = {
+        name.upper()
+        for name, field in Settings.model_fields.items()
+        if SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
+    }
+    kept = {
+        name: value
+        for name, value in environ.items()
+        if (name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES))
+        and not SECRET_NAME.search(name)
+        and name not in secret_settings
+    }
+    return {**kept, **(extra or {})}
+
+
+# Set by `serve` for a backend: the request id of its own check, which is not logged. A tag, not a
+# setting: it is random per serve, so no client can hide its requests behind it.
+UNLOGGED_REQUEST_ID = "VZ_UNLOGGED_REQUEST_ID"
+
+
+def unlogged_request_id() -> str | None:
+    """The request id this model server must not log (`serve`'s check), if any."""
+    return os.environ.get(UNLOGGED_REQUEST_ID) or None
 
 
 def settings() -> Settings:
@@ -266,6 +352,10 @@ def configure_environment() -> Paths:
     p = paths()
     p.home.mkdir(parents=True, exist_ok=True)
     current = settings()
+    os.environ["VZ_HOME"] = str(p.home)  # absolute: every child reads the same stores
+    os.environ["VZ_DATA_DIR"] = str(p.data_dir)
+    if current.vz_prediction_log is not None:
+        os.environ["VZ_PREDICTION_LOG"] = current.vz_prediction_log
     os.environ["ZENML_CONFIG_PATH"] = str(current.zenml_config_path or p.zenml)
     os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
     os.environ.setdefault("ZENML_ENABLE_RICH_TRACEBACK", "false")

@@ -21,6 +21,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -36,7 +37,13 @@ from pathlib import Path
 import psutil
 import requests
 
-from visionzero.platform.settings import Settings, paths, settings
+from visionzero.platform.settings import (
+    UNLOGGED_REQUEST_ID,
+    Settings,
+    child_environment,
+    paths,
+    settings,
+)
 from visionzero.rollout import edge
 from visionzero.rollout.alerts import build_message, send
 from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
@@ -58,6 +65,8 @@ BACKEND_TAG = "VZ_SERVE_BACKEND"
 SMOKE_REQUEST = {
     "items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]
 }
+# The check's own prediction is no one's traffic: its backends leave this (unguessable) id unlogged.
+SMOKE_REQUEST_ID = f"vz-check-{secrets.token_hex(16)}"
 STARTUP_FAILED = "Application startup failed"  # uvicorn's line when a worker cannot start
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 MAX_RESTARTS = 3  # attempts in a row for a dead backend, 1, 2 and 4 s apart
@@ -215,8 +224,10 @@ class Child:
 
 
 def start_child(name: str, argv: list[str], log: Path, tag: str = "", **env: str) -> Child:
-    """Start argv in a session of its own, output to log; env (and the tag) on top of ours."""
-    environment = {**os.environ, **env, **({BACKEND_TAG: tag} if tag else {})}
+    """Start argv in a session of its own, output to log; env (and the tag) on top of the
+    allowlisted part of ours (`child_environment`: no secret reaches a model server, nginx or
+    Prometheus), which holds the absolute VZ_HOME `configure_environment` exported."""
+    environment = child_environment({**env, **({BACKEND_TAG: tag} if tag else {})})
     with open(log, "w") as out:  # the child keeps its own copy
         process = subprocess.Popen(
             argv, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -273,9 +284,19 @@ def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backe
     argv = [sys.executable, "-m", "bentoml", "serve", release["bento_tag"]]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
     tag = f"{workdir.name}/{name}"
-    home = str(backend_home(workdir, name))
+    stores = paths()  # absolute: the model server runs in its Bento's folder, not ours
     child = start_child(
-        name, argv, log, tag, VZ_STAGE=stage, BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=home, **env
+        name,
+        argv,
+        log,
+        tag,
+        VZ_STAGE=stage,
+        VZ_HOME=str(stores.home),
+        **{UNLOGGED_REQUEST_ID: SMOKE_REQUEST_ID},
+        VZ_DATA_DIR=str(stores.data_dir),
+        BENTOML_DO_NOT_TRACK="true",
+        BENTOML_HOME=str(backend_home(workdir, name)),
+        **env,
     )
     return Backend(stage, release, port, log, child)
 
@@ -296,7 +317,12 @@ def check_backend(backend: Backend, timeout: float) -> None:
             raise backend.failed(f"not ready within {timeout:.0f} s")
         time.sleep(0.5)
     try:
-        response = requests.post(url + "/predict", json=SMOKE_REQUEST, timeout=30)
+        response = requests.post(
+            url + "/predict",
+            json=SMOKE_REQUEST,
+            headers={"X-Request-ID": SMOKE_REQUEST_ID},
+            timeout=30,
+        )
         served = response.json()["predictions"][0]["model_version"] if response.ok else None
     except (requests.RequestException, ValueError, LookupError, TypeError) as exc:
         raise backend.failed(f"smoke prediction: {exc!r}") from exc

@@ -12,21 +12,34 @@ process and day, appended to and fsynced per batch. A process never opens anothe
 restart neither loses nor duplicates rows. `stdout` writes the same rows as JSON lines on stdout
 (in Kubernetes the cluster's log shipper collects them), `off` logs nothing. No client address is
 ever logged.
+
+Bounded on disk: a stage keeps at most VZ_PREDICTION_LOG_MAX_DAY_BYTES per UTC day, all its
+workers together (each write checks the day folder's total under a lock the stage's writers
+share); rows past it are dropped and counted (reason `day_cap`). A writer deletes its stage's day
+folders older than VZ_PREDICTION_LOG_KEEP_DAYS when it starts a day. On stdout each worker keeps
+its share of the day's bytes (the cap over VZ_WORKERS).
+
+Never inside a Bento: with no VZ_HOME a model server run by hand from a Bento would log under the
+Bento's own folder (its `REPO_ROOT`), where no monitor reads and a new build never looks. The log
+is then off, with a warning naming VZ_HOME and VZ_PREDICTION_LOG.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import random
 import re
 import select
+import shutil
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, date
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, date, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,7 +47,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from visionzero.platform.settings import paths, settings
+from visionzero.platform.settings import BENTO_ROOT, paths, settings, unlogged_request_id
 
 COLUMNS = [
     "request_id",
@@ -57,6 +70,8 @@ UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # version and variant bits of 
 UUID4_SET = (4 << 76) | (0x8000 << 48)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 STDOUT_EVENT = "crash_risk_prediction"  # tells the log shipper which stdout lines are rows
+DAY_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
+WRITERS_LOCK = ".writers.lock"  # in the stage folder: one day total checked and written at a time
 log = logging.getLogger("bentoml.crash_risk.prediction_log")
 
 
@@ -70,15 +85,27 @@ def logged_request_id(header: str | None) -> str:
 
 
 def prediction_log_target() -> Path | str | None:
-    """The configured destination: a directory, "stdout", or None when off."""
+    """The configured destination: a directory, "stdout", or None when off (or when the directory
+    would be inside the Bento this code runs from: warned)."""
     value = settings().vz_prediction_log
     if value is None or not value.strip():
-        return paths().home / "predictions"
-    if value.strip().lower() == "off":
+        target = paths().home / "predictions"
+    elif value.strip().lower() == "off":
         return None
-    if value.strip().lower() == "stdout":
+    elif value.strip().lower() == "stdout":
         return "stdout"
-    return Path(value).expanduser().resolve()
+    else:
+        target = Path(value).expanduser().resolve()
+    if BENTO_ROOT is not None and target.is_relative_to(BENTO_ROOT):
+        log.warning(
+            "prediction log off: %s is inside the Bento %s, where no monitor reads it; set "
+            "VZ_HOME (the project's state folder, as `python run.py serve` does) or "
+            "VZ_PREDICTION_LOG (a folder, or `stdout`)",
+            target,
+            BENTO_ROOT,
+        )
+        return None
+    return target
 
 
 def prediction_log_root() -> Path | None:
@@ -88,35 +115,77 @@ def prediction_log_root() -> Path | None:
 
 
 class Sink:
-    """Where encoded batches go: `write(day, lines)`, with every line ending in a newline."""
+    """Where encoded batches go: `write(day, lines)`, with every line ending in a newline; it
+    returns how many of the lines it dropped because the day's bytes are used up."""
 
-    def write(self, day: str, lines: bytes) -> None:
+    max_day_bytes = 0
+
+    def write(self, day: str, lines: bytes) -> int:
         raise NotImplementedError
 
     def close(self) -> None:
         """Release what the sink holds."""
 
 
-class DailyFiles(Sink):
-    """This process's own file per UTC day: `<root>/<stage>/<day>/<host>-<pid>-<start ms>.jsonl`."""
+def whole_lines(lines: bytes, room: int) -> tuple[bytes, int]:
+    """The leading whole lines that fit in `room` bytes, and how many lines did not."""
+    if len(lines) <= room:
+        return lines, 0
+    cut = lines.rfind(b"\n", 0, max(room, 0)) + 1
+    return lines[:cut], lines.count(b"\n", cut)
 
-    def __init__(self, root: Path, stage: str) -> None:
+
+class DailyFiles(Sink):
+    """This process's own file per UTC day: `<root>/<stage>/<day>/<host>-<pid>-<start ms>.jsonl`,
+    the day's folder kept under `max_day_bytes` together with the other workers' files, and the
+    stage's folders of the last `keep_days` days kept."""
+
+    def __init__(
+        self, root: Path, stage: str, max_day_bytes: int | None = None, keep_days: int | None = None
+    ) -> None:
+        current = settings()
         self.directory = root / stage
         self.name = f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000)}.jsonl"
+        self.max_day_bytes = max_day_bytes or current.vz_prediction_log_max_day_bytes
+        self.keep_days = keep_days or current.vz_prediction_log_keep_days
         self.day: str | None = None
         self.file: BinaryIO | None = None
 
-    def write(self, day: str, lines: bytes) -> None:
+    def write(self, day: str, lines: bytes) -> int:
         if day != self.day:
             self.close()
             folder = self.directory / day
             folder.mkdir(parents=True, exist_ok=True)
+            self.delete_old_days(day)
             self.file = open(folder / self.name, "ab")  # noqa: SIM115 - kept open for the day
             self.day = day
         assert self.file is not None
-        self.file.write(lines)
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        with self._writers_lock():  # the total and the write as one step across the workers
+            kept, dropped = whole_lines(lines, self.max_day_bytes - self.day_bytes(day))
+            self.file.write(kept)
+            self.file.flush()  # the size the next writer reads
+        if kept:
+            os.fsync(self.file.fileno())
+        return dropped
+
+    @contextlib.contextmanager
+    def _writers_lock(self) -> Iterator[None]:
+        with open(self.directory / WRITERS_LOCK, "ab") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
+    def day_bytes(self, day: str) -> int:
+        """What every writer of the stage has written on `day` so far: a few stats."""
+        with os.scandir(self.directory / day) as entries:
+            return sum(e.stat().st_size for e in entries if e.name.endswith(".jsonl"))
+
+    def delete_old_days(self, day: str) -> None:
+        """The stage's day folders before the last `keep_days` (counting `day`) are deleted."""
+        first_kept = (date.fromisoformat(day) - timedelta(days=self.keep_days - 1)).isoformat()
+        for folder in self.directory.iterdir():
+            if DAY_FOLDER.fullmatch(folder.name) and folder.name < first_kept:
+                shutil.rmtree(folder, ignore_errors=True)  # another worker may delete it too
+                log.info("prediction log: deleted %s (older than %d days)", folder, self.keep_days)
 
     def close(self) -> None:
         if self.file is not None:
@@ -126,9 +195,22 @@ class DailyFiles(Sink):
 
 class Stdout(Sink):
     """Rows as JSON lines on stdout. Workers share it, so each write is whole lines of at most
-    PIPE_BUF bytes: a pipe never interleaves such a write with another process's."""
+    PIPE_BUF bytes: a pipe never interleaves such a write with another process's. Each worker
+    writes at most `max_day_bytes` a day (its share of the stage's cap)."""
 
-    def write(self, day: str, lines: bytes) -> None:
+    def __init__(self, max_day_bytes: int | None = None) -> None:
+        current = settings()
+        self.max_day_bytes = max_day_bytes or (
+            current.vz_prediction_log_max_day_bytes // current.vz_workers
+        )
+        self.day: str | None = None
+        self.written = 0
+
+    def write(self, day: str, lines: bytes) -> int:
+        if day != self.day:
+            self.day, self.written = day, 0
+        lines, dropped = whole_lines(lines, self.max_day_bytes - self.written)
+        self.written += len(lines)
         fd = sys.stdout.fileno()
         chunk_start = 0
         while chunk_start < len(lines):
@@ -139,6 +221,7 @@ class Stdout(Sink):
             while view:
                 view = view[os.write(fd, view) :]
             chunk_start = end + 1
+        return dropped
 
 
 def open_sink(stage: str) -> Sink | None:
@@ -179,6 +262,7 @@ class PredictionLog:
         self.flush_seconds = flush_seconds
         self.on_drop = on_drop
         self.extra = {"event": STDOUT_EVENT} if isinstance(sink, Stdout) else {}
+        self.unlogged_request_id = unlogged_request_id()
         self.dropped = 0
         self._last_warning = -DROP_WARNING_SECONDS
         self._buffer: list[tuple[str | None, float, list[dict]]] = []
@@ -191,7 +275,10 @@ class PredictionLog:
 
     def record(self, request_id: str | None, predictions: list[dict]) -> None:
         """Keep one request's answer under the client's X-Request-ID (None: the writer gives it
-        a uuid4). The dicts are not copied: they must not change after."""
+        a uuid4). The dicts are not copied: they must not change after. `serve`'s own check of the
+        backend is not kept."""
+        if request_id is not None and request_id == self.unlogged_request_id:
+            return
         rows = len(predictions)
         with self._lock:
             if self._rows + rows > self.max_rows:
@@ -202,24 +289,24 @@ class PredictionLog:
                 self._rows += rows
                 full = False
         if full:
-            self._count_drop(rows, "buffer_full")
+            self._count_drop(rows, "buffer_full", "the writer cannot keep up")
         elif self._rows >= self.flush_rows:
             self._wake.set()
 
-    def _count_drop(self, rows: int, reason: str, error: Exception | None = None) -> None:
+    def _count_drop(self, rows: int, reason: str, why: str) -> None:
         """Count dropped rows; say so at most every DROP_WARNING_SECONDS (a broken disk fails
-        every batch)."""
+        every batch, a flood hits the day's cap with every batch)."""
         if self.on_drop is not None:
             self.on_drop(rows, reason)
         now = time.monotonic()
         if now - self._last_warning >= DROP_WARNING_SECONDS:
             self._last_warning = now
             log.warning(
-                "prediction log: %d rows dropped so far, now %d (%s%s)",
+                "prediction log: %d rows dropped so far, now %d (%s: %s)",
                 self.dropped,
                 rows,
                 reason,
-                f": {error!r}" if error is not None else "; the writer cannot keep up",
+                why,
             )
 
     def _run(self) -> None:
@@ -239,17 +326,25 @@ class PredictionLog:
         except Exception as error:  # a bug here must not stop the writer thread: count, say why
             encoded = []
             rows = sum(len(predictions) for _, _, predictions in batch)
-            self._lost(rows, "encode_error", error)
+            self._lost(rows, "encode_error", repr(error))
         for day, lines, rows in encoded:
             try:
-                self.sink.write(day, lines)
+                over_cap = self.sink.write(day, lines)
             except Exception as error:  # a full disk must not take the service down
-                self._lost(rows, "write_error", error)
+                self._lost(rows, "write_error", repr(error))
+                continue
+            if over_cap:
+                self._lost(
+                    over_cap,
+                    "day_cap",
+                    f"{day}'s {self.sink.max_day_bytes} bytes are used up "
+                    "(VZ_PREDICTION_LOG_MAX_DAY_BYTES)",
+                )
 
-    def _lost(self, rows: int, reason: str, error: Exception) -> None:
+    def _lost(self, rows: int, reason: str, why: str) -> None:
         with self._lock:
             self.dropped += rows
-        self._count_drop(rows, reason, error)
+        self._count_drop(rows, reason, why)
 
     def _encode(
         self, batch: list[tuple[str | None, float, list[dict]]]
