@@ -50,7 +50,7 @@ check: lint
 
 # The compose canary's nginx config comes from the local canary's template (tests check it is current).
 nginx-conf: setup
-	$(BIN)/python -c 'from visionzero.rollout.local_canary import render_container_nginx_conf as r; \
+	$(BIN)/python -c 'from visionzero.rollout.nginx import render_container_nginx_conf as r; \
 	  print(r(), end="")' > container/nginx/canary.conf
 
 # The compose Prometheus config comes from the local one's template (tests check it is current).

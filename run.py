@@ -352,9 +352,10 @@ def report() -> None:
 )
 def serve(port: int, monitor: bool) -> None:
     """Serve production (and staging, 50/50) behind nginx on localhost:PORT until Ctrl-C."""
+    from visionzero.platform.processes import stopping_on_signals
     from visionzero.platform.settings import paths
     from visionzero.rollout.deployment_state import state_path
-    from visionzero.rollout.local_canary import CanaryError, LocalCanary, stopping_on_signals
+    from visionzero.rollout.local_canary import CanaryError, LocalCanary
 
     canary = LocalCanary(port, state_path(), paths().home / "serve.json", monitor=monitor)
     failure = None
@@ -385,7 +386,7 @@ def serve(port: int, monitor: bool) -> None:
 def _rollout_command(kind: str) -> None:
     from visionzero.rollout.actions import promote_or_rollback
     from visionzero.rollout.alerts import build_message, send
-    from visionzero.rollout.local_canary import CanaryError
+    from visionzero.rollout.backend import CanaryError
 
     stack_in_place()
     try:
@@ -515,8 +516,8 @@ def mlflow_ui(port: int) -> None:
     import subprocess
 
     from visionzero.platform.output import MLFLOW_UI_WARNINGS
+    from visionzero.platform.processes import Child, stopping_on_signals
     from visionzero.platform.registry import mlflow_tracking_uri
-    from visionzero.rollout.local_canary import Child, stopping_on_signals
 
     stack_in_place()
     uri = mlflow_tracking_uri()

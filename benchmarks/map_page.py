@@ -99,9 +99,9 @@ def zones_ms(url: str, query: str = "") -> float:
 
 def serve_checkout() -> tuple[subprocess.Popen, str]:
     """The checkout's service.py (so the page is the checkout's) on the production model."""
+    from visionzero.platform.processes import free_port
     from visionzero.platform.settings import configure_environment
     from visionzero.rollout.deployment_state import read_state
-    from visionzero.rollout.local_canary import free_port
 
     configure_environment()
     release = read_state()["production"]
@@ -121,16 +121,13 @@ def serve_checkout() -> tuple[subprocess.Popen, str]:
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the service exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    sys.exit(f"{url} was not ready within {timeout:.0f} s")
+    """Until the service answers /readyz; exits with the reason when it dies or times out."""
+    from visionzero.platform.processes import NotReady, http_ok, wait_until
+
+    try:
+        wait_until(lambda: http_ok(url + "/readyz"), process, timeout, what=f"the service {url}")
+    except NotReady as exc:
+        sys.exit(str(exc))
 
 
 def measure(url: str, runs: int, screenshot: Path | None) -> None:

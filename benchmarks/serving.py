@@ -19,7 +19,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,10 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from visionzero.platform.processes import free_port, http_ok, wait_until  # noqa: E402
+
 if TYPE_CHECKING:
-    from visionzero.rollout.local_canary import Child
+    from visionzero.platform.processes import Child
 
 BODY = {"items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]}
 BIG = {
@@ -63,21 +64,8 @@ BENCHMARK_EDGE_LIMITS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
+    wait_until(lambda: http_ok(url + "/readyz"), timeout=timeout, what=url)
 
 
 def post(url: str, body: dict) -> float:
@@ -291,8 +279,9 @@ def fixed_rates(args: argparse.Namespace, release: dict) -> None:
     from this checkout, so the numbers are the code's. The prediction log is on."""
     import bentoml
 
+    from visionzero.platform.processes import stopping_on_signals
     from visionzero.rollout.deployment_state import CANARY_WEIGHT
-    from visionzero.rollout.local_canary import LocalCanary, stopping_on_signals
+    from visionzero.rollout.local_canary import LocalCanary
     from visionzero.serving.bento_build import build_bento
 
     with tempfile.TemporaryDirectory() as tmp, stopping_on_signals():
@@ -342,12 +331,12 @@ def unguarded_nginx(backends: dict, weight: int) -> Iterator[tuple[str, Child]]:
     limits and the security headers off (the comparison's "off" arm); stopped on every path. Its
     folder is a fresh one under the system's temp folder, as `serve`'s is: nginx's unprivileged
     workers must reach its temp folders."""
-    from visionzero.rollout.local_canary import (
-        listening,
+    from visionzero.platform.processes import start_child
+    from visionzero.rollout.nginx import (
         make_nginx_temp_folders,
         nginx_binary,
         render_nginx_canary,
-        start_child,
+        wait_listening,
     )
 
     workdir = Path(tempfile.mkdtemp(prefix="vz-nginx-off-"))
@@ -361,11 +350,7 @@ def unguarded_nginx(backends: dict, weight: int) -> Iterator[tuple[str, Child]]:
         argv = [nginx_binary(), "-p", str(workdir), "-c", str(conf)]
         nginx = start_child("nginx-off", argv, workdir / "nginx.log")
         try:
-            deadline = time.monotonic() + 10
-            while not listening(port):
-                if nginx.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((workdir / "nginx.log").read_text())
-                time.sleep(0.05)
+            wait_listening(nginx, port, workdir)
             yield f"http://{listen}", nginx
         finally:
             nginx.stop()

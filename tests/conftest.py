@@ -14,8 +14,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -86,33 +84,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(TMP, ignore_errors=True)
 
 
-# the tests import these two from here
-from visionzero.rollout.local_canary import free_port  # noqa: E402
+# the tests import free_port from here
+from visionzero.platform.processes import NotReady, free_port, http_ok, wait_until  # noqa: E402
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
     """Poll `condition` until it returns something true (returned); fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s"
-        time.sleep(0.5)
-    return found
+    try:
+        return wait_until(condition, timeout=timeout, interval=0.2)
+    except NotReady:
+        raise AssertionError(f"{what} within {timeout:.0f} s") from None
 
 
 def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
-    """Poll url until it answers 200; fail early if the process serving it exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
+    """Poll url until it answers 200; fail early (NotReady) if the process serving it exits."""
+    wait_until(lambda: http_ok(url), process, timeout, what=f"the server of {url}")
 
 
 def start_serve(port: int, *options: str, env: dict | None = None) -> subprocess.Popen:

@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import ROOT
 from visionzero.monitoring.schedule import crontab_lines
+from visionzero.platform.processes import start_child
 from visionzero.platform.settings import child_environment
-from visionzero.rollout.local_canary import start_child
 
 # What a user's shell may hold while serving; none of it may reach a child.
 SECRETS = {

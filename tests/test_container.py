@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from visionzero.rollout.local_canary import render_container_nginx_conf
+from visionzero.rollout.nginx import render_container_nginx_conf
 from visionzero.rollout.prometheus import render_container_prometheus_config
 
 CONTAINER = ROOT / "container"

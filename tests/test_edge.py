@@ -34,7 +34,7 @@ from visionzero.platform.settings import settings
 from visionzero.rollout import edge
 from visionzero.rollout.kubernetes import INGRESS_ANNOTATION as INGRESS
 from visionzero.rollout.kubernetes import render
-from visionzero.rollout.local_canary import (
+from visionzero.rollout.nginx import (
     EdgeLimits,
     make_nginx_temp_folders,
     render_container_nginx_conf,

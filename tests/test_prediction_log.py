@@ -349,7 +349,7 @@ def test_the_serve_check_request_is_not_logged(
 ) -> None:
     """`serve` checks each backend with one prediction under an id only it knows: no traffic."""
     from visionzero.platform.settings import UNLOGGED_REQUEST_ID
-    from visionzero.rollout.local_canary import SMOKE_REQUEST_ID
+    from visionzero.rollout.backend import SMOKE_REQUEST_ID
 
     monkeypatch.setenv(UNLOGGED_REQUEST_ID, SMOKE_REQUEST_ID)
     log = writer(tmp_path)

@@ -20,13 +20,12 @@ import pytest
 import requests
 
 from tests.conftest import LocalServer, free_port
-from visionzero.rollout.local_canary import (
+from visionzero.platform.processes import listening, start_child
+from visionzero.rollout.nginx import (
     EdgeLimits,
-    listening,
     make_nginx_temp_folders,
     nginx_binary,
     render_nginx_canary,
-    start_child,
 )
 
 pytestmark = pytest.mark.slow  # a real nginx (no model: a few seconds)

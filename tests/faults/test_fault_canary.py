@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
@@ -27,7 +27,7 @@ import pytest
 import requests
 
 from tests.broken_releases import weekday_only_release
-from tests.conftest import ROOT, free_port, start_serve, wait_http
+from tests.conftest import ROOT, free_port, start_serve, wait_for, wait_http
 from visionzero.monitoring.canary import CanaryRule, decide_canary
 from visionzero.monitoring.forward import ForwardReport, Unscored
 from visionzero.monitoring.sources import canary_health
@@ -98,13 +98,6 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s"
-        time.sleep(0.2)
 
 
 def alerts() -> list[dict]:

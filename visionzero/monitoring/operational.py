@@ -29,8 +29,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
+from visionzero.platform.registry import STAGES
 from visionzero.platform.settings import paths
-from visionzero.rollout.local_canary import STAGES
 from visionzero.rollout.prometheus import prometheus_url
 
 # As visionzero/serving/traffic_metrics.py names them (not imported: that module needs BentoML).

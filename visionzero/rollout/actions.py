@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from visionzero.platform.settings import paths, settings
+from visionzero.rollout import backend, kubernetes
 from visionzero.rollout import deployment_state as deployment
-from visionzero.rollout import kubernetes, local_canary
 from visionzero.rollout.alerts import build_message, send
 from visionzero.serving.bento_build import Release
 
@@ -129,16 +129,16 @@ def promote_or_rollback(kind: str, target: str = "local") -> dict:
             serving = state["production"]
             release = ROLLOUT_ACTIONS[kind](state)
             if release is not None and release != serving:
-                local_canary.preflight(release)
+                backend.preflight(release)
             snapshot = dict(state)
-    except local_canary.BackendFailed as exc:
+    except backend.BackendFailed as exc:
         fields = {
             "refused version": exc.release["model_version"],
             "bento": exc.release["bento_tag"],
             "production (unchanged)": (serving or {}).get("model_version", "none"),
         }
         send(build_message("failure", f"Crash-risk model: {kind} refused", fields, [str(exc)]))
-        raise local_canary.CanaryError(f"{kind} refused, nothing changed: {exc}") from exc
+        raise backend.CanaryError(f"{kind} refused, nothing changed: {exc}") from exc
     if release is None:
         return {
             "changed": False,

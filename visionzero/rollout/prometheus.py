@@ -13,17 +13,17 @@ renders the config, checks readiness, reloads, and tells other commands where Pr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import requests
 
+from visionzero.platform.processes import NotReady, http_ok, log_cause, wait_until
 from visionzero.platform.settings import settings
 from visionzero.rollout.rendering import TEMPLATES
 
@@ -31,6 +31,7 @@ LOCAL_SCRAPE = "5s"  # short: a canary check a minute after start-up already has
 CONTAINER_SCRAPE = "15s"
 PUSHGATEWAY_TARGET = "pushgateway:9091"  # the compose service the monitor pushes to
 READY_TIMEOUT = 30.0
+ERROR_LINE = re.compile(r"level=error")  # Prometheus's own reason in its logfmt log
 
 
 class PrometheusError(RuntimeError):
@@ -100,27 +101,18 @@ def prometheus_argv(config: Path, workdir: Path, port: int) -> list[str]:
 def wait_ready(
     url: str, process: subprocess.Popen, log: Path, timeout: float = READY_TIMEOUT
 ) -> None:
-    """Until /-/ready answers 200; raises with Prometheus's own last log line otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return
-        if process.poll() is not None or time.monotonic() > deadline:
-            state = (
-                f"exited with code {process.returncode}"
-                if process.poll() is not None
-                else f"not ready within {timeout:.0f} s"
-            )
-            raise PrometheusError(f"prometheus {state}: {last_log_line(log)}")
-        time.sleep(0.2)
-
-
-def last_log_line(log: Path) -> str:
-    text = log.read_text(errors="replace") if log.exists() else ""
-    rows = [row for row in text.splitlines() if row.strip()]
-    errors = [r for r in rows if "level=error" in r]
-    return ((errors or rows or ["its log is empty"])[-1])[:500]
+    """Until /-/ready answers 200; raises with Prometheus's own last error line otherwise."""
+    try:
+        wait_until(
+            lambda: http_ok(f"{url}/-/ready"),
+            process,
+            timeout,
+            what="prometheus",
+            interval=0.2,
+            cause=lambda: log_cause(log, lines=1, marker=ERROR_LINE),
+        )
+    except NotReady as exc:
+        raise PrometheusError(str(exc)) from exc
 
 
 def reload(url: str) -> None:
