@@ -64,8 +64,9 @@ BENCHMARK_EDGE_LIMITS = {
 }
 
 
-def wait_ready(url: str, timeout: float = 120) -> None:
-    wait_until(lambda: http_ok(url + "/readyz"), timeout=timeout, what=url)
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until url answers /readyz; NotReady at once when the server exits before it does."""
+    wait_until(lambda: http_ok(url + "/readyz"), process, timeout, what=url)
 
 
 def post(url: str, body: dict) -> float:
@@ -172,7 +173,7 @@ def measure(
     url = f"http://127.0.0.1:{port}"
     process = start([part.format(port=port) for part in cmd], env)
     try:
-        wait_ready(url)
+        wait_ready(url, process)
         for _ in range(20):
             post(url, BODY)
         post(url, BIG)

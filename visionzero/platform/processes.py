@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +41,11 @@ class PortUnavailable(RuntimeError):
 
 class NotReady(RuntimeError):
     """What was waited for did not come: its process exited, it broke, or the time ran out."""
+
+
+def installed(name: str, debian_path: Path) -> str | None:
+    """A program on PATH, else where Debian puts it (sbin is not on every user's PATH)."""
+    return shutil.which(name) or (str(debian_path) if debian_path.exists() else None)
 
 
 def free_port() -> int:

@@ -7,14 +7,20 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from visionzero.platform.processes import Child, NotReady, listening, log_cause, wait_until
+from visionzero.platform.processes import (
+    Child,
+    NotReady,
+    installed,
+    listening,
+    log_cause,
+    wait_until,
+)
 from visionzero.platform.registry import STAGES
 from visionzero.platform.settings import Settings, settings
 from visionzero.rollout import edge
@@ -29,9 +35,7 @@ START_TIMEOUT = 10.0  # seconds for nginx to listen, and for its old workers to 
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
+    found = installed("nginx", Path("/usr/sbin/nginx"))
     if not found:
         raise CanaryError(
             "nginx is not installed: run `make system-deps` (Debian: apt-get install nginx-light)"

@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import psutil
 import requests
 
-from visionzero.platform.processes import NotReady, http_ok, log_cause, wait_until
+from visionzero.platform.processes import NotReady, http_ok, installed, log_cause, wait_until
 from visionzero.platform.settings import settings
 from visionzero.rollout.rendering import TEMPLATES
 
@@ -39,9 +38,7 @@ class PrometheusError(RuntimeError):
 
 
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
-    )
+    found = installed("prometheus", Path("/usr/bin/prometheus"))
     if not found:
         raise PrometheusError(
             "prometheus is not installed: run `make system-deps` "
