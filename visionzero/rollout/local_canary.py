@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from visionzero.platform.alerts import build_message, send
 from visionzero.platform.settings import (
     UNLOGGED_REQUEST_ID,
     Settings,
@@ -45,7 +46,6 @@ from visionzero.platform.settings import (
     settings,
 )
 from visionzero.rollout import edge
-from visionzero.rollout.alerts import build_message, send
 from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
 from visionzero.rollout.prometheus import (
     PrometheusError,
