@@ -35,13 +35,13 @@ def evaluator(
     crash_model: CrashRiskModel,
     model: ModelConfig,
     evaluation: EvaluationConfig,
-    production_version: str | None,
+    production_version: int | None,
 ) -> tuple[
     Annotated[EvaluationReport, "evaluation_report"],
     Annotated[HTMLString, "evaluation_visualization"],
 ]:
     prepared, train_days, holdout_days = load_split(dataset, model)
-    production = version_model(production_version) if production_version else None
+    production = version_model(production_version) if production_version is not None else None
     report = evaluate(
         prepared,
         train_days,
