@@ -384,8 +384,8 @@ def serve(port: int, monitor: bool) -> None:
 
 
 def _rollout_command(kind: str) -> None:
+    from visionzero.platform.alerts import build_message, send
     from visionzero.rollout.actions import promote_or_rollback
-    from visionzero.rollout.alerts import build_message, send
     from visionzero.rollout.backend import CanaryError
 
     stack_in_place()
@@ -427,8 +427,8 @@ def rollback() -> None:
 def alerts(resend: bool) -> None:
     """The alert outbox: each kept message with its id and delivery status. --resend sends the
     undelivered ones to DISCORD_WEBHOOK_URL, marks each delivered one, keeps the failed ones."""
-    from visionzero.rollout.alerts import DELIVERED, NoWebhook, outbox_entries
-    from visionzero.rollout.alerts import resend as resend_outbox
+    from visionzero.platform.alerts import DELIVERED, NoWebhook, outbox_entries
+    from visionzero.platform.alerts import resend as resend_outbox
 
     results: dict[str, str] = {}
     if resend:

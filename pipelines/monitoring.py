@@ -30,7 +30,7 @@ from visionzero.monitoring.drift import DriftConfig
 from visionzero.monitoring.forward import ForwardConfig
 from visionzero.monitoring.retrain import RetrainRule
 from visionzero.monitoring.traffic import TrafficConfig
-from visionzero.rollout.alerts import build_message, send
+from visionzero.platform.alerts import build_message, send
 
 
 class MonitoringParameters(BaseModel):

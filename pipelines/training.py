@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from zenml import Model, pipeline
 
 from steps.data import data_loader
-from steps.evaluation import evaluator, trigger_decision
-from steps.model import hp_tuner, refitter, trainer
+from steps.evaluation import evaluator, refitter, trigger_decision
+from steps.model import hp_tuner, trainer
 from steps.rollout import deployer, discord_alert
 from steps.serving import bento_builder
 from visionzero.data.dataset import LoadConfig
@@ -24,8 +24,9 @@ from visionzero.evaluation.backtest import EvaluationConfig
 from visionzero.evaluation.decision import DecisionRule
 from visionzero.model.crash_risk import ModelConfig
 from visionzero.model.tuning import TuningConfig
+from visionzero.platform.alerts import build_message, send
 from visionzero.platform.settings import MODEL_NAME
-from visionzero.rollout.alerts import build_message, send
+from visionzero.rollout.deployment_state import read_state
 
 
 class TrainingParameters(BaseModel):
@@ -123,7 +124,11 @@ def training_pipeline(
     dataset = data_loader(data)
     tuned_params = hp_tuner(dataset, model, tuning)
     scored_model = trainer(dataset, tuned_params, model)
-    report, _ = evaluator(dataset, scored_model, model, evaluation)
+    serving = read_state().get(
+        "production"
+    )  # what serves when the run starts: its challenger's rival
+    production_version = serving["model_version"] if serving else None
+    report, _ = evaluator(dataset, scored_model, model, evaluation, production_version)
     verdict = trigger_decision(report, decision)
     served_model = refitter(dataset, scored_model, report)
     release = bento_builder(served_model, report, verdict, dataset)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, LocalServer
+from visionzero.platform.alerts import DeliveryPolicy, build_message, send
 from visionzero.platform.settings import paths
-from visionzero.rollout.alerts import DeliveryPolicy, build_message, send
 
 
 def discord_like(script: list[str], received: list[dict]) -> type[BaseHTTPRequestHandler]:

@@ -1,4 +1,5 @@
-"""The package layout holds: no import cycles, stages import only downward, steps are thin.
+"""The package layout holds: no import cycles, stages import only downward, steps are thin, and the
+steps, pipelines and entry points (run.py, service.py) import only the layers below them.
 
 Read from the source with `ast` (nothing is imported), so a violation fails in milliseconds.
 """
@@ -108,3 +109,64 @@ def test_steps_call_their_stage_in_visionzero_directly(path: Path) -> None:
     stage = path.parent.name
     assert any(name.startswith(f"{PACKAGE}.{stage}.") for name in roots), roots
     assert not [name for name in roots if name.split(".")[0] in {"steps", "pipelines", "service"}]
+
+
+# Everything outside tests that imports the package: steps, pipelines and the two entry points.
+ENTRY_FILES = {
+    module_name(path): path
+    for path in sorted(
+        [*(ROOT / "steps").rglob("*.py"), *(ROOT / "pipelines").rglob("*.py")]
+        + [ROOT / "run.py", ROOT / "service.py"]
+    )
+}
+PROJECT = {**MODULES, **ENTRY_FILES}
+PROJECT_GRAPH = {
+    name: imported_modules(path, set(PROJECT)) - {name} for name, path in PROJECT.items()
+}
+# The top-level parts of the project each part may import; nothing imports run.py or service.py.
+MAY_IMPORT = {
+    PACKAGE: {PACKAGE},
+    "steps": {PACKAGE, "steps"},
+    "pipelines": {PACKAGE, "steps", "pipelines"},
+    "service": {PACKAGE},
+    "run": {PACKAGE, "steps", "pipelines"},
+}
+
+
+def highest_stage(source: str) -> int:
+    """The highest stage of visionzero/ that `source` may import: a module its own, a step its
+    stage's, the service the serving stage (not rollout, monitoring or evaluation), the rest any."""
+    parts = source.split(".")
+    if parts[0] == "steps" and len(parts) > 1:
+        return STAGES.index(parts[1])
+    if parts[0] == "service":
+        return STAGES.index("serving")
+    return stage_rank(source) if parts[0] == PACKAGE else len(STAGES)
+
+
+def may_import(source: str, target: str) -> bool:
+    layer, target_layer = source.split(".")[0], target.split(".")[0]
+    if target_layer not in MAY_IMPORT[layer]:
+        return False
+    if layer == target_layer == "steps":  # a stage's __init__ gathers its own steps, no other's
+        return target.split(".")[:2] == source.split(".")[:2]
+    return (
+        target == PACKAGE or target_layer != PACKAGE or stage_rank(target) <= highest_stage(source)
+    )
+
+
+def test_the_entry_points_are_parsed() -> None:
+    assert "visionzero.data.dataset" in PROJECT_GRAPH["steps.data.data_loader"]
+    assert "steps.data.data_loader" in PROJECT_GRAPH["pipelines.training"]
+    assert "pipelines.training" in PROJECT_GRAPH["run"]
+    assert "visionzero.serving.requests" in PROJECT_GRAPH["service"]
+
+
+def test_steps_pipelines_and_entry_points_import_only_the_layers_below_them() -> None:
+    forbidden = [
+        f"{source} imports {target}"
+        for source, targets in sorted(PROJECT_GRAPH.items())
+        for target in sorted(targets)
+        if not may_import(source, target)
+    ]
+    assert not forbidden, forbidden

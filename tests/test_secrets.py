@@ -53,7 +53,8 @@ from zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker imp
 mlflow.set_tracking_uri(MLFlowExperimentTracker._local_mlflow_backend())  # the local MLflow store
 with mlflow.start_run():
     mlflow.log_param("size", 1)
-from visionzero.rollout import alerts, deployment_state
+from visionzero.platform import alerts
+from visionzero.rollout import deployment_state
 with deployment_state.locked_state() as state:
     state["canary_weight"] = 0
 alerts.send(alerts.build_message("info", "modes", {"a": 1}))
@@ -334,8 +335,9 @@ def test_state_is_private_whatever_the_umask_it_starts_with(
     """Every entry point calls configure_environment: from then on what the process (and its
     children: model servers, nginx, Prometheus) creates is its user's alone. The outbox and the
     deployment state are 0600 even in a process that never called it."""
+    from visionzero.platform import alerts
     from visionzero.platform.settings import configure_environment
-    from visionzero.rollout import alerts, deployment_state
+    from visionzero.rollout import deployment_state
 
     monkeypatch.setenv("VZ_HOME", str(tmp_path / "home"))
     previous = os.umask(0o022)

@@ -12,11 +12,6 @@ if TYPE_CHECKING:
     from uuid import UUID
 
 
-def save_data_summary(summary: dict) -> None:
-    paths().data_summary.parent.mkdir(parents=True, exist_ok=True)
-    paths().data_summary.write_text(json.dumps(summary, indent=2))
-
-
 def data_status() -> dict | None:
     if not paths().data_summary.exists():
         return None

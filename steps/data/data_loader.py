@@ -9,10 +9,10 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 from visionzero.data.dataset import DatasetRef, DatasetSummary, LoadConfig, build_dataset
+from visionzero.data.summary_file import save_data_summary
 from visionzero.data.versioning import checkout_version, version_data_dir
+from visionzero.platform.alerts import build_message, send
 from visionzero.platform.settings import paths
-from visionzero.rollout.alerts import build_message, send
-from visionzero.status import save_data_summary
 
 logger = get_logger(__name__)
 

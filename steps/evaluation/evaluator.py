@@ -1,9 +1,10 @@
 """evaluator: new model vs production vs the historical average at every served resolution, on the
 latest holdout and a rolling-origin backtest, with bootstrap intervals.
 
-Production is what the deployment state says serves (its release's model version), never a
-registry stage: a stale stage must not decide what the challenger is compared with. Its recipe is
-refit on the candidate's training days (visionzero.evaluation.holdout says why)."""
+Production is what the deployment state says serves (its release's model version, which the
+pipeline reads and passes in: a step reads only its own stage and lower ones), never a registry
+stage: a stale stage must not decide what the challenger is compared with. Its recipe is refit on
+the candidate's training days (visionzero.evaluation.holdout says why)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from visionzero.model.crash_risk import CrashRiskModel, ModelConfig
 from visionzero.model.training_data import load_split
 from visionzero.platform.registry import version_model
 from visionzero.platform.stack import TRACKER_NAME
-from visionzero.rollout.deployment_state import read_state
 
 logger = get_logger(__name__)
 
@@ -35,20 +35,20 @@ def evaluator(
     crash_model: CrashRiskModel,
     model: ModelConfig,
     evaluation: EvaluationConfig,
+    production_version: int | None,
 ) -> tuple[
     Annotated[EvaluationReport, "evaluation_report"],
     Annotated[HTMLString, "evaluation_visualization"],
 ]:
     prepared, train_days, holdout_days = load_split(dataset, model)
-    serving = read_state().get("production")
-    production = version_model(serving["model_version"]) if serving else None
+    production = version_model(production_version) if production_version is not None else None
     report = evaluate(
         prepared,
         train_days,
         holdout_days,
         crash_model,
         production,
-        serving["model_version"] if serving else None,
+        production_version,
         evaluation,
     )
     roles = {

@@ -1,7 +1,6 @@
 """Steps of the model stage; their logic lives in visionzero/model/."""
 
 from steps.model.hp_tuner import hp_tuner
-from steps.model.refitter import refitter
 from steps.model.trainer import trainer
 
-__all__ = ["hp_tuner", "refitter", "trainer"]
+__all__ = ["hp_tuner", "trainer"]

@@ -8,8 +8,8 @@ from zenml import log_metadata, step
 
 from visionzero.evaluation.decision import Decision
 from visionzero.evaluation.holdout import EvaluationReport, Scores
+from visionzero.platform.alerts import build_message, send
 from visionzero.rollout.actions import Deployment
-from visionzero.rollout.alerts import build_message, send
 
 
 def _fmt(scores: Scores | None) -> str:

@@ -20,7 +20,7 @@ import requests
 
 from tests.conftest import ROOT, LocalServer, free_port, wait_http
 from tests.test_alerts import MESSAGE, POLICY, discord_like, outbox_lines, run_cli
-from visionzero.rollout.alerts import build_message, send
+from visionzero.platform.alerts import build_message, send
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

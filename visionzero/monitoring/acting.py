@@ -8,8 +8,8 @@ after the new production passed its check) and the decision says why; the alert 
 from __future__ import annotations
 
 from visionzero.monitoring.canary import CanaryDecision
+from visionzero.platform.alerts import build_message, send
 from visionzero.rollout.actions import promote_or_rollback
-from visionzero.rollout.alerts import build_message, send
 
 ROLLOUT_KIND = {"promote": "promote", "rollback": "rollback_staging"}
 

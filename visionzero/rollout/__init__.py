@@ -1,1 +1,1 @@
-"""Putting models in front of users: deployment state, local canary, Kubernetes, alerts."""
+"""Putting models in front of users: deployment state, local canary, Kubernetes."""

@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from visionzero.platform.alerts import build_message, send
 from visionzero.platform.settings import paths, settings
 from visionzero.rollout import backend, kubernetes
 from visionzero.rollout import deployment_state as deployment
-from visionzero.rollout.alerts import build_message, send
 from visionzero.serving.bento_build import Release
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psutil
 
+from visionzero.platform.alerts import build_message, send
 from visionzero.platform.processes import (
     Child,
     PortUnavailable,
@@ -40,7 +41,6 @@ from visionzero.platform.processes import (
     start_child,
 )
 from visionzero.platform.registry import STAGES
-from visionzero.rollout.alerts import build_message, send
 from visionzero.rollout.backend import (
     Backend,
     BackendFailed,
