@@ -46,7 +46,7 @@ from visionzero.platform.settings import (
 )
 from visionzero.rollout import edge
 from visionzero.rollout.alerts import build_message, send
-from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
+from visionzero.rollout.deployment_state import CANARY_WEIGHT, require_production, staging_weight
 from visionzero.rollout.prometheus import (
     PrometheusError,
     local_prometheus_config,
@@ -529,8 +529,7 @@ class LocalCanary:
         stopped = clear_stale(self.pid_file)
         if stopped:
             print(f"stopped {len(stopped)} processes a crashed serve left running", flush=True)
-        if not self._parse(self._state_text()).get("production"):
-            raise CanaryError("no production model yet: run `make run` first")
+        require_production(self._parse(self._state_text()))
         check_port(self.port)
         nginx_binary()
         if self.monitor:
@@ -712,7 +711,7 @@ class LocalCanary:
         target = wanted(state)
         if "production" not in target:
             if not self.backends:
-                raise CanaryError("no production model yet: run `make run` first")
+                require_production(state)
             self._report("deployment state ignored", "it has no production")
             return False
         self._restarts.clear()
