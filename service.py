@@ -27,6 +27,7 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel, Field
 from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from visionzero.model.crash_risk import CrashRiskModel
 from visionzero.serving.errors import (
@@ -65,6 +66,7 @@ class BentoArgs(BaseModel):
 MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
 STAGE = SETTINGS.vz_stage
 read_routes = read_only_app()  # the GET routes: BentoML APIs answer POST only
+read_routes.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 SWAGGER_HTML = offline_swagger_html()
 # BentoML's HTTP metrics count a path no route answers under one label, not one series per path.
 label_metrics_by_route()

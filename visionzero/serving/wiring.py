@@ -10,20 +10,16 @@ from pathlib import Path
 import _bentoml_impl.server.app
 import bentoml
 from fastapi import FastAPI
-from starlette.staticfiles import StaticFiles
 
-from visionzero.serving.map_api import STATIC_DIR
 from visionzero.serving.prediction_log import PredictionLog, open_sink
 
 
 def read_only_app() -> FastAPI:
     """The GET routes' app: BentoML APIs answer POST only. FastAPI's own docs are off: they load
     Swagger from a CDN (BentoML's Swagger UI moves to /docs)."""
-    app = FastAPI(
+    return FastAPI(
         title="crash_risk read-only routes", docs_url=None, redoc_url=None, openapi_url=None
     )
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
 
 
 def offline_swagger_html() -> str:
