@@ -354,7 +354,7 @@ def serve(port: int, monitor: bool) -> None:
     """Serve production (and staging, 50/50) behind nginx on localhost:PORT until Ctrl-C."""
     from visionzero.platform.processes import stopping_on_signals
     from visionzero.platform.settings import paths
-    from visionzero.rollout.deployment_state import state_path
+    from visionzero.rollout.deployment_state import NoProduction, state_path
     from visionzero.rollout.local_canary import CanaryError, LocalCanary
 
     canary = LocalCanary(port, state_path(), paths().home / "serve.json", monitor=monitor)
@@ -362,7 +362,7 @@ def serve(port: int, monitor: bool) -> None:
     with stopping_on_signals():  # SIGTERM too: stop() below runs on every way out
         try:
             canary.check()  # before anything starts: one line, no "stopped"
-        except CanaryError as exc:
+        except (CanaryError, NoProduction) as exc:
             raise click.ClickException(str(exc)) from exc
         try:
             canary.start()
@@ -372,7 +372,7 @@ def serve(port: int, monitor: bool) -> None:
             click.echo(f"Risk map: http://localhost:{port}/  API: http://localhost:{port}/docs")
             click.echo("POST /predict, GET /metadata; Ctrl-C stops nginx and both model servers.")
             canary.watch()
-        except CanaryError as exc:
+        except (CanaryError, NoProduction) as exc:
             failure = str(exc)
         except KeyboardInterrupt:
             pass
@@ -478,12 +478,14 @@ def show_stack(print_: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 def render_k8s(out_dir: Path) -> None:
     """Render the Kubernetes manifests of the current deployment state into OUT."""
-    from visionzero.rollout.deployment_state import read_state
+    from visionzero.rollout.deployment_state import NoProduction, read_state, require_production
     from visionzero.rollout.kubernetes import render
 
     state = read_state()
-    if not state.get("production"):
-        raise click.ClickException("no production model yet: run `make run` first")
+    try:
+        require_production(state)
+    except NoProduction as exc:
+        raise click.ClickException(str(exc)) from exc
     files = render(state, out_dir)
     click.echo(f"{len(files)} manifests written to {out_dir}")
 

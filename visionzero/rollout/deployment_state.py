@@ -32,6 +32,20 @@ EMPTY_STATE = {
 }
 
 
+class NoProduction(RuntimeError):
+    """Nothing to serve, render or compare against yet: the first `make run` makes a production."""
+
+    def __init__(self) -> None:
+        super().__init__("no production model yet: run `make run` first")
+
+
+def require_production(state: dict) -> dict:
+    """The state's production release; NoProduction when there is none."""
+    if not state.get("production"):
+        raise NoProduction()
+    return state["production"]
+
+
 def staging_weight(state: dict) -> int:
     """Percent of traffic staging takes: the canary weight while there is a staging, else 0."""
     return int(state.get("canary_weight", CANARY_WEIGHT)) if state.get("staging") else 0

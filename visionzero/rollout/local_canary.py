@@ -49,7 +49,7 @@ from visionzero.rollout.backend import (
     release_key,
     start_backend,
 )
-from visionzero.rollout.deployment_state import CANARY_WEIGHT, staging_weight
+from visionzero.rollout.deployment_state import CANARY_WEIGHT, require_production, staging_weight
 from visionzero.rollout.nginx import (
     make_nginx_temp_folders,
     nginx_binary,
@@ -152,8 +152,7 @@ class LocalCanary:
         stopped = clear_stale(self.pid_file)
         if stopped:
             print(f"stopped {len(stopped)} processes a crashed serve left running", flush=True)
-        if not self._parse(self._state_text()).get("production"):
-            raise CanaryError("no production model yet: run `make run` first")
+        require_production(self._parse(self._state_text()))
         try:
             check_port(self.port)
         except PortUnavailable as exc:
@@ -312,7 +311,7 @@ class LocalCanary:
         target = wanted(state)
         if "production" not in target:
             if not self.backends:
-                raise CanaryError("no production model yet: run `make run` first")
+                require_production(state)
             self._report("deployment state ignored", "it has no production")
             return False
         self._restarts.clear()
