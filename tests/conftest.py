@@ -195,7 +195,13 @@ def served(trained: dict) -> Iterator[str]:
     """The production Bento under a real `bentoml serve` process on a free port."""
     release = trained["production"]
     port = free_port()
-    env = {**os.environ, "VZ_STAGE": "production"}
+    # A BENTOML_HOME of its own: a later `bentoml serve` on the session's home would empty the
+    # multiprocess metrics folder this long-lived server writes to (its counters would vanish).
+    from visionzero.rollout.backend import backend_home
+
+    (TMP / "served").mkdir(exist_ok=True)
+    home = backend_home(TMP / "served", "production")
+    env = {**os.environ, "VZ_STAGE": "production", "BENTOML_HOME": str(home)}
     process = subprocess.Popen(
         [
             sys.executable,

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from benchmarks.map_page import CHROMIUM, Visit, is_foreign, launch, open_map
-from tests.conftest import free_port, start_serve, wait_http
+from tests.conftest import free_port, start_serve, wait_for, wait_http
 from visionzero.platform.settings import settings
 
 STATIC = Path(__file__).resolve().parent.parent / "visionzero" / "serving" / "static"
@@ -248,8 +248,13 @@ def test_behind_the_canary_the_stage_switch_shows_staging_side_by_side(
         page = visit.page
         page.wait_for_selector("#stage-switch:not([hidden])")
         page.select_option("#stage", "staging")
-        page.wait_for_function(
-            "document.body.dataset.state === 'ready' && vzMap.views[0].fc.stage === 'staging'"
+        # polled from outside the page: the edge's CSP forbids the eval wait_for_function uses
+        wait_for(
+            lambda: page.evaluate(
+                "document.body.dataset.state === 'ready' && vzMap.views[0].fc.stage === 'staging'"
+            ),
+            30,
+            "the staging layer drawn",
         )
         block = int(page.get_attribute("#blocks button[aria-pressed='true']", "value"))
         staging = requests.get(f"{url}/stage/staging/zones", timeout=30).json()
@@ -262,7 +267,11 @@ def test_behind_the_canary_the_stage_switch_shows_staging_side_by_side(
         )
 
         page.check("#side-by-side")
-        page.wait_for_function("document.body.dataset.state === 'ready' && vzMap.views[1].fc")
+        wait_for(
+            lambda: page.evaluate("document.body.dataset.state === 'ready' && !!vzMap.views[1].fc"),
+            30,
+            "the side-by-side layer drawn",
+        )
         assert f"model version {versions['production']}, answered by production" in (
             page.inner_text("#caption-1")
         )
