@@ -7,6 +7,7 @@ config path once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -190,40 +191,45 @@ def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return state
 
 
+@contextlib.contextmanager
+def bento_server(
+    bento_tag: str, env: dict[str, str], log: Path | None = None, timeout: float = 120.0
+) -> Iterator[str]:
+    """`bentoml serve bento_tag` on a free port with `env` on top of ours, its output to `log`
+    (or nowhere); yields its URL once /readyz answers, and stops its whole process group."""
+    port = free_port()
+    with open(log or os.devnull, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", bento_tag]
+            + ["--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/readyz", timeout, process)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def served(trained: dict) -> Iterator[str]:
     """The production Bento under a real `bentoml serve` process on a free port."""
-    release = trained["production"]
-    port = free_port()
     # A BENTOML_HOME of its own: a later `bentoml serve` on the session's home would empty the
     # multiprocess metrics folder this long-lived server writes to (its counters would vanish).
     from visionzero.rollout.backend import backend_home
 
     (TMP / "served").mkdir(exist_ok=True)
     home = backend_home(TMP / "served", "production")
-    env = {**os.environ, "VZ_STAGE": "production", "BENTOML_HOME": str(home)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            release["bento_tag"],
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/readyz", process=process)
+    env = {"VZ_STAGE": "production", "BENTOML_HOME": str(home)}
+    with bento_server(trained["production"]["bento_tag"], env) as url:
         yield url
-    finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)

@@ -7,12 +7,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import re
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -23,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import ROOT, bento_server
 from visionzero.platform.settings import settings
 
 pytestmark = pytest.mark.slow  # integration tier: real `bentoml serve`
@@ -200,30 +197,10 @@ def test_docs_json_is_short_and_tells_no_readme(served: str) -> None:
 @pytest.fixture(scope="module")
 def one_worker(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The production Bento with one worker: every request shares its event loop."""
-    port = free_port()
     log = tmp_path_factory.mktemp("one_worker") / "serve.log"
-    env = {**os.environ, "VZ_STAGE": "production", "VZ_WORKERS": "1"}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", trained["production"]["bento_tag"]]
-            + ["--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/readyz", process=process)
+    env = {"VZ_STAGE": "production", "VZ_WORKERS": "1"}
+    with bento_server(trained["production"]["bento_tag"], env, log) as url:
         yield url
-    finally:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
 
 
 def test_layer_builds_do_not_stall_readyz_or_predict(one_worker: str) -> None:

@@ -5,10 +5,6 @@ in the warm-up count apart."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +13,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import bento_server
 from visionzero.monitoring.operational import from_metrics_endpoints
 from visionzero.serving.traffic_metrics import size_class, status_class, traffic_class
 
@@ -35,36 +31,12 @@ class Backend:
 @pytest.fixture(scope="module")
 def backend(trained: dict) -> Iterator[Backend]:
     """Staging's Bento, one worker, a warm-up of WARMUP seconds from its start."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "VZ_STAGE": "staging",
-        "VZ_WORKERS": "1",
-        "VZ_CANARY_WARMUP_SECONDS": str(WARMUP),
-    }
+    env = {"VZ_STAGE": "staging", "VZ_WORKERS": "1", "VZ_CANARY_WARMUP_SECONDS": str(WARMUP)}
     started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", trained["production"]["bento_tag"]]
-        + ["--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/readyz", 240, process)
+    with bento_server(trained["production"]["bento_tag"], env, timeout=240) as url:
         ready = time.monotonic()
         assert ready - started < WARMUP, f"the worker took {ready - started:.0f} s to start"
         yield Backend(url, ready + WARMUP)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 def predict(url: str, items: list[dict] | str, traffic: str | None) -> int:
