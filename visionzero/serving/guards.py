@@ -26,6 +26,7 @@ log = logging.getLogger("bentoml.crash_risk")  # under "bentoml": printed by Ben
 SINGLE_HEADERS = (b"content-type", b"content-length", b"transfer-encoding")
 UNKNOWN_ENDPOINT = "unknown"  # the one metrics label of every path no route answers
 _ORIGINAL_PATH = "vz.original_path"
+MAX_LABELLED_PATHS = 1024  # paths whose route label is remembered (static files are many)
 
 
 async def answer_error(send: Send, status: int, body: dict[str, str]) -> None:
@@ -64,10 +65,12 @@ class RequestGuard:
                 await self._refuse(scope, send, 400, f"{field} sent more than once", field)
                 return
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+        if length is None:  # chunked, or no body: counted as it streams
+            await self._call_counting(scope, receive, send)
+        elif not length.isdigit() or int(length) > self.max_body_bytes:
             await self._refuse(scope, send, *self._too_large(length.decode("latin-1")[:20]))
-            return
-        await self._call_counting(scope, receive, send)
+        else:  # the server reads exactly Content-Length bytes: nothing to count
+            await self.app(scope, receive, send)
 
     async def _call_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app with a receive that stops reading at the limit: past it the client gets
@@ -153,12 +156,17 @@ def label_metrics_by_route() -> None:
 
         def __init__(self, app: ASGIApp, **options: object) -> None:
             super().__init__(_restore_path(app), **options)
+            self.labels: dict[str, str] = {}  # path -> route label, matched once per path
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http" or "app" not in scope:
                 await super().__call__(scope, receive, send)
                 return
-            label = route_label(scope["app"].router.routes, scope) or UNKNOWN_ENDPOINT
+            label = self.labels.get(scope["path"])
+            if label is None:
+                label = route_label(scope["app"].router.routes, scope) or UNKNOWN_ENDPOINT
+                if label != UNKNOWN_ENDPOINT and len(self.labels) < MAX_LABELLED_PATHS:
+                    self.labels[scope["path"]] = label  # a known route's path: bounded, few
             if label != scope["path"]:
                 scope = {**scope, "path": label, _ORIGINAL_PATH: scope["path"]}
             await super().__call__(scope, receive, send)

@@ -89,13 +89,22 @@ class CanaryTraffic:
         self.warm_until = time.monotonic() + own.vz_canary_warmup_seconds
         # Every count and the latency the rule reads exist from the start at 0: Prometheus's
         # increase() cannot count what a series held when it was first scraped.
+        # The series are looked up here once, not per request (labels() costs a lock and a dict).
         counter, histogram = instruments()
-        for traffic, size, status, phase in product(
-            TRAFFIC_CLASSES, SIZE_CLASSES, ("2xx", "4xx", "5xx"), ("warmup", "steady")
-        ):
-            counter.labels(stage=self.stage, traffic=traffic, size=size, status=status, phase=phase)
-        for size in SIZE_CLASSES:
-            histogram.labels(stage=self.stage, traffic="split", size=size, phase="steady")
+        self.counts = {
+            (traffic, size, status, phase): counter.labels(
+                stage=self.stage, traffic=traffic, size=size, status=status, phase=phase
+            )
+            for traffic, size, status, phase in product(
+                TRAFFIC_CLASSES, SIZE_CLASSES, ("2xx", "4xx", "5xx"), ("warmup", "steady")
+            )
+        }
+        self.durations = {
+            (traffic, size, phase): histogram.labels(
+                stage=self.stage, traffic=traffic, size=size, phase=phase
+            )
+            for traffic, size, phase in product(TRAFFIC_CLASSES, SIZE_CLASSES, ("warmup", "steady"))
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -103,8 +112,10 @@ class CanaryTraffic:
             return
         started = time.monotonic()
         phase = "warmup" if started < self.warm_until else "steady"
-        traffic = traffic_class(dict(scope["headers"]).get(HEADER))
-        body_bytes = 0
+        headers = dict(scope["headers"])
+        traffic = traffic_class(headers.get(HEADER))
+        length = headers.get(b"content-length", b"")
+        body_bytes = int(length) if length.isdigit() else 0
         status = 500  # an exception before the answer starts is a 500 from the server
 
         async def counting_receive() -> Message:
@@ -120,12 +131,10 @@ class CanaryTraffic:
                 status = message["status"]
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, status_send)
+        try:  # Content-Length is the body's size (RequestGuard refused a wrong one); else counted
+            await self.app(scope, receive if length.isdigit() else counting_receive, status_send)
         finally:
-            labels = {"stage": self.stage, "traffic": traffic, "size": size_class(body_bytes)}
-            counter, histogram = instruments()
-            outcome = status_class(status)
-            counter.labels(status=outcome, phase=phase, **labels).inc()
+            size, outcome = size_class(body_bytes), status_class(status)
+            self.counts[traffic, size, outcome, phase].inc()
             if outcome != "4xx":
-                histogram.labels(phase=phase, **labels).observe(time.monotonic() - started)
+                self.durations[traffic, size, phase].observe(time.monotonic() - started)
