@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from visionzero.model.crash_risk import CrashRiskModel, ModelConfig, ShareTable
+from visionzero.model.config import ModelConfig
+from visionzero.model.crash_risk import CrashRiskModel
 from visionzero.model.grain import Grain
+from visionzero.model.shares import ShareTable
 
 LOWER_MANHATTAN = (40.7128, -74.0060)
 LOWER_MANHATTAN_R7 = "872a1072cffffff"

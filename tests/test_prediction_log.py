@@ -19,12 +19,11 @@ import pytest
 from tests.conftest import ROOT
 from visionzero.serving.prediction_log import (
     COLUMNS,
-    DailyFiles,
     PredictionLog,
-    Stdout,
     prediction_log_root,
     read_predictions,
 )
+from visionzero.serving.prediction_sinks import DailyFiles, Stdout
 
 BLOCK_STARTS = [0, 4, 8, 12, 16, 20]
 

@@ -57,47 +57,56 @@ def _text(values: pd.Series, strip: bool) -> pd.Series:
     return out.where(out != "", pd.NA)
 
 
-def validate(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split raw CSV-shaped rows into (typed rows, quarantined raw rows with a `reason` column).
-
-    Reasons, checked in this order (a row is quarantined under the first it fails): collision_id,
-    crash_date, crash_time, coordinates (present but not numbers), counts (negative or not
-    integers)."""
-    reason = np.full(len(raw), "", dtype=object)
-
-    def flag(mask: np.ndarray, name: str) -> None:
-        reason[(reason == "") & mask] = name
-
+def _collision_ids(raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """COLLISION_ID as numbers, and where it is not a positive integer."""
     cid = _Column(raw, "COLLISION_ID").parse(_number)
     with np.errstate(invalid="ignore"):
-        flag(np.isnan(cid) | (cid <= 0) | (cid % 1 != 0), "collision_id")
+        return cid, np.isnan(cid) | (cid <= 0) | (cid % 1 != 0)
 
-    day = crash_days(raw)
-    flag(pd.isna(day), "crash_date")
 
-    time_column = _Column(raw, "CRASH TIME")
-    parts = time_column.values.str.extract(TIME_PATTERN).astype(float)
-    hour, minute = parts[0].to_numpy()[time_column.codes], parts[1].to_numpy()[time_column.codes]
-    time_blank = time_column.blank()
-    flag(~time_blank & (np.isnan(hour) | (hour > 23) | (minute > 59)), "crash_time")
+def _crash_minutes(raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """CRASH TIME as minutes after midnight (NaN when blank: the crash stays, untimed), and where
+    it is given but not a time of day."""
+    column = _Column(raw, "CRASH TIME")
+    parts = column.values.str.extract(TIME_PATTERN).astype(float)
+    hour, minute = parts[0].to_numpy()[column.codes], parts[1].to_numpy()[column.codes]
+    blank = column.blank()
+    bad = ~blank & (np.isnan(hour) | (hour > 23) | (minute > 59))
+    return np.where(blank, np.nan, hour * 60 + minute), bad
 
+
+def _coordinates(raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LATITUDE and LONGITUDE as numbers, and where one is given but not a number (a blank one
+    only leaves the crash without a zone)."""
     lat_column, lon_column = _Column(raw, "LATITUDE"), _Column(raw, "LONGITUDE")
     lat, lon = lat_column.parse(_number), lon_column.parse(_number)
     unparsable = (~lat_column.blank() & np.isnan(lat)) | (~lon_column.blank() & np.isnan(lon))
-    flag(unparsable, "coordinates")
+    return lat, lon, unparsable
 
+
+def _counts(raw: pd.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The injured and killed counts by field name, and where any is not a non-negative integer."""
     counts = {}
-    bad_count = np.zeros(len(raw), dtype=bool)
+    bad = np.zeros(len(raw), dtype=bool)
     for col in COUNT_COLUMNS:
         column = _Column(raw, col)
         values = column.parse(_number)
         with np.errstate(invalid="ignore"):
-            bad_count |= ~column.blank() & (np.isnan(values) | (values < 0) | (values % 1 != 0))
+            bad |= ~column.blank() & (np.isnan(values) | (values < 0) | (values % 1 != 0))
         counts[COUNT_FIELDS[col]] = values
-    flag(bad_count, "counts")
+    return counts, bad
 
-    ok = reason == ""
-    minutes = np.where(ok & ~time_blank, hour * 60 + minute, np.nan)
+
+def _first_failure(failures: dict[str, np.ndarray], rows: int) -> np.ndarray:
+    """Each row's reason: the first check (in `failures`' order) it fails, "" when none."""
+    reason = np.full(rows, "", dtype=object)
+    for name, mask in failures.items():
+        reason[(reason == "") & mask] = name
+    return reason
+
+
+def _geocoded(lat: np.ndarray, lon: np.ndarray) -> dict[str, np.ndarray]:
+    """Coordinates inside the NYC box, NaN elsewhere (0/0 placeholders, typos), and which are."""
     with np.errstate(invalid="ignore"):
         inside = (
             (lat >= NYC_BOX["lat_min"])
@@ -105,6 +114,35 @@ def validate(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame
             & (lon >= NYC_BOX["lon_min"])
             & (lon <= NYC_BOX["lon_max"])
         )
+    return {
+        "latitude": np.where(inside, lat, np.nan),
+        "longitude": np.where(inside, lon, np.nan),
+        "geocoded": inside,
+    }
+
+
+def validate(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split raw CSV-shaped rows into (typed rows, quarantined raw rows with a `reason` column).
+
+    Reasons, checked in this order (a row is quarantined under the first it fails): collision_id,
+    crash_date, crash_time, coordinates (present but not numbers), counts (negative or not
+    integers)."""
+    cid, bad_cid = _collision_ids(raw)
+    day = crash_days(raw)
+    minutes, bad_time = _crash_minutes(raw)
+    lat, lon, bad_coordinates = _coordinates(raw)
+    counts, bad_counts = _counts(raw)
+    reason = _first_failure(
+        {
+            "collision_id": bad_cid,
+            "crash_date": pd.isna(day),
+            "crash_time": bad_time,
+            "coordinates": bad_coordinates,
+            "counts": bad_counts,
+        },
+        len(raw),
+    )
+    ok = reason == ""
     typed = pd.DataFrame(
         {
             "collision_id": cid[ok].astype("int64"),
@@ -113,9 +151,7 @@ def validate(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, pd.DataFrame
             "borough": pd.array(
                 _Column(raw, "BOROUGH").parse(lambda v: _text(v, strip=True))[ok], dtype="string"
             ),
-            "latitude": np.where(inside, lat, np.nan)[ok],
-            "longitude": np.where(inside, lon, np.nan)[ok],
-            "geocoded": inside[ok],
+            **{name: values[ok] for name, values in _geocoded(lat, lon).items()},
             **{
                 name: pd.array(v[ok], dtype="Float64").round().astype("Int16")
                 for name, v in counts.items()

@@ -13,7 +13,8 @@ import pandas as pd
 from pydantic import Field, ValidationError
 
 from visionzero.evaluation.metrics import BootstrapConfig
-from visionzero.model.crash_risk import CrashRiskModel, ModelConfig, Prepared, train
+from visionzero.model.config import ModelConfig
+from visionzero.model.crash_risk import CrashRiskModel, Prepared, train
 
 
 class EvaluationConfig(BootstrapConfig):

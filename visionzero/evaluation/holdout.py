@@ -206,6 +206,63 @@ def resolution_result(scored: list[Scored], cfg: EvaluationConfig) -> Resolution
     )
 
 
+def score_origins(
+    prepared: Prepared,
+    origins: list[Origin],
+    candidate: CrashRiskModel,
+    production: CrashRiskModel | None,
+    zones_by_crash: dict[int, np.ndarray],
+) -> tuple[dict[int, list[Scored]], np.ndarray]:
+    """Every origin (oldest first) at every resolution the candidate serves: the candidate's
+    recipe refit before each earlier origin, production's (None: not scored) before each. Also
+    the weather source of each holdout day-slot of the candidate."""
+    resolutions = candidate.resolutions
+    default = resolutions[-1]
+    scored: dict[int, list[Scored]] = {r: [] for r in resolutions}
+    for origin in origins:
+        last = origin is origins[-1]
+        models = {"candidate": candidate if last else refit(candidate, prepared, origin.train_days)}
+        if production is not None:
+            models["production"] = refit(production, prepared, origin.train_days)
+        bases, sources = {}, {}
+        for role, model in models.items():
+            bases[role], sources[role] = base_expected(model, origin.test_days, prepared.weather)
+        for r in resolutions:
+            keep = last and r == default  # the holdout's slices and curves need the arrays
+            scored[r].append(Scored(prepared, zones_by_crash[r], origin, models, bases, r, keep))
+    return scored, sources["candidate"]
+
+
+def holdout_slices(
+    holdout: Scored, boroughs: dict[str, str], block_labels: list[str]
+) -> dict[str, dict[str, dict[str, Scores]]]:
+    """The candidate's and the status quo's holdout scores per time block (named by its hours)
+    and per borough."""
+    by_role = {role: holdout.sliced(role, boroughs) for role in ("candidate", "baseline")}
+    block_label = dict(enumerate(block_labels))
+    return {
+        "block": {
+            role: {block_label[int(k)]: v for k, v in parts["block"].items()}
+            for role, parts in by_role.items()
+        },
+        "borough": {role: parts["borough"] for role, parts in by_role.items()},
+    }
+
+
+def origin_results(origins: list[Origin], scored: dict[int, list[Scored]]) -> list[OriginResult]:
+    """Each origin's windows and point scores per resolution, oldest first."""
+    return [
+        OriginResult(
+            train_window=window(origin.train_days),
+            train_days=len(origin.train_days),
+            test_window=window(origin.test_days),
+            test_days=len(origin.test_days),
+            scores={str(r): per_origin[i].scores for r, per_origin in scored.items()},
+        )
+        for i, origin in enumerate(origins)
+    ]
+
+
 def evaluate(
     prepared: Prepared,
     train_days: pd.DatetimeIndex,
@@ -223,31 +280,13 @@ def evaluate(
     origins = backtest_origins(train_days, holdout_days, cfg)
     resolutions = candidate.resolutions
     zones_by_crash = {r: crash_zones(prepared, r) for r in resolutions}
-    scored: dict[int, list[Scored]] = {r: [] for r in resolutions}
+    scored, sources = score_origins(
+        prepared, origins, candidate, production if reason is None else None, zones_by_crash
+    )
     default = resolutions[-1]
-    for origin in origins:
-        last = origin is origins[-1]
-        models = {"candidate": candidate if last else refit(candidate, prepared, origin.train_days)}
-        if production is not None and reason is None:
-            models["production"] = refit(production, prepared, origin.train_days)
-        bases, sources = {}, {}
-        for role, model in models.items():
-            bases[role], sources[role] = base_expected(model, origin.test_days, prepared.weather)
-        for r in resolutions:
-            keep = last and r == default  # the holdout's slices and curves need the arrays
-            scored[r].append(Scored(prepared, zones_by_crash[r], origin, models, bases, r, keep))
     holdout = scored[default][-1]
     top = holdout.scores
     boroughs = zone_boroughs(prepared, zones_by_crash[default], train_days)
-    by_role = {role: holdout.sliced(role, boroughs) for role in ("candidate", "baseline")}
-    block_label = dict(enumerate(candidate.grain.labels))
-    slices = {
-        "block": {
-            role: {block_label[int(k)]: v for k, v in parts["block"].items()}
-            for role, parts in by_role.items()
-        },
-        "borough": {role: parts["borough"] for role, parts in by_role.items()},
-    }
     all_days = train_days.union(holdout_days)
     return EvaluationReport(
         resolution=default,
@@ -256,9 +295,7 @@ def evaluate(
         holdout_days=len(holdout_days),
         zone_slots=holdout.grid.observed.size,
         crashes_outside_known_zones=float(holdout.grid.outside.sum()),
-        weather_source_share={
-            s: float(np.mean(sources["candidate"] == s)) for s in np.unique(sources["candidate"])
-        },
+        weather_source_share={s: float(np.mean(sources == s)) for s in np.unique(sources)},
         scored_fit=f"fit on {len(train_days)} complete days {' .. '.join(window(train_days))}",
         served_fit=f"the same recipe refit on all {len(all_days)} complete days "
         f"{' .. '.join(window(all_days))}, holdout included",
@@ -268,18 +305,9 @@ def evaluate(
         production_version=production_version,
         production_not_comparable=reason,
         holdout={str(r): resolution_result(scored[r][-1:], cfg) for r in resolutions},
-        origins=[
-            OriginResult(
-                train_window=window(origin.train_days),
-                train_days=len(origin.train_days),
-                test_window=window(origin.test_days),
-                test_days=len(origin.test_days),
-                scores={str(r): scored[r][i].scores for r in resolutions},
-            )
-            for i, origin in enumerate(origins)
-        ],
+        origins=origin_results(origins, scored),
         backtest={str(r): resolution_result(scored[r], cfg) for r in resolutions},
-        slices=slices,
+        slices=holdout_slices(holdout, boroughs, candidate.grain.labels),
         hit_rate_curve={
             "k_percent": CURVE_PERCENTS.tolist(),
             **{role: holdout.sums[role].curve() for role in ("candidate", "baseline")},

@@ -3,9 +3,9 @@ x zone-block share (history).
 
 expected(zone, block, date) = volume(date) * P(block | day type) * P(zone | block, day type)
 
-Day-level signal (weather, holidays, weekday, regime) lives in the volume stage; the share stage is
-a recency-weighted, shrunken history of where and when crashes happen, computed on training days
-only. Saved as XGBoost's native JSON plus a JSON metadata file: never pickle.
+Day-level signal (weather, holidays, weekday, regime) lives in the volume stage; the share stage
+(shares.py) is a recency-weighted, shrunken history of where and when crashes happen, computed on
+training days only. Saved as XGBoost's native JSON plus a JSON metadata file: never pickle.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import h3
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from visionzero.model import features as F
+from visionzero.model.config import ModelConfig
 from visionzero.model.context import SEASON_DAYS, ModelContext
 from visionzero.model.grain import Grain, ancestors
 from visionzero.model.hierarchy import ChildShares
 from visionzero.model.levels import assign_levels, level_thresholds
+from visionzero.model.shares import ShareTable, ZoneTable, fit_children
 
 VOLUME_FILE = "volume.json"
 META_FILE = "meta.json"
@@ -37,72 +38,6 @@ DRIVERS = {
     "trend": ["year_frac"],
     "weather": F.WEATHER_FIELDS,
 }
-
-
-class ModelConfig(BaseModel):
-    """The model's grain and share smoothing (configs/training.yaml `parameters.model`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    resolution: int = Field(7, ge=0, le=15, description="H3 resolution of a zone (7: ~5 km2)")
-    block_hours: int = Field(4, ge=1, le=24, description="length of a time block; divides 24")
-    holdout_days: int = Field(90, ge=1, description="the latest complete days held out")
-    share_halflife_days: float = Field(
-        730.0,
-        gt=0,
-        description="recency weight of the share history: geography and geocoding drift",
-    )
-    zone_prior_strength: float = Field(
-        20.0, ge=0, description="pseudo-crashes pulling P(zone|block) toward P(zone)"
-    )
-    daytype_prior_strength: float = Field(
-        200.0,
-        ge=0,
-        description="pseudo-crashes pulling P(zone|block,daytype) toward P(zone|block): chosen on "
-        "the 2023 complete-day windows (better at every resolution than 50)",
-    )
-    finest_resolution: int = Field(
-        9, ge=0, le=15, description="finest H3 resolution served (9: ~0.1 km2, a few blocks)"
-    )
-    # Child strengths and half-life chosen on time-ordered validation inside the training period
-    # (origins 2023-10-14 and 2023-03-15), never on the holdout: hit@10% at resolution 9 rose
-    # ~0.003 at both origins over (5, 50, 1460), deviance no worse.
-    child_zone_strength: float = Field(
-        10.0,
-        gt=0,
-        description="pseudo-crashes pulling a child cell's share toward its prior in its parent",
-    )
-    child_neighbour_weight: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="weight of the ring-1 neighbourhood split in a child's prior (the rest is "
-        "uniform): a crash-free cell beside busy cells is not a crash-free cell in a park",
-    )
-    child_block_strength: float = Field(
-        200.0,
-        gt=0,
-        description="pseudo-crashes pulling a child's share in a block toward its day: a small "
-        "cell's time-of-day pattern is mostly noise, so it is shrunk hard",
-    )
-    child_halflife_days: float = Field(
-        2190.0,
-        gt=0,
-        description="recency weight of the child-share history: a cell's share of its parent "
-        "drifts slowly, and more years beat fresher ones",
-    )
-    seed: int = Field(7, description="random seed of XGBoost and the tuner")
-
-    @model_validator(mode="after")
-    def _finest_below_base(self) -> ModelConfig:
-        if self.finest_resolution < self.resolution:
-            raise ValueError("finest_resolution must be at least resolution")
-        return self
-
-    @property
-    def grain(self) -> Grain:
-        """Checked once here, so a bad resolution or block length fails before any data work."""
-        return Grain(self.resolution, self.block_hours)
 
 
 @dataclass
@@ -156,103 +91,6 @@ def volume_features(
 ) -> pd.DataFrame:
     X, _ = F.day_matrix(F.as_days(dates), F.recorded_weather(dates, weather), clim)
     return pd.DataFrame(X, columns=F.DAY_FEATURES)
-
-
-@dataclass
-class ShareTable:
-    """P(block | daytype) [3, B] and P(zone | block, daytype) [Z, B, 3] with the zone list."""
-
-    zones: list[str]
-    p_block: np.ndarray
-    p_zone: np.ndarray
-    unknown_zone_share: float
-
-    @classmethod
-    def fit(cls, prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig) -> ShareTable:
-        slots = prepared.slots[prepared.slots["date"].isin(train_days)]
-        zones = sorted(slots["zone"].unique())
-        age = (train_days.max() - slots["date"]).dt.days.to_numpy()
-        weight = 0.5 ** (age / cfg.share_halflife_days) * slots["count"].to_numpy()
-        z_index = pd.Index(zones).get_indexer(slots["zone"])
-        dt = F.daytype(slots["date"])
-        counts = np.zeros((len(zones), cfg.grain.n_blocks, 3))
-        np.add.at(counts, (z_index, slots["block"].to_numpy(), dt), weight)
-        per_block_dt = counts.sum(axis=0)  # [B, 3]
-        p_block = (per_block_dt / per_block_dt.sum(axis=0, keepdims=True)).T  # [3, B]
-        zone_total = counts.sum(axis=(1, 2))
-        p_z = zone_total / zone_total.sum()  # [Z]
-        zb = counts.sum(axis=2)  # [Z, B]
-        k1 = cfg.zone_prior_strength
-        p_zb = (zb + k1 * p_z[:, None]) / (zb.sum(axis=0, keepdims=True) + k1)  # [Z, B]
-        k2 = cfg.daytype_prior_strength
-        p_zbd = (counts + k2 * p_zb[:, :, None]) / (counts.sum(axis=0, keepdims=True) + k2)
-        return cls(
-            zones=zones, p_block=p_block, p_zone=p_zbd, unknown_zone_share=float(p_zbd.min())
-        )
-
-    def share(self, zone_idx: np.ndarray, block: np.ndarray, dtype: np.ndarray) -> np.ndarray:
-        known = zone_idx >= 0
-        out = np.full(len(zone_idx), self.unknown_zone_share)
-        out[known] = self.p_zone[zone_idx[known], block[known], dtype[known]]
-        return out * self.p_block[dtype, block]
-
-
-def fit_children(
-    prepared: Prepared, train_days: pd.DatetimeIndex, cfg: ModelConfig, base_zones: list[str]
-) -> list[ChildShares]:
-    """Child shares one resolution at a time, from the base zones down to the finest cells, on the
-    timed crashes of training days only."""
-    rows = prepared.crashes[
-        prepared.crashes["crash_date"].isin(train_days) & (prepared.crashes["block"] >= 0)
-    ]
-    age = (train_days.max() - rows["crash_date"]).dt.days.to_numpy()
-    weights = 0.5 ** (age / cfg.child_halflife_days)
-    finest = rows["cell"].to_numpy()
-    levels: list[ChildShares] = []
-    parents = base_zones
-    for resolution in range(cfg.resolution + 1, cfg.finest_resolution + 1):
-        level = ChildShares.fit(
-            parents,
-            ancestors(finest, resolution),
-            rows["block"].to_numpy(),
-            weights,
-            cfg.grain.n_blocks,
-            cfg.child_zone_strength,
-            cfg.child_block_strength,
-            cfg.child_neighbour_weight,
-        )
-        levels.append(level)
-        parents = level.zones
-    return levels
-
-
-@dataclass
-class ZoneTable:
-    """Every zone the model answers for, at every resolution, in one lookup: the row of its base
-    zone in the share table and the product of its child shares per block (1 for a base zone)."""
-
-    row_of: dict[str, int]
-    resolution: np.ndarray  # [N]
-    base_rows: np.ndarray  # [N]
-    factor: np.ndarray  # [N, B]
-
-    @classmethod
-    def build(cls, shares: ShareTable, children: list[ChildShares], resolution: int) -> ZoneTable:
-        n_blocks = shares.p_zone.shape[1]
-        zones = list(shares.zones)
-        base = np.arange(len(zones))
-        factor = np.ones((len(zones), n_blocks))
-        parts = [(np.full(len(zones), resolution), base, factor)]
-        for level in children:
-            base, factor = base[level.parent_rows], factor[level.parent_rows] * level.share
-            zones += level.zones
-            parts.append((np.full(len(level.zones), level.resolution), base, factor))
-        return cls(
-            row_of={zone: row for row, zone in enumerate(zones)},
-            resolution=np.concatenate([p[0] for p in parts]),
-            base_rows=np.concatenate([p[1] for p in parts]),
-            factor=np.concatenate([p[2] for p in parts]),
-        )
 
 
 def _daytypes(X: np.ndarray) -> np.ndarray:
@@ -453,12 +291,12 @@ def train(
         objective="count:poisson", random_state=cfg.seed, n_jobs=2, **params
     )
     regressor.fit(X, days["volume"].to_numpy())
-    shares = ShareTable.fit(prepared, train_days, cfg)
+    shares = ShareTable.fit(prepared.slots, train_days, cfg)
     grain = cfg.grain
     model = CrashRiskModel(
         booster=regressor.get_booster(),
         shares=shares,
-        children=fit_children(prepared, train_days, cfg, shares.zones),
+        children=fit_children(prepared.crashes, train_days, cfg, shares.zones),
         meta={
             "feature_names": list(X.columns),
             "climatology": clim,

@@ -11,7 +11,8 @@ import pandas as pd
 
 from visionzero.data.dataset import DatasetRef, load_frames
 from visionzero.data.versioning import checkout_version
-from visionzero.model.crash_risk import ModelConfig, Prepared, prepare, split_days
+from visionzero.model.config import ModelConfig
+from visionzero.model.crash_risk import Prepared, prepare, split_days
 
 
 def split(data_dir: Path, cfg: ModelConfig) -> tuple[Prepared, pd.DatetimeIndex, pd.DatetimeIndex]:

@@ -28,16 +28,11 @@ from sklearn.metrics import make_scorer
 from sklearn.model_selection import TimeSeriesSplit
 
 from visionzero.model import features as F
-from visionzero.model.crash_risk import (
-    ModelConfig,
-    Prepared,
-    ShareTable,
-    ZoneTable,
-    fit_children,
-    volume_features,
-)
+from visionzero.model.config import ModelConfig
+from visionzero.model.crash_risk import Prepared, volume_features
 from visionzero.model.deviance import poisson_deviance
 from visionzero.model.scoring import DenseGrid
+from visionzero.model.shares import ShareTable, ZoneTable, fit_children
 
 if TYPE_CHECKING:  # keras_tuner loads Keras and jax: imported only where a search runs
     import keras_tuner as kt
@@ -230,9 +225,9 @@ def finest_table(
     prepared: Prepared, fit_days: pd.DatetimeIndex, cfg: ModelConfig
 ) -> tuple[ShareTable, ZoneTable, np.ndarray]:
     """Both share stages fit on fit_days; the zone table and its rows at the finest resolution."""
-    shares = ShareTable.fit(prepared, fit_days, cfg)
+    shares = ShareTable.fit(prepared.slots, fit_days, cfg)
     table = ZoneTable.build(
-        shares, fit_children(prepared, fit_days, cfg, shares.zones), cfg.resolution
+        shares, fit_children(prepared.crashes, fit_days, cfg, shares.zones), cfg.resolution
     )
     return shares, table, np.flatnonzero(table.resolution == cfg.finest_resolution)
 

@@ -257,55 +257,16 @@ class MapApi:
             if not F.inside_nyc(np.array([point.latitude]), np.array([point.longitude]))[0]:
                 raise InvalidRequest(f"{name}.latitude", "point outside the New York City box")
         stamp = new_york_minutes([departure], self.first_date, self.last_date, field="departure")
-        grain = Grain(resolution, self.model.grain.block_hours)
-        ends = grain.zones_of(
-            np.array([start.latitude, end.latitude]),
-            np.array([start.longitude, end.longitude]),
-            finest=self.model.resolutions[-1],
-        )
-        try:
-            cells = np.array(h3.grid_path_cells(ends[0], ends[1]), dtype=object)
-        except h3.H3BaseException as exc:
-            raise InvalidRequest("end", f"no H3 path between the points ({exc})") from None
+        cells = self._path_cells(start, end, resolution)
         day = stamp.astype("datetime64[D]")
         block = int(self.model.grain.block_of_datetime(stamp)[0])
         expected, source = self.model.expected(
             cells, np.repeat(day, len(cells)), np.full(len(cells), block)
         )
-        levels = self.model.levels(expected, np.full(len(cells), resolution))
-        known = self.model.zone_index(cells) >= 0
-        width = min(len(cells), stretch_cells(resolution))
-        sums = np.convolve(expected, np.ones(width), mode="valid")
-        first = int(np.argmax(sums))
-        centres = [h3.cell_to_latlng(cell) for cell in cells]
         return {
-            "cells": [
-                {
-                    "zone": cell,
-                    "latitude": round(lat, 6),
-                    "longitude": round(lon, 6),
-                    "expected_crashes": e,
-                    "risk_level": RISK_LEVELS[level],
-                    "risk_index": level,
-                    "p_at_least_one": p,
-                    "known": k,
-                }
-                for cell, (lat, lon), e, level, p, k in zip(
-                    cells,
-                    centres,
-                    expected.tolist(),
-                    levels.tolist(),
-                    p_at_least_one(expected).tolist(),
-                    known.tolist(),
-                    strict=True,
-                )
-            ],
+            "cells": self._route_cells(cells, expected, resolution),
             "total_expected_crashes": float(expected.sum()),
-            "riskiest_stretch": {
-                "first": first,
-                "last": first + width - 1,
-                "expected_crashes": float(sums[first]),
-            },
+            "riskiest_stretch": riskiest_stretch(expected, resolution),
             "distance_km": round(
                 h3.great_circle_distance(
                     (start.latitude, start.longitude), (end.latitude, end.longitude), unit="km"
@@ -320,6 +281,47 @@ class MapApi:
             "stage": self.stage,
             "weather_source": str(source[0]),
         }
+
+    def _path_cells(self, start: Point, end: Point, resolution: int) -> np.ndarray:
+        """The straight H3 grid path between the points' cells at `resolution`, both included."""
+        grain = Grain(resolution, self.model.grain.block_hours)
+        ends = grain.zones_of(
+            np.array([start.latitude, end.latitude]),
+            np.array([start.longitude, end.longitude]),
+            finest=self.model.resolutions[-1],
+        )
+        try:
+            return np.array(h3.grid_path_cells(ends[0], ends[1]), dtype=object)
+        except h3.H3BaseException as exc:
+            raise InvalidRequest("end", f"no H3 path between the points ({exc})") from None
+
+    def _route_cells(self, cells: np.ndarray, expected: np.ndarray, resolution: int) -> list[dict]:
+        """Each path cell's centre, expected crashes and level, and whether the model was trained
+        on it (an unknown cell gets the unknown-zone share)."""
+        levels = self.model.levels(expected, np.full(len(cells), resolution))
+        known = self.model.zone_index(cells) >= 0
+        centres = [h3.cell_to_latlng(cell) for cell in cells]
+        return [
+            {
+                "zone": cell,
+                "latitude": round(lat, 6),
+                "longitude": round(lon, 6),
+                "expected_crashes": e,
+                "risk_level": RISK_LEVELS[level],
+                "risk_index": level,
+                "p_at_least_one": p,
+                "known": k,
+            }
+            for cell, (lat, lon), e, level, p, k in zip(
+                cells,
+                centres,
+                expected.tolist(),
+                levels.tolist(),
+                p_at_least_one(expected).tolist(),
+                known.tolist(),
+                strict=True,
+            )
+        ]
 
     def outlook(self, start_date: str | None, days: int) -> dict:
         """Citywide expected crashes per day, each day's level against its season's days in the
@@ -350,6 +352,15 @@ class MapApi:
                 }
             )
         return {"days": answer, "model_version": self.version, "stage": self.stage}
+
+
+def riskiest_stretch(expected: np.ndarray, resolution: int) -> dict:
+    """The consecutive path cells of about STRETCH_KM with the most expected crashes: first and
+    last index and their sum (the whole path when it is shorter)."""
+    width = min(len(expected), stretch_cells(resolution))
+    sums = np.convolve(expected, np.ones(width), mode="valid")
+    first = int(np.argmax(sums))
+    return {"first": first, "last": first + width - 1, "expected_crashes": float(sums[first])}
 
 
 def stretch_cells(resolution: int) -> int:
