@@ -28,11 +28,11 @@ def compiled_steps(pipeline, arguments: dict, current: Settings) -> dict:  # noq
     from zenml.config.compiler import Compiler
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 
-    import run
+    from visionzero.cli.runs import step_names
 
     traced = pipeline.with_options()
     traced.prepare(**arguments)
-    options = cluster_run_options(current, set(traced.invocations), run.step_names())
+    options = cluster_run_options(current, set(traced.invocations), step_names())
     configured = pipeline.with_options(**options)
     configured.prepare(**arguments)
     active = Client().active_stack

@@ -18,9 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import run
 from tests.conftest import K8S_TEMPLATE_VALUES, ROOT
 from tests.pod_security import restricted_violations
+from visionzero.cli import runs, startup
 from visionzero.platform import stack
 from visionzero.platform.cluster import (
     CLUSTER_CONFIG,
@@ -92,7 +92,7 @@ def test_nothing_configured_keeps_the_local_default() -> None:
     current = Settings()
     assert current.vz_orchestrator == "local"
     pipeline = object()
-    assert run.on_configured_orchestrator(pipeline) is pipeline
+    assert runs.on_configured_orchestrator(pipeline) is pipeline
     assert forwarded_environment(current) == {}
     assert dvc_remote_config() is None
 
@@ -188,7 +188,7 @@ def test_kubernetes_without_its_servers_stops_in_one_line(
 
     monkeypatch.setenv("VZ_ORCHESTRATOR", "kubernetes")
     with pytest.raises(click.ClickException) as failure:
-        run.stack_in_place()
+        startup.stack_in_place()
     message = failure.value.format_message()
     assert "\n" not in message
     for name in ("VZ_ARTIFACT_STORE_URI", "ZENML_STORE_URL", "MLFLOW_TRACKING_URI"):
@@ -247,7 +247,7 @@ def pod_settings_of(config: dict, step: str | None) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster_config() -> dict:
-    return load_cluster_config(CLUSTER_CONFIG, run.step_names())
+    return load_cluster_config(CLUSTER_CONFIG, runs.step_names())
 
 
 def test_heavy_steps_get_their_own_resources(cluster_config: dict) -> None:
@@ -323,7 +323,7 @@ def test_pods_as_zenml_builds_them_validate_and_use_what_exists(cluster_config: 
     pods = [zenml_pod(orchestrator, stack.ORCHESTRATOR_SERVICE_ACCOUNT)]
     pods += [
         zenml_pod(pod_settings_of(cluster_config, step), stack.PIPELINES_SERVICE_ACCOUNT)
-        for step in sorted(run.step_names())
+        for step in sorted(runs.step_names())
     ]
     for pod in pods:
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
@@ -418,7 +418,7 @@ def test_a_mistake_stops_with_its_path(
     path = tmp_path / "kubernetes.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(InvalidClusterConfig) as failure:
-        load_cluster_config(path, run.step_names())
+        load_cluster_config(path, runs.step_names())
     assert where in str(failure.value) and str(path) in str(failure.value)
 
 
@@ -654,7 +654,7 @@ def test_zenml_compiles_both_pipelines_on_the_registered_cluster_stack(tmp_path:
     assert compiled["context_after_in_cluster"] == CONFIGURED["vz_kubernetes_context"]
     assert compiled["path_after_change"] == "s3://zenml/elsewhere"
     assert compiled["secret_keys"] == sorted(recipe.secret_keys)
-    config = load_cluster_config(CLUSTER_CONFIG, run.step_names())
+    config = load_cluster_config(CLUSTER_CONFIG, runs.step_names())
     for pipeline in ("training", "monitoring"):
         assert compiled[pipeline]["docker"] == {
             "parent_image": CONFIGURED["vz_pipeline_image"],
