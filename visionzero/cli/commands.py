@@ -156,7 +156,7 @@ def schedule(print_: bool) -> None:
 
 def show_stack(print_: bool) -> None:
     """The cluster stack's registration script, printed only."""
-    from visionzero.platform.stack import StackConfigError, cluster_recipe, register_script
+    from visionzero.platform.stack_recipe import StackConfigError, cluster_recipe, register_script
 
     if not print_:
         raise click.UsageError("nothing is registered for you: run with --print")

@@ -21,7 +21,7 @@ def start(ctx: click.Context, offline: bool, with_backfill: bool, since: datetim
     """Prepare the process for the command `ctx` invokes (none: training), in this order."""
     configure_environment()
     configure_output()
-    from visionzero.platform.stack import repoint_moved_stores
+    from visionzero.platform.moved_project import repoint_moved_stores
 
     moved = repoint_moved_stores()  # a copied or moved project: before anything opens a store
     if moved:
@@ -42,7 +42,8 @@ def start(ctx: click.Context, offline: bool, with_backfill: bool, since: datetim
 def stack_in_place() -> None:
     """The stack the settings name, registered and active; a cluster stack the settings cannot
     make (a missing server, a wrong URI) stops the command in one line naming the variables."""
-    from visionzero.platform.stack import StackConfigError, ensure_stack
+    from visionzero.platform.stack import ensure_stack
+    from visionzero.platform.stack_recipe import StackConfigError
 
     try:
         ensure_stack()
