@@ -25,8 +25,6 @@ from visionzero.platform.stack_recipe import (
 )
 
 STACK_NAME = "visionzero"
-
-
 LOCAL_SECRET_NAME = "visionzero_mlflow"  # the ZenML secret the local stack's tracker reads
 # The tracker's credential fields, each read from the setting (env variable) "mlflow_<field>"
 TRACKER_CREDENTIALS = ("tracking_username", "tracking_password", "tracking_token")
