@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
@@ -30,9 +30,9 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "training.yaml"
 MONITORING_CONFIG = REPO_ROOT / "configs" / "monitoring.yaml"
 
 
-def pipeline_module(name: str) -> ModuleType:
-    """`pipelines.<name>` (training or monitoring), imported once ZenML's store exists: importing
-    it touches the store (its decorators resolve the hooks' source through it)."""
+def pipeline_module(name: Literal["training", "monitoring"]) -> ModuleType:
+    """`pipelines.<name>`, imported once ZenML's store exists: importing it touches the store
+    (its decorators resolve the hooks' source through it). The one place that imports them."""
     from visionzero.platform.stack import initialise_store
 
     initialise_store()
