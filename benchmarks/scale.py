@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks._load import cpu_model  # noqa: E402
 
 YEAR = 364  # days: 52 weeks, so a replayed crash keeps its weekday
 ID_OFFSET = 100_000_000  # replayed ids never meet a real one
@@ -199,62 +200,70 @@ def main() -> None:
         return stage_incremental()
 
     load = os.getloadavg()[0]
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    machine = f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, load average {load:.2f} at start"
+    machine = (
+        f"{cpu_model()}, {os.cpu_count()} cores, {memory:.0f} GiB, load average {load:.2f} at start"
+    )
     print(f"machine: {machine}; Python {platform.python_version()}")
     tmp = Path(tempfile.mkdtemp(prefix="vz-scale-"))
-    env = environment(tmp)
-    me = [sys.executable, str(Path(__file__).resolve())]
     try:
-        merge_s, merge_gib, out = run_stage(
-            [*me, "--stage", "merge", "--rows", str(args.rows)], env
-        )
-        print(out.strip().splitlines()[-2:][0], "\n" + out.strip().splitlines()[-1])
-        rows = int(re.search(r"merged: (\d+) rows", out).group(1))
-        pipeline_s, pipeline_gib, out = run_stage([sys.executable, "run.py", "--offline"], env)
-        steps = {
-            name: float(value) / (1000 if unit == "ms" else 1)
-            for name, value, unit in STEP_DONE.findall(ANSI.sub("", out))
-        }
-        if "data_loader" not in steps:
-            raise SystemExit(f"no step times in the pipeline's output:\n{out[-3000:]}")
-        print("pipeline steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
-        decision = re.search(r"decision: action=\S+", ANSI.sub("", out))
-        print(decision.group(0) if decision else "decision: not found in the output")
-        incremental_s, incremental_gib, out = run_stage([*me, "--stage", "incremental"], env)
-        print(out.strip().splitlines()[-1])
+        rows, steps, stages = run_stages(args.rows, environment(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {
-        "rows": rows,
-        "loader_s": round(steps["data_loader"], 1),
-        "pipeline_s": round(pipeline_s, 1),
-        "incremental_s": round(incremental_s, 1),
-        "peak_rss_gib": round(max(merge_gib, pipeline_gib, incremental_gib), 2),
-        "merge_s": round(merge_s, 1),
-        "steps_s": {k: round(v, 1) for k, v in steps.items()},
-        "peak_rss_gib_by_stage": {
-            "merge": round(merge_gib, 2),
-            "pipeline": round(pipeline_gib, 2),
-            "incremental": round(incremental_gib, 2),
-        },
-        "targets": {"loader_s": 90, "pipeline_s": 360, "incremental_s": 60, "peak_rss_gib": 6},
-        "machine": machine,
-    }
+    result = summary(rows, steps, stages, machine)
     print(
         f"rows {rows:,}: data_loader {result['loader_s']} s (<= 90), pipeline "
         f"{result['pipeline_s']} s (<= 360), incremental {result['incremental_s']} s (<= 60), "
         f"peak RSS {result['peak_rss_gib']} GiB (<= 6)"
     )
     print(json.dumps(result))
+
+
+def run_stages(
+    rows: int, env: dict[str, str]
+) -> tuple[int, dict[str, float], dict[str, tuple[float, float]]]:
+    """The three stages in order, their lines printed as they end: the merged row count, the
+    pipeline's step times and each stage's (wall seconds, peak RSS GiB)."""
+    me = [sys.executable, str(Path(__file__).resolve())]
+    merge_s, merge_gib, out = run_stage([*me, "--stage", "merge", "--rows", str(rows)], env)
+    print(out.strip().splitlines()[-2:][0], "\n" + out.strip().splitlines()[-1])
+    merged = int(re.search(r"merged: (\d+) rows", out).group(1))
+    pipeline_s, pipeline_gib, out = run_stage([sys.executable, "run.py", "--offline"], env)
+    steps = {
+        name: float(value) / (1000 if unit == "ms" else 1)
+        for name, value, unit in STEP_DONE.findall(ANSI.sub("", out))
+    }
+    if "data_loader" not in steps:
+        raise SystemExit(f"no step times in the pipeline's output:\n{out[-3000:]}")
+    print("pipeline steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
+    decision = re.search(r"decision: action=\S+", ANSI.sub("", out))
+    print(decision.group(0) if decision else "decision: not found in the output")
+    incremental_s, incremental_gib, out = run_stage([*me, "--stage", "incremental"], env)
+    print(out.strip().splitlines()[-1])
+    stages = {
+        "merge": (merge_s, merge_gib),
+        "pipeline": (pipeline_s, pipeline_gib),
+        "incremental": (incremental_s, incremental_gib),
+    }
+    return merged, steps, stages
+
+
+def summary(
+    rows: int, steps: dict[str, float], stages: dict[str, tuple[float, float]], machine: str
+) -> dict:
+    """The run as the one JSON object printed last."""
+    return {
+        "rows": rows,
+        "loader_s": round(steps["data_loader"], 1),
+        "pipeline_s": round(stages["pipeline"][0], 1),
+        "incremental_s": round(stages["incremental"][0], 1),
+        "peak_rss_gib": round(max(gib for _, gib in stages.values()), 2),
+        "merge_s": round(stages["merge"][0], 1),
+        "steps_s": {k: round(v, 1) for k, v in steps.items()},
+        "peak_rss_gib_by_stage": {name: round(gib, 2) for name, (_, gib) in stages.items()},
+        "targets": {"loader_s": 90, "pipeline_s": 360, "incremental_s": 60, "peak_rss_gib": 6},
+        "machine": machine,
+    }
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from visionzero.platform.settings import Settings, configure_environment
 
 configure_environment()
 
-from visionzero.platform import stack  # noqa: E402
+from visionzero.platform import stack, stack_recipe  # noqa: E402
 from visionzero.platform.cluster import cluster_run_options  # noqa: E402
 
 
@@ -28,11 +28,11 @@ def compiled_steps(pipeline, arguments: dict, current: Settings) -> dict:  # noq
     from zenml.config.compiler import Compiler
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 
-    import run
+    from visionzero.cli.runs import step_names
 
     traced = pipeline.with_options()
     traced.prepare(**arguments)
-    options = cluster_run_options(current, set(traced.invocations), run.step_names())
+    options = cluster_run_options(current, set(traced.invocations), step_names())
     configured = pipeline.with_options(**options)
     configured.prepare(**arguments)
     active = Client().active_stack
@@ -63,7 +63,7 @@ def main() -> None:
     from pipelines.training import TrainingParameters, training_pipeline
 
     current = Settings(**json.loads(sys.argv[1]))
-    recipe = stack.cluster_recipe(current)
+    recipe = stack_recipe.cluster_recipe(current)
     client = Client()
 
     def held(name: str) -> object:
@@ -95,10 +95,10 @@ def main() -> None:
     }
     # a CronJob pod (no context) keeps the workstation's; a changed setting updates its component
     in_cluster = current.model_copy(update={"vz_kubernetes_context": None})
-    stack.register_stack(stack.cluster_recipe(in_cluster))
+    stack.register_stack(stack_recipe.cluster_recipe(in_cluster))
     result["context_after_in_cluster"] = held(recipe.name).configuration.get("kubernetes_context")
     moved = current.model_copy(update={"vz_artifact_store_uri": "s3://zenml/elsewhere"})
-    stack.register_stack(stack.cluster_recipe(moved))
+    stack.register_stack(stack_recipe.cluster_recipe(moved))
     result["path_after_change"] = held(f"{recipe.name}_s3").configuration["path"]
     Path(sys.argv[2]).write_text(json.dumps(result, default=str))
 

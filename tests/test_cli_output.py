@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -248,14 +249,14 @@ def test_dashboard_stop_runs_zenml_logout_with_the_project_config(
     monkeypatch.setattr(
         subprocess,
         "call",
-        lambda args: calls.append((args, run.os.environ["ZENML_CONFIG_PATH"])) or 0,
+        lambda args: calls.append((args, os.environ["ZENML_CONFIG_PATH"])) or 0,
     )
     result = CliRunner().invoke(run.cli, ["dashboard", "--stop"])
     assert result.exit_code == 0
     assert calls == [
         (
             [str(Path(sys.executable).parent / "zenml"), "logout", "--local"],
-            run.os.environ["ZENML_CONFIG_PATH"],
+            os.environ["ZENML_CONFIG_PATH"],
         )
     ]
 

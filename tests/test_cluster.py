@@ -18,10 +18,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import run
 from tests.conftest import K8S_TEMPLATE_VALUES, ROOT
 from tests.pod_security import restricted_violations
-from visionzero.platform import stack
+from visionzero.cli import runs, startup
+from visionzero.platform import stack_recipe
 from visionzero.platform.cluster import (
     CLUSTER_CONFIG,
     ORCHESTRATOR_KEY,
@@ -92,7 +92,7 @@ def test_nothing_configured_keeps_the_local_default() -> None:
     current = Settings()
     assert current.vz_orchestrator == "local"
     pipeline = object()
-    assert run.on_configured_orchestrator(pipeline) is pipeline
+    assert runs.on_configured_orchestrator(pipeline) is pipeline
     assert forwarded_environment(current) == {}
     assert dvc_remote_config() is None
 
@@ -101,16 +101,19 @@ def test_nothing_configured_keeps_the_local_default() -> None:
 
 
 def test_recipe_of_a_configured_environment() -> None:
-    recipe = stack.cluster_recipe(configured())
+    recipe = stack_recipe.cluster_recipe(configured())
     components = {c.type: c for c in recipe.components}
     orchestrator = components["orchestrator"]
-    assert (orchestrator.flavor, orchestrator.name) == ("kubernetes", stack.CLUSTER_STACK_NAME)
+    assert (orchestrator.flavor, orchestrator.name) == (
+        "kubernetes",
+        stack_recipe.CLUSTER_STACK_NAME,
+    )
     assert orchestrator.configuration == {
         "kubernetes_namespace": "visionzero",
         "incluster": True,
         "pass_zenml_token_as_secret": True,
-        "service_account_name": stack.ORCHESTRATOR_SERVICE_ACCOUNT,
-        "step_pod_service_account_name": stack.PIPELINES_SERVICE_ACCOUNT,
+        "service_account_name": stack_recipe.ORCHESTRATOR_SERVICE_ACCOUNT,
+        "step_pod_service_account_name": stack_recipe.PIPELINES_SERVICE_ACCOUNT,
         "kubernetes_context": "prod-cluster",
     }
     store = components["artifact_store"]
@@ -137,10 +140,10 @@ def test_recipe_of_a_configured_environment() -> None:
         "aws_secret_access_key",
         "mlflow_tracking_token",
     )
-    exported = json.dumps(stack.stack_export(recipe))
+    exported = json.dumps(stack_recipe.stack_export(recipe))
     assert not [value for value in SECRETS.values() if value in exported]
     # in a CronJob pod: no context, no endpoint, credentials from the pod's identity
-    bare = stack.cluster_recipe(
+    bare = stack_recipe.cluster_recipe(
         configured(
             vz_kubernetes_context=None,
             vz_s3_endpoint_url=None,
@@ -174,8 +177,8 @@ def test_recipe_of_a_configured_environment() -> None:
     ],
 )
 def test_recipe_names_every_missing_or_wrong_variable(changes: dict, named: list[str]) -> None:
-    with pytest.raises(stack.StackConfigError) as failure:
-        stack.cluster_recipe(configured(**changes))
+    with pytest.raises(stack_recipe.StackConfigError) as failure:
+        stack_recipe.cluster_recipe(configured(**changes))
     for name in named:
         assert name in str(failure.value)
 
@@ -188,7 +191,7 @@ def test_kubernetes_without_its_servers_stops_in_one_line(
 
     monkeypatch.setenv("VZ_ORCHESTRATOR", "kubernetes")
     with pytest.raises(click.ClickException) as failure:
-        run.stack_in_place()
+        startup.stack_in_place()
     message = failure.value.format_message()
     assert "\n" not in message
     for name in ("VZ_ARTIFACT_STORE_URI", "ZENML_STORE_URL", "MLFLOW_TRACKING_URI"):
@@ -221,8 +224,8 @@ def test_stack_print_shows_secrets_only_as_variables() -> None:
         '--mlflow_tracking_token="$MLFLOW_TRACKING_TOKEN"'
     ) in script
     exported = re.search(r"<<'STACK'\n(.*)\nSTACK\n", script, re.S)
-    assert yaml.safe_load(exported.group(1)) == stack.stack_export(
-        stack.cluster_recipe(configured())
+    assert yaml.safe_load(exported.group(1)) == stack_recipe.stack_export(
+        stack_recipe.cluster_recipe(configured())
     )
     assert script.rstrip().endswith("zenml stack set visionzero_k8s")
     missing = subprocess.run(
@@ -247,7 +250,7 @@ def pod_settings_of(config: dict, step: str | None) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster_config() -> dict:
-    return load_cluster_config(CLUSTER_CONFIG, run.step_names())
+    return load_cluster_config(CLUSTER_CONFIG, runs.step_names())
 
 
 def test_heavy_steps_get_their_own_resources(cluster_config: dict) -> None:
@@ -320,10 +323,10 @@ def test_pods_as_zenml_builds_them_validate_and_use_what_exists(cluster_config: 
     }
     image_user = int(re.search(r"^USER (\d+):", dockerfile(), re.M).group(1))
     orchestrator = cluster_config["settings"][ORCHESTRATOR_KEY]["orchestrator_pod_settings"]
-    pods = [zenml_pod(orchestrator, stack.ORCHESTRATOR_SERVICE_ACCOUNT)]
+    pods = [zenml_pod(orchestrator, stack_recipe.ORCHESTRATOR_SERVICE_ACCOUNT)]
     pods += [
-        zenml_pod(pod_settings_of(cluster_config, step), stack.PIPELINES_SERVICE_ACCOUNT)
-        for step in sorted(run.step_names())
+        zenml_pod(pod_settings_of(cluster_config, step), stack_recipe.PIPELINES_SERVICE_ACCOUNT)
+        for step in sorted(runs.step_names())
     ]
     for pod in pods:
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
@@ -418,7 +421,7 @@ def test_a_mistake_stops_with_its_path(
     path = tmp_path / "kubernetes.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(InvalidClusterConfig) as failure:
-        load_cluster_config(path, run.step_names())
+        load_cluster_config(path, runs.step_names())
     assert where in str(failure.value) and str(path) in str(failure.value)
 
 
@@ -465,9 +468,12 @@ def test_rbac_validates_and_binds_the_accounts_the_stack_and_cronjobs_use(rbac: 
     for doc in rbac:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     accounts = {d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount"}
-    assert accounts == {stack.ORCHESTRATOR_SERVICE_ACCOUNT, stack.PIPELINES_SERVICE_ACCOUNT}
+    assert accounts == {
+        stack_recipe.ORCHESTRATOR_SERVICE_ACCOUNT,
+        stack_recipe.PIPELINES_SERVICE_ACCOUNT,
+    }
     assert {pod["serviceAccountName"] for pod in cronjob_pods()} == {
-        stack.PIPELINES_SERVICE_ACCOUNT
+        stack_recipe.PIPELINES_SERVICE_ACCOUNT
     }
     roles = {(d["kind"], d["metadata"]["name"]) for d in rbac if d["kind"].endswith("Role")}
     bound = set()
@@ -647,14 +653,14 @@ def test_zenml_compiles_both_pipelines_on_the_registered_cluster_stack(tmp_path:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     compiled = json.loads(out.read_text())
-    recipe = stack.cluster_recipe(configured())
+    recipe = stack_recipe.cluster_recipe(configured())
     assert compiled["active_stack"] == recipe.name
     assert compiled["registered"] == {c.name: c.configuration for c in recipe.components}
     assert compiled["second_registration_unchanged"] is True
     assert compiled["context_after_in_cluster"] == CONFIGURED["vz_kubernetes_context"]
     assert compiled["path_after_change"] == "s3://zenml/elsewhere"
     assert compiled["secret_keys"] == sorted(recipe.secret_keys)
-    config = load_cluster_config(CLUSTER_CONFIG, run.step_names())
+    config = load_cluster_config(CLUSTER_CONFIG, runs.step_names())
     for pipeline in ("training", "monitoring"):
         assert compiled[pipeline]["docker"] == {
             "parent_image": CONFIGURED["vz_pipeline_image"],
@@ -664,7 +670,9 @@ def test_zenml_compiles_both_pipelines_on_the_registered_cluster_stack(tmp_path:
             wanted = pod_settings_of(config, step)
             assert resolved["pod_settings"]["resources"] == wanted["resources"], step
             assert resolved["pod_settings"]["volumes"] == wanted["volumes"], step
-            assert resolved["step_pod_service_account_name"] == stack.PIPELINES_SERVICE_ACCOUNT
+            assert (
+                resolved["step_pod_service_account_name"] == stack_recipe.PIPELINES_SERVICE_ACCOUNT
+            )
             assert resolved["environment"] == forwarded_environment(configured())
     assert set(compiled["training"]["steps"]) >= set(HEAVY_STEPS)
 
@@ -675,11 +683,11 @@ def test_printed_script_registers_the_same_stack(tmp_path: Path) -> None:
     store, registers what register_stack does, the secret's values from the environment."""
     env = isolated_zenml(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    recipe = stack.cluster_recipe(configured())
+    recipe = stack_recipe.cluster_recipe(configured())
     workdir = tmp_path / "work"
     workdir.mkdir()
     result = subprocess.run(
-        ["bash", "-c", stack.register_script(recipe)],
+        ["bash", "-c", stack_recipe.register_script(recipe)],
         cwd=workdir,
         env=env,
         capture_output=True,

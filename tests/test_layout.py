@@ -123,14 +123,23 @@ PROJECT = {**MODULES, **ENTRY_FILES}
 PROJECT_GRAPH = {
     name: imported_modules(path, set(PROJECT)) - {name} for name, path in PROJECT.items()
 }
-# The top-level parts of the project each part may import; nothing imports run.py or service.py.
+# The command line's package: at the top, beside run.py (it starts the pipelines), not a stage.
+CLI = f"{PACKAGE}.cli"
+# The parts of the project each part may import; nothing imports run.py or service.py, nothing in
+# the package imports the command line's, and run.py only the command line's.
 MAY_IMPORT = {
     PACKAGE: {PACKAGE},
     "steps": {PACKAGE, "steps"},
     "pipelines": {PACKAGE, "steps", "pipelines"},
     "service": {PACKAGE},
-    "run": {PACKAGE, "steps", "pipelines"},
+    CLI: {PACKAGE, CLI, "steps", "pipelines"},
+    "run": {CLI},
 }
+
+
+def layer(module: str) -> str:
+    """The part of the project a module belongs to: its top-level name, or the cli package."""
+    return CLI if module == CLI or module.startswith(f"{CLI}.") else module.split(".")[0]
 
 
 def highest_stage(source: str) -> int:
@@ -145,10 +154,12 @@ def highest_stage(source: str) -> int:
 
 
 def may_import(source: str, target: str) -> bool:
-    layer, target_layer = source.split(".")[0], target.split(".")[0]
-    if target_layer not in MAY_IMPORT[layer]:
+    source_layer, target_layer = layer(source), layer(target)
+    if target_layer not in MAY_IMPORT[source_layer]:
         return False
-    if layer == target_layer == "steps":  # a stage's __init__ gathers its own steps, no other's
+    if (
+        source_layer == target_layer == "steps"
+    ):  # a stage's __init__ gathers its own steps, no other's
         return target.split(".")[:2] == source.split(".")[:2]
     return (
         target == PACKAGE or target_layer != PACKAGE or stage_rank(target) <= highest_stage(source)
@@ -158,7 +169,8 @@ def may_import(source: str, target: str) -> bool:
 def test_the_entry_points_are_parsed() -> None:
     assert "visionzero.data.dataset" in PROJECT_GRAPH["steps.data.data_loader"]
     assert "steps.data.data_loader" in PROJECT_GRAPH["pipelines.training"]
-    assert "pipelines.training" in PROJECT_GRAPH["run"]
+    assert f"{CLI}.runs" in PROJECT_GRAPH["run"]
+    assert "pipelines.training" in PROJECT_GRAPH[f"{CLI}.runs"]
     assert "visionzero.serving.requests" in PROJECT_GRAPH["service"]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.serving import wait_ready
+from benchmarks._load import wait_ready
 from tests.conftest import LocalServer, wait_for, wait_http
 from visionzero.platform.processes import (
     NotReady,

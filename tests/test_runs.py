@@ -222,7 +222,7 @@ def point_at(monkeypatch: pytest.MonkeyPatch, project: Path) -> Path:
 def test_repointing_rewrites_the_copy_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The copy's own config and databases name the copy afterwards; run again (or a second
     command after the first), nothing changes, even when the new folder's path holds the old."""
-    from visionzero.platform.stack import moved_stores, repoint_moved_stores
+    from visionzero.platform.moved_project import moved_stores, repoint_moved_stores
 
     old = tmp_path / "p" / ".vz" / "zenml"
     new = point_at(monkeypatch, tmp_path / "p" / "q")  # its paths hold the old folder's
@@ -246,7 +246,7 @@ def test_repointing_rewrites_the_copy_once(tmp_path: Path, monkeypatch: pytest.M
 def test_a_store_in_place_or_elsewhere_on_purpose_is_left_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from visionzero.platform.stack import moved_stores
+    from visionzero.platform.moved_project import moved_stores
 
     config_dir = point_at(monkeypatch, tmp_path / "p")
     make_store(config_dir, config_dir)  # made here
@@ -263,7 +263,7 @@ def test_a_configuration_without_its_store_gets_a_fresh_one(
 ) -> None:
     """Only config.yaml came along: nothing to re-point, so it is set aside (ZenML then makes a
     fresh store here) instead of opening the original's."""
-    from visionzero.platform.stack import MOVED_CONFIG, repoint_moved_stores
+    from visionzero.platform.moved_project import MOVED_CONFIG, repoint_moved_stores
 
     config_dir = point_at(monkeypatch, tmp_path / "copy")
     make_store(tmp_path / "scratch", tmp_path / "original" / ".vz" / "zenml")

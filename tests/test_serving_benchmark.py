@@ -1,6 +1,6 @@
-"""benchmarks/serving.py's fixed-rate runner: hey against a real HTTP server on 127.0.0.1 that
-answers some requests with 503, so the rate, the answers and the errors it reports can be
-checked against what the server itself counted."""
+"""The serving benchmark's fixed-rate runner (benchmarks/_load.py): hey against a real HTTP server
+on 127.0.0.1 that answers some requests with 503, so the rate, the answers and the errors it
+reports can be checked against what the server itself counted."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.serving import hey, rate_list
+from benchmarks._load import hey
+from benchmarks.serving import rate_list
 
 
 def test_rates_are_positive_whole_numbers() -> None:
