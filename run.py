@@ -353,11 +353,11 @@ def report() -> None:
 def serve(port: int, monitor: bool) -> None:
     """Serve production (and staging, 50/50) behind nginx on localhost:PORT until Ctrl-C."""
     from visionzero.platform.processes import stopping_on_signals
-    from visionzero.platform.settings import paths
     from visionzero.rollout.deployment_state import NoProduction, state_path
     from visionzero.rollout.local_canary import CanaryError, LocalCanary
+    from visionzero.rollout.serve_record import serve_record_path
 
-    canary = LocalCanary(port, state_path(), paths().home / "serve.json", monitor=monitor)
+    canary = LocalCanary(port, state_path(), serve_record_path(), monitor=monitor)
     failure = None
     with stopping_on_signals():  # SIGTERM too: stop() below runs on every way out
         try:
@@ -393,21 +393,21 @@ def _rollout_command(kind: str) -> None:
         result = promote_or_rollback(kind, settings().vz_deploy_target)
     except CanaryError as exc:  # nothing changed; promote_or_rollback alerted
         raise click.ClickException(str(exc)) from exc
-    if result["changed"]:
-        production = result["state"]["production"]
+    if result.changed:
+        production = result.state.production
         send(
             build_message(
                 kind,
                 f"Crash-risk model: {kind}",
                 {
-                    "production version": production["model_version"],
-                    "bento": production["bento_tag"],
+                    "production version": production.model_version,
+                    "bento": production.bento_tag,
                     "staging": "none",
                 },
-                [result["summary"]],
+                [result.summary],
             )
         )
-    click.echo(json.dumps({k: v for k, v in result.items() if k != "state"}, default=str))
+    click.echo(json.dumps(result.model_dump(mode="json", exclude={"state"}, exclude_none=True)))
 
 
 @cli.command()
