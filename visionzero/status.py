@@ -139,7 +139,14 @@ def format_status(status: dict) -> str:
         if model and model.get("stage", stage) != stage
     ]
     state = DeploymentState.model_validate(status.get("deployments") or {})
-    lines += ["", f"Deployments (updated {state.updated_at or 'never'})"]
+    monitoring = status.get("monitoring")
+    summary = MonitoringSummary.model_validate(monitoring) if monitoring else None
+    lines += ["", *format_deployments(state), "", *format_monitoring(summary)]
+    return "\n".join(lines)
+
+
+def format_deployments(state: DeploymentState) -> list[str]:
+    """What serves, the previous production with it (what `rollback` would restore)."""
     rows = [["stage", "model version", "bento", "traffic"]]
     for stage, release in (
         (Stage.PRODUCTION, state.production),
@@ -149,20 +156,12 @@ def format_status(status: dict) -> str:
         rows.append(
             [stage]
             + (
-                [
-                    str(release.model_version),
-                    release.bento_tag,
-                    _traffic(state, stage),
-                ]
+                [str(release.model_version), release.bento_tag, _traffic(state, stage)]
                 if release
                 else ["-"]
             )
         )
-    lines += _table(rows)
-    monitoring = status.get("monitoring")
-    summary = MonitoringSummary.model_validate(monitoring) if monitoring else None
-    lines += ["", *format_monitoring(summary)]
-    return "\n".join(lines)
+    return [f"Deployments (updated {state.updated_at or 'never'})", *_table(rows)]
 
 
 def format_monitoring(summary: MonitoringSummary | None) -> list[str]:

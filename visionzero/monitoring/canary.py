@@ -154,8 +154,7 @@ def decide_canary(
     health_error: str | None = None,
 ) -> CanaryDecision:
     """The rule on the forward report and the stages' health."""
-    staging = forward.stages.get(Stage.STAGING)
-    production = forward.stages.get(Stage.PRODUCTION)
+    staging, production = forward.stages.get(Stage.STAGING), forward.stages.get(Stage.PRODUCTION)
     serving = {stage: forward.stages.get(stage) or forward.unscored.get(stage) for stage in STAGES}
     versions = {
         f"{stage}_version": found.model_version if found else None
