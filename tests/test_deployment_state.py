@@ -16,6 +16,7 @@ from tests.test_k8s import release
 from visionzero.platform.settings import Settings
 from visionzero.platform.stage import STAGES, Stage
 from visionzero.rollout import deployment_state as deployment
+from visionzero.rollout.kubernetes import render
 from visionzero.rollout.local_canary import clear_stale
 from visionzero.rollout.serve_record import ServeRecord, load_serve_record, save_serve_record
 
@@ -60,6 +61,8 @@ def test_an_empty_or_missing_state_has_no_production(tmp_path: Path) -> None:
         assert state.production is None and state.serving() == {}
         with pytest.raises(deployment.NoProduction, match="no production model yet"):
             deployment.require_production(state)
+    with pytest.raises(deployment.NoProduction):
+        render(deployment.DeploymentState(), tmp_path / "k8s")
     with pytest.raises(ValueError):
         deployment.parse_state('{"production": {"model_version": "one"}}')
 

@@ -22,7 +22,11 @@ import yaml
 
 from visionzero.platform.settings import REPO_ROOT, settings
 from visionzero.rollout import edge
-from visionzero.rollout.deployment_state import DeploymentState, staging_weight
+from visionzero.rollout.deployment_state import (
+    DeploymentState,
+    require_production,
+    staging_weight,
+)
 from visionzero.serving.bento_build import Release
 
 TEMPLATES = REPO_ROOT / "k8s"
@@ -197,10 +201,9 @@ def pinned_rules(stage: str) -> list[dict]:
 def render(state: DeploymentState, out_dir: Path) -> list[Path]:
     """Write one YAML file per object into out_dir; returns the files.
 
-    Needs a production release.
+    Needs a production release (NoProduction, the one refusal, without one).
     """
-    if state.production is None:
-        raise ValueError("no production release in the deployment state: nothing to render")
+    require_production(state)
     conf = template_values()
     weight = staging_weight(state)
     base = {**conf, "CANARY_WEIGHT": str(weight)}
