@@ -104,13 +104,13 @@ def serve_checkout() -> tuple[subprocess.Popen, str]:
     from visionzero.rollout.deployment_state import read_state
 
     configure_environment()
-    release = read_state()["production"]
+    release = read_state().production
     if not release:
         sys.exit("no production model: run `make run` first")
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "service:CrashRisk", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--arg", f"model_tag={release['model_tag']}"],
+        + ["--port", str(port), "--arg", f"model_tag={release.model_tag}"],
         cwd=ROOT,
         env={**os.environ, "VZ_STAGE": "production", "BENTOML_DO_NOT_TRACK": "true"},
         stdout=subprocess.DEVNULL,

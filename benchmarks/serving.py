@@ -189,7 +189,8 @@ def main() -> None:
     from visionzero.rollout.deployment_state import read_state
 
     configure_environment()
-    release = read_state()["production"]
+    production = read_state().production
+    release = production.model_dump() if production else None  # the dict the benchmarks pass on
     if not release:
         sys.exit("no production model: run `make run` first")
     if args.rates:

@@ -124,10 +124,8 @@ def training_pipeline(
     dataset = data_loader(data)
     tuned_params = hp_tuner(dataset, model, tuning)
     scored_model = trainer(dataset, tuned_params, model)
-    serving = read_state().get(
-        "production"
-    )  # what serves when the run starts: its challenger's rival
-    production_version = serving["model_version"] if serving else None
+    serving = read_state().production  # what serves when the run starts: its challenger's rival
+    production_version = serving.model_version if serving else None
     report, _ = evaluator(dataset, scored_model, model, evaluation, production_version)
     verdict = trigger_decision(report, decision)
     served_model = refitter(dataset, scored_model, report)

@@ -18,7 +18,7 @@ def weekday_only_release(model_tag: str, model_version: int, workdir: Path) -> d
     a new share fit could. Saved and built under a tag of its own."""
     import bentoml
 
-    from visionzero.serving.bento_build import build_bento, save_model
+    from visionzero.serving.bento_build import Release, build_bento, save_model
 
     model_dir = workdir / "model"
     shutil.copytree(bentoml.models.get(model_tag).path, model_dir)
@@ -27,12 +27,12 @@ def weekday_only_release(model_tag: str, model_version: int, workdir: Path) -> d
     meta["p_block"] = meta["p_block"][:1]
     meta_path.write_text(json.dumps(meta))
     saved = save_model(model_dir, model_version, None, None)
-    return {
-        "model_version": model_version,
-        "model_tag": saved,
-        "bento_tag": build_bento(saved, "bentofile.yaml"),
-        "arm64_bento_tag": "none",
-    }
+    return Release(
+        model_version=model_version,
+        model_tag=saved,
+        bento_tag=build_bento(saved, "bentofile.yaml"),
+        arm64_bento_tag="none",
+    )
 
 
 if __name__ == "__main__":
@@ -40,4 +40,4 @@ if __name__ == "__main__":
 
     configure_environment()
     tag, version, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-    print(json.dumps(weekday_only_release(tag, version, folder)))
+    print(weekday_only_release(tag, version, folder).model_dump_json())

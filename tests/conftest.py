@@ -184,7 +184,7 @@ def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     before = deployment.state_path().read_text()
     train(offline=True, config_path=path)
     state = deployment.read_state()
-    assert state["staging"] is not None, "the challenger should have become staging"
+    assert state.staging is not None, "the challenger should have become staging"
     # The tests that want this canary set it themselves; the others keep production alone.
     deployment.state_path().write_text(before)
     sync_registry_stages(deployment.read_state())
@@ -231,5 +231,5 @@ def served(trained: dict) -> Iterator[str]:
     (TMP / "served").mkdir(exist_ok=True)
     home = backend_home(TMP / "served", "production")
     env = {"VZ_STAGE": "production", "BENTOML_HOME": str(home)}
-    with bento_server(trained["production"]["bento_tag"], env) as url:
+    with bento_server(trained.production.bento_tag, env) as url:
         yield url

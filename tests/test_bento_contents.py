@@ -87,7 +87,7 @@ def test_the_bento_holds_exactly_the_served_modules(trained: dict) -> None:
     import bentoml
 
     for key, lock in zip(("bento_tag", "arm64_bento_tag"), SERVING_LOCKS, strict=True):
-        bento = Path(bentoml.get(trained["production"][key]).path)
+        bento = Path(bentoml.get(getattr(trained.production, key)).path)
         src = bento / "src"
         shipped = {str(p.relative_to(src)) for p in src.rglob("*.py")}
         assert shipped == served_modules(), key

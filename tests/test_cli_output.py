@@ -18,11 +18,24 @@ import run
 from tests.conftest import LocalServer
 from tests.fake_socrata import make_handler
 from visionzero.data.http import RetryPolicy, SourceUnavailable, get_json
+from visionzero.evaluation.decision import Decision
 from visionzero.platform import output
+from visionzero.rollout.actions import Deployment
+from visionzero.rollout.deployment_state import DeploymentState
+from visionzero.serving.bento_build import Release
 from visionzero.status import format_status, training_summary
 
-RELEASE_1 = {"model_version": 1, "bento_tag": "crash_risk:aaa", "model_tag": "nyc_crash_risk:a"}
-RELEASE_2 = {"model_version": 2, "bento_tag": "crash_risk:bbb", "model_tag": "nyc_crash_risk:b"}
+RELEASE_1 = Release(
+    model_version=1, bento_tag="crash_risk:aaa", model_tag="nyc_crash_risk:a", arm64_bento_tag="a"
+)
+RELEASE_2 = Release(
+    model_version=2, bento_tag="crash_risk:bbb", model_tag="nyc_crash_risk:b", arm64_bento_tag="b"
+)
+
+
+def deployment(summary: str, rollout: dict | None = None) -> Deployment:
+    """The deployer's artifact as training_summary reads it (its own state is not read)."""
+    return Deployment(changed="none", summary=summary, state=DeploymentState(), rollout=rollout)
 
 
 @pytest.fixture(autouse=True)
@@ -103,14 +116,15 @@ def test_tuner_logs_one_line_per_trial(
 
 
 def test_training_summary_first_production() -> None:
-    decision = {
-        "model_version": 1,
-        "action": "production",
-        "reasons": ["...", ("no production model: the first deployable model becomes production")],
-    }
-    deployment = {"summary": "production: model 1 (crash_risk:aaa)", "rollout": {"target": "local"}}
-    state = {"production": RELEASE_1, "staging": None, "canary_weight": 50}
-    assert training_summary(decision, deployment, state).splitlines() == [
+    decision = Decision(
+        model_version=1,
+        action="production",
+        deployable=True,
+        reasons=["...", ("no production model: the first deployable model becomes production")],
+    )
+    deployed = deployment("production: model 1 (crash_risk:aaa)", {"target": "local"})
+    state = DeploymentState(production=RELEASE_1, staging=None, canary_weight=50)
+    assert training_summary(decision, deployed, state).splitlines() == [
         (
             "Decision for model version 1: production (no production model: the first deployable "
             "model becomes production)"
@@ -122,15 +136,17 @@ def test_training_summary_first_production() -> None:
 
 
 def test_training_summary_canary_and_nothing_deployed() -> None:
-    decision = {"model_version": 2, "action": "staging", "reasons": ["challenger wins"]}
-    state = {"production": RELEASE_1, "staging": RELEASE_2, "canary_weight": 50}
-    text = training_summary(decision, {"summary": "staging: model 2 (crash_risk:bbb)"}, state)
+    decision = Decision(
+        model_version=2, action="staging", deployable=True, reasons=["challenger wins"]
+    )
+    state = DeploymentState(production=RELEASE_1, staging=RELEASE_2, canary_weight=50)
+    text = training_summary(decision, deployment("staging: model 2 (crash_risk:bbb)"), state)
     assert "production v1 (crash_risk:aaa, 50% of traffic); staging v2 (crash_risk:bbb, 50%" in text
     assert text.endswith("Then: python run.py promote   (or python run.py rollback)")
     none = training_summary(
-        {"model_version": 1, "action": "none", "reasons": ["not deployable"]},
-        {"summary": "no change"},
-        {"production": None, "staging": None},
+        Decision(model_version=1, action="none", deployable=False, reasons=["not deployable"]),
+        deployment("no change"),
+        DeploymentState(production=None, staging=None),
     )
     assert "Serving now: nothing (no production model yet)" in none
     assert none.endswith("Next: python run.py report   (why this model was not deployed)")
@@ -143,9 +159,9 @@ def test_training_summary_kubernetes_apply_failed() -> None:
         "apply_error": "KUBECONFIG is not set",
     }
     text = training_summary(
-        {"model_version": 1, "action": "production", "reasons": ["r"]},
-        {"summary": "production", "rollout": rollout},
-        {"production": RELEASE_1, "staging": None},
+        Decision(model_version=1, action="production", deployable=True, reasons=["r"]),
+        deployment("production", rollout),
+        DeploymentState(production=RELEASE_1, staging=None),
     )
     assert text.endswith("Next: kubectl apply -f /x/k8s   (KUBECONFIG is not set)")
 
@@ -171,8 +187,8 @@ STATUS = {
         "staging": None,
     },
     "deployments": {
-        "production": RELEASE_1,
-        "staging": RELEASE_2,
+        "production": RELEASE_1.model_dump(),
+        "staging": RELEASE_2.model_dump(),
         "previous_production": None,
         "canary_weight": 50,
         "updated_at": "2026-01-01T00:00:00+00:00",

@@ -32,6 +32,7 @@ from tests.conftest import ROOT, LocalServer
 from tests.test_stage_paths import echo, nginx_canary
 from visionzero.platform.settings import settings
 from visionzero.rollout import edge
+from visionzero.rollout.deployment_state import DeploymentState
 from visionzero.rollout.kubernetes import INGRESS_ANNOTATION as INGRESS
 from visionzero.rollout.kubernetes import render
 from visionzero.rollout.nginx import (
@@ -345,7 +346,8 @@ def k8s_docs(tmp_path: Path) -> list[dict]:
         "arm64_bento_tag": "crash_risk_arm64:a1",
     }
     state = {"production": release, "staging": {**release, "model_version": 2}, "canary_weight": 50}
-    return [yaml.safe_load(path.read_text()) for path in render(state, tmp_path / "out")]
+    rendered = render(DeploymentState.model_validate(state), tmp_path / "out")
+    return [yaml.safe_load(path.read_text()) for path in rendered]
 
 
 def test_the_ingresses_forward_exactly_the_services_routes(tmp_path: Path) -> None:

@@ -17,18 +17,20 @@ from tests.conftest import K8S_TEMPLATE_VALUES, ROOT
 from tests.pod_security import restricted_violations
 from visionzero.platform.cluster import quantity
 from visionzero.rollout import deployment_state
+from visionzero.rollout.deployment_state import DeploymentState
 from visionzero.rollout.kubernetes import render
+from visionzero.serving.bento_build import Release
 
 K8S_VERSION = "1.33.0"
 
 
-def release(version: int) -> dict:
-    return {
-        "model_version": version,
-        "model_tag": f"nyc_crash_risk:m{version}",
-        "bento_tag": f"crash_risk:b{version}",
-        "arm64_bento_tag": f"crash_risk_arm64:a{version}",
-    }
+def release(version: int) -> Release:
+    return Release(
+        model_version=version,
+        model_tag=f"nyc_crash_risk:m{version}",
+        bento_tag=f"crash_risk:b{version}",
+        arm64_bento_tag=f"crash_risk_arm64:a{version}",
+    )
 
 
 def load(out_dir: Path) -> list[dict]:
@@ -39,14 +41,9 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
 
 
-def canary_state() -> dict:
+def canary_state() -> DeploymentState:
     """Production 1 with staging 2 taking the canary share."""
-    return {
-        "production": release(1),
-        "staging": release(2),
-        "previous_production": None,
-        "canary_weight": 50,
-    }
+    return DeploymentState(production=release(1), staging=release(2), canary_weight=50)
 
 
 @pytest.fixture
@@ -302,7 +299,7 @@ def test_stage_paths_are_pinned_in_the_httproutes_and_the_ingresses(
 
 
 def test_without_staging_production_takes_everything(tmp_path: Path) -> None:
-    render({"production": release(1), "staging": None, "canary_weight": 50}, tmp_path / "out")
+    render(DeploymentState(production=release(1), canary_weight=50), tmp_path / "out")
     docs = load(tmp_path / "out")
     assert len(by_kind(docs, "Ingress")) == 2 and len(by_kind(docs, "Deployment")) == 1
     (route,) = named(docs, "HTTPRoute", "crash-risk")
@@ -330,7 +327,7 @@ def test_render_k8s_command_uses_the_deployment_state(trained: dict, tmp_path: P
         d["spec"]["template"]["spec"]["containers"][0]["image"] for d in by_kind(docs, "Deployment")
     }
     assert images == {
-        f"localhost:5000/visionzero/crash-risk:{trained['production']['bento_tag'].split(':')[1]}"
+        f"localhost:5000/visionzero/crash-risk:{trained.production.bento_tag.split(':')[1]}"
     }
 
 
@@ -346,7 +343,7 @@ def test_kubernetes_target_without_docker_or_cluster_leaves_manifests_ready(
         kubernetes, "docker_available", lambda: False
     )  # no engine on these machines
     result = rollout.roll_out(
-        {"production": release(1), "staging": release(2), "canary_weight": 50}, "kubernetes"
+        DeploymentState(production=release(1), staging=release(2), canary_weight=50), "kubernetes"
     )
     assert "no Docker engine" in result["images_error"]
     assert "KUBECONFIG is not set" in result["apply_error"]
@@ -377,7 +374,7 @@ def test_after_rollback_the_apply_prunes_the_canary(tmp_path: Path) -> None:
 
     state = canary_state()
     render(state, tmp_path / "canary")
-    assert deployment_state.rollback(state)["model_version"] == 1 and state["staging"] is None
+    assert deployment_state.rollback(state).model_version == 1 and state.staging is None
     render(state, tmp_path / "rolled-back")
     before, after = load(tmp_path / "canary"), load(tmp_path / "rolled-back")
     plan = apply_plan(before, after)
@@ -430,7 +427,7 @@ def test_apply_runs_kubectl_with_prune(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-    render({"production": release(1), "staging": None, "canary_weight": 50}, tmp_path / "out")
+    render(DeploymentState(production=release(1), canary_weight=50), tmp_path / "out")
     assert kubernetes.apply(tmp_path / "out").strip() == "applied"
     argv = (tmp_path / "argv").read_text().splitlines()
     assert argv == kubernetes.apply_command(tmp_path / "out")[1:]

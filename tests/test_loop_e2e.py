@@ -88,7 +88,8 @@ class Loop:
 
         with mock.patch.dict(os.environ, {"VZ_HOME": str(self.home)}):
             with deployment.locked_state() as state:
-                state.update(changes)
+                for stage, release in changes.items():
+                    setattr(state, stage, release)
 
     def backends(self) -> dict[str, str]:
         path = self.home / "serve.json"

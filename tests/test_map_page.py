@@ -234,9 +234,10 @@ def test_behind_the_canary_the_stage_switch_shows_staging_side_by_side(
 
     before = deployment.state_path().read_text()  # put back afterwards: later tests read it
     with deployment.locked_state() as state:  # other tests of the session move the state
-        state.update({k: challenger[k] for k in ("production", "staging", "previous_production")})
+        state.production, state.staging = challenger.production, challenger.staging
+        state.previous_production = challenger.previous_production
     versions = {
-        stage: str(challenger[stage]["model_version"]) for stage in ("production", "staging")
+        stage: str(release.model_version) for stage, release in challenger.serving().items()
     }
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -32,4 +32,4 @@ def test_monitor_runs_offline_and_reports_in_status(trained: dict) -> None:
     # the served production fit saw every complete day: no forward days yet, so no retraining
     assert monitoring["forward"]["production"]["days"] == 0
     assert monitoring["retrain"]["retrain"] is False
-    assert read_state()["production"] == before["production"]
+    assert read_state().production == before.production

@@ -46,8 +46,8 @@ def test_first_run_makes_a_production_model(trained: dict) -> None:
     }
     assert set(production["baseline_metrics"]) == set(production["metrics"])
     assert production["training_window"][0] < production["training_window"][1]
-    assert trained["production"]["bento_tag"].startswith("crash_risk:")
-    assert trained["production"]["arm64_bento_tag"].startswith("crash_risk_arm64:")
+    assert trained.production.bento_tag.startswith("crash_risk:")
+    assert trained.production.arm64_bento_tag.startswith("crash_risk_arm64:")
     assert state["deployments"]["production"]["model_version"] == production["version"]
 
 
@@ -84,8 +84,8 @@ def test_the_closing_summary_reads_the_run_back(trained: dict) -> None:
         pipeline_name="training_pipeline", status="completed", sort_by="desc:created", size=1
     )
     text = training_summary(*training_outputs(run.items[0].id), read_state())
-    production = read_state()["production"]
-    assert f"Serving now: production v{production['model_version']}" in text
+    production = read_state().production
+    assert f"Serving now: production v{production.model_version}" in text
     assert text.splitlines()[-1].startswith("Next: python run.py ")
 
 

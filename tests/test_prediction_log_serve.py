@@ -80,7 +80,7 @@ class LoggedServe:
 
 @pytest.fixture(scope="module")
 def logged(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoggedServe]:
-    server = LoggedServe(trained["production"]["bento_tag"], tmp_path_factory.mktemp("predlog"))
+    server = LoggedServe(trained.production.bento_tag, tmp_path_factory.mktemp("predlog"))
     server.start()
     try:
         yield server
@@ -116,7 +116,7 @@ def test_each_item_of_an_answer_is_a_row(logged: LoggedServe, trained: dict) -> 
     rows = rows_of(logged.log_dir, {"multi-1"}, 3)
     assert [list(row) for row in rows] == [COLUMNS] * 3
     assert [row["item"] for row in rows] == [0, 1, 2]
-    version = trained["production"]["model_version"]
+    version = trained.production.model_version
     for row, p in zip(rows, answered, strict=True):
         assert row["stage"] == "production" and row["model_version"] == version
         assert (row["zone"], row["resolution"], row["date"]) == (

@@ -29,7 +29,7 @@ SATURDAY = {**WEEKDAY, "datetime": "2025-02-08T08:30"}
 def weekend_broken(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A staging release that answers weekdays and fails with a 500 on other day types."""
     workdir = tmp_path_factory.mktemp("weekend")
-    return weekday_only_release(trained["production"]["model_tag"], 998, workdir)
+    return weekday_only_release(trained.production.model_tag, 998, workdir)
 
 
 def targets(prometheus: str) -> dict[str, str]:
@@ -54,7 +54,7 @@ def test_serve_monitor_scrapes_both_stages_and_stage_health_agrees(
     path = deployment.state_path()
     before = path.read_text()
     with deployment.locked_state() as state:
-        state.update(staging=weekend_broken)
+        state.staging = weekend_broken
     pid_file = Path(os.environ["VZ_HOME"]) / "serve.json"
     port = free_port()
     monkeypatch.setenv("VZ_CANARY_WARMUP_SECONDS", "0")  # the traffic below counts at once
@@ -107,7 +107,7 @@ def test_serve_monitor_scrapes_both_stages_and_stage_health_agrees(
         assert health["staging"].not_counted["pinned"] >= 4
 
         with deployment.locked_state() as state:  # a rollback of the canary: staging goes
-            state.update(staging=None)
+            state.staging = None
         wait_for(lambda: set(targets(prometheus)) == {"production"}, 60, "targets followed")
 
         groups = json.loads(pid_file.read_text())["groups"]

@@ -203,7 +203,7 @@ def one_worker(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """The production Bento with one worker: every request shares its event loop."""
     log = tmp_path_factory.mktemp("one_worker") / "serve.log"
     env = {"VZ_STAGE": "production", "VZ_WORKERS": "1"}
-    with bento_server(trained["production"]["bento_tag"], env, log) as url:
+    with bento_server(trained.production.bento_tag, env, log) as url:
         yield url
 
 
@@ -250,7 +250,7 @@ def test_the_layer_cache_keeps_to_its_bytes(trained: dict) -> None:
     from visionzero.model.crash_risk import CrashRiskModel
     from visionzero.serving.map_api import MapApi
 
-    model = CrashRiskModel.load(Path(bentoml.models.get(trained["production"]["model_tag"]).path))
+    model = CrashRiskModel.load(Path(bentoml.models.get(trained.production.model_tag).path))
     bound = 6_000_000
     api = MapApi(model, "production", cache_bytes=bound)
 

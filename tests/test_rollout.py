@@ -19,18 +19,10 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, free_port, start_serve, wait_http
+from tests.test_k8s import release
 from visionzero.rollout import deployment_state as deployment
 
 POINT = {"items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]}
-
-
-def release(version: int) -> dict:
-    return {
-        "model_version": version,
-        "model_tag": f"m:{version}",
-        "bento_tag": f"b:{version}",
-        "arm64_bento_tag": f"a:{version}",
-    }
 
 
 def test_state_machine(tmp_path: Path) -> None:
@@ -40,16 +32,16 @@ def test_state_machine(tmp_path: Path) -> None:
         assert deployment.apply_decision(state, "none", release(2)) == "none"
         assert deployment.apply_decision(state, "staging", release(3)) == "staging"
     state = deployment.read_state(path)
-    assert (state["production"]["model_version"], state["staging"]["model_version"]) == (1, 3)
+    assert (state.production.model_version, state.staging.model_version) == (1, 3)
     with deployment.locked_state(path) as state:
-        assert deployment.promote(state)["model_version"] == 3
+        assert deployment.promote(state).model_version == 3
         assert deployment.promote(state) is None  # idempotent
     state = deployment.read_state(path)
-    assert state["previous_production"]["model_version"] == 1 and state["staging"] is None
+    assert state.previous_production.model_version == 1 and state.staging is None
     with deployment.locked_state(path) as state:
-        assert deployment.rollback(state)["model_version"] == 1
+        assert deployment.rollback(state).model_version == 1
         assert deployment.rollback(state) is None
-    assert [e["event"] for e in deployment.read_state(path)["history"]] == [
+    assert [e.event for e in deployment.read_state(path).history] == [
         "deploy_production",
         "deploy_staging",
         "promote",
@@ -66,13 +58,13 @@ def test_canary_rollback_drops_staging_and_keeps_a_promoted_production(tmp_path:
         deployment.apply_decision(state, "staging", release(2))
         deployment.promote(state)
         deployment.apply_decision(state, "staging", release(3))
-        assert deployment.rollback_staging(state)["model_version"] == 2
+        assert deployment.rollback_staging(state).model_version == 2
         assert deployment.rollback_staging(state) is None  # idempotent
     state = deployment.read_state(path)
-    assert state["production"]["model_version"] == 2 and state["staging"] is None
-    assert state["previous_production"]["model_version"] == 1
-    assert state["history"][-1] == {**state["history"][-1], "event": "rollback_staging"}
-    assert state["history"][-1]["model_version"] == 3
+    assert state.production.model_version == 2 and state.staging is None
+    assert state.previous_production.model_version == 1
+    assert state.history[-1].event == "rollback_staging"
+    assert state.history[-1].model_version == 3
 
 
 def test_concurrent_promotes_promote_once(tmp_path: Path) -> None:
@@ -92,7 +84,7 @@ def test_concurrent_promotes_promote_once(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert sum(r is not None for r in results) == 1
-    assert deployment.read_state(path)["production"]["model_version"] == 2
+    assert deployment.read_state(path).production.model_version == 2
 
 
 def test_failed_update_leaves_the_state_untouched(tmp_path: Path) -> None:
@@ -153,10 +145,11 @@ def test_canary_promote_rollback_behind_nginx(challenger: dict) -> None:
 
     # Other tests of the session move the state: start from the challenger's canary again.
     with deployment.locked_state() as state:
-        state.update({k: challenger[k] for k in ("production", "staging", "previous_production")})
+        state.production, state.staging = challenger.production, challenger.staging
+        state.previous_production = challenger.previous_production
     sync_registry_stages(deployment.read_state())
-    production = str(challenger["production"]["model_version"])
-    staging = str(challenger["staging"]["model_version"])
+    production = str(challenger.production.model_version)
+    staging = str(challenger.staging.model_version)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     serve = start_serve(port)

@@ -56,7 +56,7 @@ with mlflow.start_run():
 from visionzero.platform import alerts
 from visionzero.rollout import deployment_state
 with deployment_state.locked_state() as state:
-    state["canary_weight"] = 0
+    state.canary_weight = 0
 alerts.send(alerts.build_message("info", "modes", {"a": 1}))
 
 tracker = client.get_stack_component(StackComponentType.EXPERIMENT_TRACKER, stack.TRACKER_NAME)
@@ -294,9 +294,9 @@ def test_a_served_bento_writes_only_to_the_deployments_empty_dirs(
         tmp if mount == "/tmp" else home / Path(mount).relative_to("/home/bentoml")
         for mount in mounts
     ]
-    release = trained["production"]
-    shutil.copytree(Path(bentoml.get(release["bento_tag"]).path), home / "bento")
-    model = bentoml.models.get(release["model_tag"])  # the image holds it in the Bento
+    release = trained.production
+    shutil.copytree(Path(bentoml.get(release.bento_tag).path), home / "bento")
+    model = bentoml.models.get(release.model_tag)  # the image holds it in the Bento
     shutil.copytree(model.path, home / "bento" / "models" / model.tag.name / model.tag.version)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VZ_", "BENTOML_"))}
     env.update({e["name"]: e["value"] for e in container["env"]})
@@ -344,7 +344,7 @@ def test_state_is_private_whatever_the_umask_it_starts_with(
     try:
         alerts.send(alerts.build_message("info", "modes", {"a": 1}))
         with deployment_state.locked_state() as state:
-            state["canary_weight"] = 0
+            state.canary_weight = 0
         for name in ("outbox.jsonl", "deployment.json"):
             assert stat.S_IMODE((tmp_path / "home" / name).stat().st_mode) == 0o600, name
         configure_environment()

@@ -36,7 +36,7 @@ def test_single_prediction_follows_the_contract(served: str, trained: dict) -> N
     assert item["risk_level"] == RISK_LEVELS[item["risk_index"]]
     assert 0 < item["p_at_least_one"] < 1 and item["expected_crashes"] > 0
     assert item["weather_source"] == "climatology"
-    assert item["model_version"] == str(trained["production"]["model_version"])
+    assert item["model_version"] == str(trained.production.model_version)
     assert item["stage"] == "production"
 
 
@@ -86,7 +86,7 @@ def test_metadata(served: str, trained: dict) -> None:
     assert meta["thresholds_by_resolution"]["9"][-1] < meta["thresholds_by_resolution"]["7"][-1]
     assert meta["time_blocks"] == [[0, 4], [4, 8], [8, 12], [12, 16], [16, 20], [20, 24]]
     assert meta["risk_levels"] == RISK_LEVELS and len(meta["thresholds"]) == 4
-    assert meta["model_version"] == str(trained["production"]["model_version"])
+    assert meta["model_version"] == str(trained.production.model_version)
     assert set(meta["metrics"]) >= {"poisson_deviance", "hit_rate_at_10"}
     first, last = meta["supported_dates"]
     assert first < meta["training_window"][0] and meta["training_window"][1] < last

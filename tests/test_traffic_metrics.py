@@ -33,7 +33,7 @@ def backend(trained: dict) -> Iterator[Backend]:
     """Staging's Bento, one worker, a warm-up of WARMUP seconds from its start."""
     env = {"VZ_STAGE": "staging", "VZ_WORKERS": "1", "VZ_CANARY_WARMUP_SECONDS": str(WARMUP)}
     started = time.monotonic()
-    with bento_server(trained["production"]["bento_tag"], env, timeout=240) as url:
+    with bento_server(trained.production.bento_tag, env, timeout=240) as url:
         ready = time.monotonic()
         assert ready - started < WARMUP, f"the worker took {ready - started:.0f} s to start"
         yield Backend(url, ready + WARMUP)

@@ -7,9 +7,17 @@ from typing import TYPE_CHECKING
 
 from visionzero.data.versioning import read_version
 from visionzero.platform.settings import paths
+from visionzero.platform.stage import STAGES, Stage
 
 if TYPE_CHECKING:
     from uuid import UUID
+
+    from visionzero.evaluation.decision import Decision
+    from visionzero.monitoring.canary import CanaryDecision
+    from visionzero.monitoring.retrain import RetrainDecision
+    from visionzero.monitoring.summary import MonitoringSummary
+    from visionzero.rollout.actions import Deployment
+    from visionzero.rollout.deployment_state import DeploymentState
 
 
 def data_status() -> dict | None:
@@ -29,18 +37,18 @@ def data_status() -> dict | None:
     }
 
 
-def models_status(state: dict) -> dict:
+def models_status(state: DeploymentState) -> dict:
     """The models the deployment state serves, described from the Model Control Plane (whose
     `stage` mirrors the state unless a registry sync failed)."""
-    from visionzero.platform.registry import STAGES, describe, model_version
+    from visionzero.platform.registry import describe, model_version
 
     out: dict = {}
     for stage in STAGES:
-        release = state.get(stage)
+        release = state.release(stage)
         try:
-            out[stage] = describe(model_version(release["model_version"])) if release else None
+            out[stage] = describe(model_version(release.model_version)) if release else None
         except KeyError:  # the state names a version this ZenML store does not hold
-            out[stage] = {"version": release["model_version"], "stage": "not in the registry"}
+            out[stage] = {"version": release.model_version, "stage": "not in the registry"}
     return out
 
 
@@ -48,19 +56,16 @@ def collect_status() -> dict:
     from visionzero.rollout.deployment_state import read_state
 
     state = read_state()
-    deployments = {
-        k: state.get(k)
-        for k in ("production", "staging", "previous_production", "canary_weight", "updated_at")
-    }
+    summary = monitoring_status()
     return {
         "data": data_status(),
         "models": models_status(state),
-        "deployments": deployments,
-        "monitoring": monitoring_status(),
+        "deployments": state.model_dump(mode="json", exclude={"history"}),
+        "monitoring": summary.model_dump(mode="json") if summary else None,
     }
 
 
-def monitoring_status() -> dict | None:
+def monitoring_status() -> MonitoringSummary | None:
     """The last monitoring run's summary (`python run.py monitor`), None before the first."""
     from visionzero.monitoring.summary import load_summary
 
@@ -80,18 +85,19 @@ def _span(value: object) -> str:
     return " .. ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value or "-")
 
 
-def _traffic(state: dict, stage: str) -> str:
+def _traffic(state: DeploymentState, stage: str) -> str:
     """The share of requests a stage takes: staging its canary weight, production the rest."""
     from visionzero.rollout.deployment_state import staging_weight
 
-    if not state.get(stage):
-        return "-"
     weight = staging_weight(state)
-    return f"{weight if stage == 'staging' else 100 - weight}%"
+    return f"{weight if stage == Stage.STAGING else 100 - weight}%"
 
 
 def format_status(status: dict) -> str:
     """`run.py status` for people: the same content as --json, as three short tables."""
+    from visionzero.monitoring.summary import MonitoringSummary
+    from visionzero.rollout.deployment_state import DeploymentState
+
     lines = ["Data"]
     data = status.get("data")
     if data:
@@ -134,31 +140,39 @@ def format_status(status: dict) -> str:
         for stage, model in (status.get("models") or {}).items()
         if model and model.get("stage", stage) != stage
     ]
-    deployments = status.get("deployments") or {}
-    lines += ["", f"Deployments (updated {deployments.get('updated_at') or 'never'})"]
+    state = DeploymentState.model_validate(status.get("deployments") or {})
+    monitoring = status.get("monitoring")
+    summary = MonitoringSummary.model_validate(monitoring) if monitoring else None
+    lines += ["", *format_deployments(state), "", *format_monitoring(summary)]
+    return "\n".join(lines)
+
+
+def format_deployments(state: DeploymentState) -> list[str]:
+    """What serves, the previous production with it (what `rollback` would restore)."""
     rows = [["stage", "model version", "bento", "traffic"]]
-    for stage in ("production", "staging", "previous_production"):
-        release = deployments.get(stage)
+    for stage, release in (
+        (Stage.PRODUCTION, state.production),
+        (Stage.STAGING, state.staging),
+        ("previous_production", state.previous_production),
+    ):
         rows.append(
             [stage]
             + (
-                [str(release["model_version"]), release["bento_tag"], _traffic(deployments, stage)]
+                [str(release.model_version), release.bento_tag, _traffic(state, stage)]
                 if release
                 else ["-"]
             )
         )
-    lines += _table(rows)
-    lines += ["", *format_monitoring(status.get("monitoring"))]
-    return "\n".join(lines)
+    return [f"Deployments (updated {state.updated_at or 'never'})", *_table(rows)]
 
 
-def format_monitoring(summary: dict | None) -> list[str]:
+def format_monitoring(summary: MonitoringSummary | None) -> list[str]:
     """The last monitoring run: forward deviance and hit@10% per stage, drift, the canary."""
     if not summary:
         return ["Monitoring", "  never run: `python run.py monitor`"]
-    lines = [f"Monitoring (last run {summary['at']}, res {summary['resolution']})"]
+    lines = [f"Monitoring (last run {summary.at}, res {summary.resolution})"]
     rows = [["stage", "version", "forward days", "deviance", "hit@10%", "status quo deviance"]]
-    for stage, values in summary.get("forward", {}).items():
+    for stage, values in summary.forward.items():
         deviance = values.get("model_poisson_deviance")
         rows.append(
             [stage, str(values.get("model_version")), str(values.get("days"))]
@@ -173,32 +187,31 @@ def format_monitoring(summary: dict | None) -> list[str]:
             )
         )
     lines += _table(rows)
-    canary = summary.get("canary") or {}
-    lines.append(f"  drift flags: {', '.join(summary.get('drift_flags') or []) or 'none'}")
-    lines.append(f"  canary: {canary.get('action')} ({canary.get('outcome') or '-'})")
-    lines += [f"    - {reason}" for reason in canary.get("reasons", [])]
-    retrain = summary.get("retrain") or {}
-    lines.append(f"  retrain: {'yes' if retrain.get('retrain') else 'no'}")
+    canary = summary.canary
+    lines.append(f"  drift flags: {', '.join(summary.drift_flags) or 'none'}")
+    lines.append(f"  canary: {canary.action} ({canary.outcome or '-'})")
+    lines += [f"    - {reason}" for reason in canary.reasons]
+    lines.append(f"  retrain: {'yes' if summary.retrain.retrain else 'no'}")
     return lines
 
 
-def training_summary(decision: dict, deployment: dict, state: dict, port: int = 3000) -> str:
+def training_summary(
+    decision: Decision, deployment: Deployment, state: DeploymentState, port: int = 3000
+) -> str:
     """The closing lines of `python run.py`: what was decided, what serves now, what to run next."""
-    version, action = decision.get("model_version"), decision.get("action")
-    verdict = (decision.get("reasons") or ["-"])[-1]
+    verdict = (decision.reasons or ["-"])[-1]
     lines = [
-        f"Decision for model version {version}: {action} ({verdict})",
-        f"Deployment: {deployment.get('summary', 'no change')}",
+        f"Decision for model version {decision.model_version}: {decision.action} ({verdict})",
+        f"Deployment: {deployment.summary}",
     ]
     serving = [
-        f"{stage} v{state[stage]['model_version']} ({state[stage]['bento_tag']}, "
+        f"{stage} v{release.model_version} ({release.bento_tag}, "
         f"{_traffic(state, stage)} of traffic)"
-        for stage in ("production", "staging")
-        if state.get(stage)
+        for stage, release in state.serving().items()
     ]
     lines.append("Serving now: " + ("; ".join(serving) or "nothing (no production model yet)"))
-    rollout = deployment.get("rollout") or {}
-    if not state.get("production"):
+    rollout = deployment.rollout or {}
+    if state.production is None:
         lines.append("Next: python run.py report   (why this model was not deployed)")
     elif rollout.get("target") == "kubernetes" and rollout.get("apply_error"):
         lines.append(f"Next: kubectl apply -f {rollout['manifests']}   ({rollout['apply_error']})")
@@ -206,31 +219,31 @@ def training_summary(decision: dict, deployment: dict, state: dict, port: int = 
         lines.append(f"Next: python run.py status   (applied from {rollout['manifests']})")
     else:
         lines.append(f"Next: python run.py serve --port {port}")
-    if state.get("staging"):
+    if state.staging is not None:
         lines.append("Then: python run.py promote   (or python run.py rollback)")
     return "\n".join(lines)
 
 
-def training_outputs(run_id: UUID) -> tuple[dict, dict]:
+def training_outputs(run_id: UUID) -> tuple[Decision, Deployment]:
     """(decision, deployment) of one training run, read back from its artifacts by the run's id:
     never "the newest run", which with two runs at once is the other one (maybe still running)."""
     from zenml.client import Client
 
     run = Client().get_pipeline_run(run_id)
     return (
-        run.steps["trigger_decision"].outputs["decision"][0].load().model_dump(),
-        run.steps["deployer"].outputs["deployment"][0].load().model_dump(),
+        run.steps["trigger_decision"].outputs["decision"][0].load(),
+        run.steps["deployer"].outputs["deployment"][0].load(),
     )
 
 
-def monitoring_outputs(run_id: UUID) -> dict:
+def monitoring_outputs(run_id: UUID) -> tuple[CanaryDecision, list[str], RetrainDecision]:
     """The verdicts of one monitoring run (canary, drift flags, retrain), read back from its
     artifacts by the run's id: `monitoring.json` is whichever monitor finished last."""
     from zenml.client import Client
 
     steps = Client().get_pipeline_run(run_id).steps
-    return {
-        "canary": steps["canary_decider"].outputs["canary_decision"][0].load().model_dump(),
-        "drift_flags": steps["drift_detector"].outputs["drift_report"][0].load().flags,
-        "retrain": steps["retrain_trigger"].outputs["retrain_decision"][0].load().model_dump(),
-    }
+    return (
+        steps["canary_decider"].outputs["canary_decision"][0].load(),
+        list(steps["drift_detector"].outputs["drift_report"][0].load().flags),
+        steps["retrain_trigger"].outputs["retrain_decision"][0].load(),
+    )

@@ -16,6 +16,7 @@ from visionzero.monitoring.drift import DriftConfig, DriftReport, detect_drift, 
 from visionzero.monitoring.serving_models import prepared_for, serving_models
 from visionzero.monitoring.sources import served_predictions
 from visionzero.monitoring.traffic import TrafficConfig, reference_cells, zone7_boroughs
+from visionzero.platform.stage import Stage
 from visionzero.rollout.deployment_state import read_state
 
 logger = get_logger(__name__)
@@ -26,7 +27,7 @@ def drift_detector(
     dataset: DatasetRef, drift: DriftConfig, traffic: TrafficConfig
 ) -> tuple[Annotated[DriftReport, "drift_report"], Annotated[HTMLString, "drift_visualization"]]:
     models, _ = serving_models(read_state())
-    if "production" not in models:
+    if Stage.PRODUCTION not in models:
         report = DriftReport(reference_window=None, current_window=None, checks=[])
         logger.info("no production model: no training window to compare with")
         return report, HTMLString(drift_html(report))
@@ -34,7 +35,7 @@ def drift_detector(
     report = detect_drift(
         crashes,
         pd.DatetimeIndex(prepared.days["date"]),
-        models["production"].model.meta["training_window"],
+        models[Stage.PRODUCTION].model.meta["training_window"],
         reference_cells(prepared),
         served_predictions(date.today() - timedelta(days=traffic.lookback_days)),
         zone7_boroughs(prepared),

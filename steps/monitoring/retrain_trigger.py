@@ -16,6 +16,7 @@ from visionzero.monitoring.forward import ForwardReport
 from visionzero.monitoring.retrain import RetrainDecision, RetrainRule, decide_retrain
 from visionzero.monitoring.serving_models import holdout_deviance
 from visionzero.monitoring.summary import push_gauges, save_summary, summarise
+from visionzero.platform.stage import Stage
 
 logger = get_logger(__name__)
 
@@ -27,7 +28,7 @@ def retrain_trigger(
     canary_decision: CanaryDecision,
     rule: RetrainRule,
 ) -> Annotated[RetrainDecision, "retrain_decision"]:
-    production = forward_report.stages.get("production")
+    production = forward_report.stages.get(Stage.PRODUCTION)
     interval = (
         holdout_deviance(production.model_version, rule.resolution)
         if production and production.model_version is not None

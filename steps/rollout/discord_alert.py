@@ -9,6 +9,7 @@ from zenml import log_metadata, step
 from visionzero.evaluation.decision import Decision
 from visionzero.evaluation.holdout import EvaluationReport, Scores
 from visionzero.platform.alerts import build_message, send
+from visionzero.platform.stage import STAGES, Stage
 from visionzero.rollout.actions import Deployment
 
 
@@ -20,7 +21,8 @@ def _fmt(scores: Scores | None) -> str:
 def discord_alert(
     decision: Decision, evaluation_report: EvaluationReport, deployment: Deployment
 ) -> Annotated[str, "alert_delivery"]:
-    deployed = decision.action in ("production", "staging")
+    deployed = decision.action in STAGES
+    release = deployment.state.release(Stage(decision.action)) if deployed else None
     message = build_message(
         decision.action if deployed else "none",
         f"Crash-risk model v{decision.model_version}: decision {decision.action}",
@@ -29,9 +31,7 @@ def discord_alert(
             "production version": decision.production_version or "-",
             "stage": decision.action,
             "deployment": deployment.summary,
-            "bento": (deployment.state.get(decision.action) or {}).get("bento_tag", "-")
-            if deployed
-            else "-",
+            "bento": release.bento_tag if release else "-",
             "new model": _fmt(evaluation_report.candidate),
             "production (same holdout)": _fmt(evaluation_report.production),
             "historical baseline": _fmt(evaluation_report.baseline),

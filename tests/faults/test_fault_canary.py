@@ -32,6 +32,7 @@ from visionzero.monitoring.canary import CanaryRule, decide_canary
 from visionzero.monitoring.forward import ForwardReport, Unscored
 from visionzero.monitoring.sources import canary_health
 from visionzero.rollout import deployment_state as deployment
+from visionzero.serving.bento_build import Release
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 WEEKDAY = {"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}
@@ -42,7 +43,7 @@ POINT = {"items": [WEEKDAY]}
 def set_state(production: dict, staging: dict | None) -> None:
     """Write the deployment state directly, as the pipeline's deployer does."""
     with deployment.locked_state() as state:
-        state.update(production=production, staging=staging, previous_production=None)
+        state.production, state.staging, state.previous_production = production, staging, None
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +59,7 @@ def keep_state() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def releases(challenger: dict) -> tuple[dict, dict]:
     """(production, staging): two models that serve."""
-    return challenger["production"], challenger["staging"]
+    return challenger.production, challenger.staging
 
 
 @pytest.fixture(scope="module")
@@ -67,26 +68,26 @@ def broken(challenger: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tag of its own and built into a Bento of its own (the other models stay intact)."""
     import bentoml
 
-    from visionzero.serving.bento_build import build_bento, save_model
+    from visionzero.serving.bento_build import Release, build_bento, save_model
 
     model_dir = tmp_path_factory.mktemp("broken") / "model"
-    shutil.copytree(bentoml.models.get(challenger["staging"]["model_tag"]).path, model_dir)
+    shutil.copytree(bentoml.models.get(challenger.staging.model_tag).path, model_dir)
     volume = model_dir / "volume.json"
     volume.write_text(volume.read_text()[:10])
     model_tag = save_model(model_dir, 999, None, None)
-    return {
-        "model_version": 999,
-        "model_tag": model_tag,
-        "bento_tag": build_bento(model_tag, "bentofile.yaml"),
-        "arm64_bento_tag": "none",
-    }
+    return Release(
+        model_version=999,
+        model_tag=model_tag,
+        bento_tag=build_bento(model_tag, "bentofile.yaml"),
+        arm64_bento_tag="none",
+    )
 
 
 @pytest.fixture(scope="module")
 def weekday_only(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A staging release that answers weekdays and fails with a 500 on other day types."""
     workdir = tmp_path_factory.mktemp("weekday")
-    return weekday_only_release(trained["production"]["model_tag"], 997, workdir)
+    return weekday_only_release(trained.production.model_tag, 997, workdir)
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -255,8 +256,8 @@ def running(proc: psutil.Process) -> bool:
         return False
 
 
-def version(release: dict) -> str:
-    return str(release["model_version"])
+def version(release: Release) -> str:
+    return str(release.model_version)
 
 
 def test_promote_to_a_model_that_cannot_start_changes_nothing(
@@ -441,7 +442,7 @@ def unscored(production: dict, staging: dict) -> ForwardReport:
         last_complete_day=None,
         stages={},
         unscored={
-            stage: Unscored(model_version=release["model_version"], reason="no complete day yet")
+            stage: Unscored(model_version=release.model_version, reason="no complete day yet")
             for stage, release in (("production", production), ("staging", staging))
         },
     )
@@ -454,7 +455,7 @@ def test_pinned_errors_do_not_make_the_monitor_roll_staging_back(
     through nginx, claiming to be split traffic, leave staging healthy in the monitor's reading
     (its canary_health step reads the backends' /metrics, its decider the rule); the same errors
     through the split still roll it back."""
-    production = trained["production"]
+    production = trained.production
     set_state(production, weekday_only)
     monkeypatch.setenv("VZ_CANARY_WARMUP_SECONDS", "0")  # judged at once; warm-up: its own test
     monkeypatch.delenv("VZ_PROMETHEUS_URL", raising=False)

@@ -230,7 +230,7 @@ def logged_server(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> It
     port = free_port()
     with log.open("w") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", trained["production"]["bento_tag"]]
+            [sys.executable, "-m", "bentoml", "serve", trained.production.bento_tag]
             + ["--host", "127.0.0.1", "--port", str(port)],
             env={**os.environ, "VZ_STAGE": "production", "VZ_WORKERS": "1"},
             cwd=ROOT,

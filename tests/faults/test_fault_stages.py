@@ -19,6 +19,7 @@ import yaml
 
 from tests.conftest import LocalServer
 from visionzero.rollout import deployment_state as deployment
+from visionzero.rollout.deployment_state import DeploymentState
 
 pytestmark = pytest.mark.faults
 slow = pytest.mark.slow  # these run the pipeline
@@ -71,11 +72,9 @@ def registry_view() -> dict:
     }
 
 
-def expected_view(state: dict) -> dict:
+def expected_view(state: DeploymentState) -> dict:
     """What the registries must show for a deployment state: its stages, nothing else."""
-    held = {
-        stage: state[stage]["model_version"] for stage in ("production", "staging") if state[stage]
-    }
+    held = {stage: release.model_version for stage, release in state.serving().items()}
     return {"zenml": {v: stage for stage, v in held.items()}, "mlflow": held}
 
 
@@ -93,7 +92,7 @@ def none_run(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     private_tmp = tmp / "tmp"
     private_tmp.mkdir()
     state_before = deployment.read_state()
-    production = state_before["production"]["model_version"]
+    production = state_before.production.model_version
     Client().get_model_version(MODEL_NAME, production).set_stage(ModelStages.ARCHIVED, force=True)
     registry_before = registry_view()
     with pytest.MonkeyPatch.context() as patch:
@@ -173,33 +172,32 @@ def challenger(failed_build: dict, tmp_path_factory: pytest.TempPathFactory) -> 
     """A winning challenger deployed by the pipeline: the staging release of the state."""
     run_pipeline(tmp_path_factory.mktemp("challenger"), WIN)
     state = deployment.read_state()
-    assert state["staging"] is not None, "the challenger should have become staging"
-    return state["staging"]
+    assert state.staging is not None, "the challenger should have become staging"
+    return state.staging
 
 
 @slow
 def test_registry_follows_the_state_through_deploy_rollback_and_promote(challenger: dict) -> None:
     from visionzero.rollout.actions import deploy, promote_or_rollback
-    from visionzero.serving.bento_build import Release
 
     assert registry_view() == expected_view(deployment.read_state())  # after the pipeline deploy
     rolled_back = promote_or_rollback("rollback")
-    assert rolled_back["changed"] and "registry_error" not in rolled_back
+    assert rolled_back.changed and rolled_back.registry_error is None
     state = deployment.read_state()
-    assert state["staging"] is None
+    assert state.staging is None
     assert registry_view() == expected_view(state)  # no stale staging
 
-    redeployed = deploy("staging", Release(**challenger), "local")
+    redeployed = deploy("staging", challenger, "local")
     assert redeployed.changed == "staging" and redeployed.registry_error is None
     assert registry_view() == expected_view(deployment.read_state())
 
     promoted = promote_or_rollback("promote")
-    assert promoted["changed"] and "registry_error" not in promoted
+    assert promoted.changed and promoted.registry_error is None
     state = deployment.read_state()
-    assert state["production"]["model_version"] == challenger["model_version"]
+    assert state.production.model_version == challenger.model_version
     assert registry_view() == expected_view(state)  # the promoted staging is staging no more
 
-    assert promote_or_rollback("rollback")["changed"]
+    assert promote_or_rollback("rollback").changed
     assert registry_view() == expected_view(deployment.read_state())
 
 
@@ -223,17 +221,16 @@ def test_a_failing_registry_never_changes_the_recorded_deployment(
 ) -> None:
     from visionzero.platform import registry
     from visionzero.rollout.actions import deploy, promote_or_rollback, sync_registry_stages
-    from visionzero.serving.bento_build import Release
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with LocalServer(MlflowDown) as down, pytest.MonkeyPatch.context() as patch:
         patch.setattr(registry, "mlflow_tracking_uri", lambda: down.url)
-        deployed = deploy("staging", Release(**challenger), "local")
+        deployed = deploy("staging", challenger, "local")
         assert deployed.changed == "staging" and deployed.registry_error
-        assert deployment.read_state()["staging"] == challenger  # recorded, and kept
+        assert deployment.read_state().staging == challenger  # recorded, and kept
         rolled_back = promote_or_rollback("rollback")
-        assert rolled_back["changed"] and rolled_back["registry_error"]
-        assert deployment.read_state()["staging"] is None
+        assert rolled_back.changed and rolled_back.registry_error
+        assert deployment.read_state().staging is None
     sync_registry_stages(deployment.read_state())  # MLflow is back: the next sync repairs it
     assert registry_view() == expected_view(deployment.read_state())
 

@@ -64,11 +64,11 @@ def report() -> None:
 def serve(port: int, monitor: bool) -> None:
     """The local canary on `port` until Ctrl-C or SIGTERM; stopped on every way out."""
     from visionzero.platform.processes import stopping_on_signals
-    from visionzero.platform.settings import paths
     from visionzero.rollout.deployment_state import NoProduction, state_path
     from visionzero.rollout.local_canary import CanaryError, LocalCanary
+    from visionzero.rollout.serve_record import serve_record_path
 
-    canary = LocalCanary(port, state_path(), paths().home / "serve.json", monitor=monitor)
+    canary = LocalCanary(port, state_path(), serve_record_path(), monitor=monitor)
     failure = None
     with stopping_on_signals():  # SIGTERM too: stop() below runs on every way out
         try:
@@ -95,32 +95,17 @@ def serve(port: int, monitor: bool) -> None:
 
 
 def rollout(kind: str) -> None:
-    """`promote` or `rollback` on the configured deploy target, its result as one JSON line; a
-    change is alerted here, a refusal by promote_or_rollback (nothing changed: exit 1)."""
+    """`promote` or `rollback` on the configured deploy target, its result as one JSON line;
+    promote_or_rollback alerts a change and a refusal (nothing changed: exit 1)."""
     from visionzero.rollout.actions import promote_or_rollback
     from visionzero.rollout.backend import CanaryError
 
     stack_in_place()
     try:
-        result = promote_or_rollback(kind, settings().vz_deploy_target)
+        result = promote_or_rollback(kind, settings().vz_deploy_target, alert=True)
     except CanaryError as exc:  # nothing changed; promote_or_rollback alerted
         raise click.ClickException(str(exc)) from exc
-    if result["changed"]:
-        alert_rollout(kind, result)
-    click.echo(json.dumps({k: v for k, v in result.items() if k != "state"}, default=str))
-
-
-def alert_rollout(kind: str, result: dict) -> None:
-    """The alert of a promote or rollback that changed what serves: the new production."""
-    from visionzero.platform.alerts import build_message, send
-
-    production = result["state"]["production"]
-    fields = {
-        "production version": production["model_version"],
-        "bento": production["bento_tag"],
-        "staging": "none",
-    }
-    send(build_message(kind, f"Crash-risk model: {kind}", fields, [result["summary"]]))
+    click.echo(json.dumps(result.model_dump(mode="json", exclude={"state"}, exclude_none=True)))
 
 
 def alerts(resend: bool) -> None:

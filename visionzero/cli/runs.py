@@ -166,16 +166,15 @@ def run_monitoring(offline: bool, config_path: Path) -> bool:
     run = run_pipeline(monitoring.monitoring_pipeline, params, offline)
     from visionzero.status import monitoring_outputs
 
-    summary = monitoring_outputs(run.id)  # this run's verdicts, not another monitor's
-    canary, retrain = summary["canary"], summary["retrain"]
-    click.echo(f"\nCanary: {canary.get('action')} ({canary.get('outcome') or '-'})")
-    for reason in canary.get("reasons", []):
+    canary, drift_flags, retrain = monitoring_outputs(run.id)  # this run's, not another's
+    click.echo(f"\nCanary: {canary.action} ({canary.outcome or '-'})")
+    for reason in canary.reasons:
         click.echo(f"  - {reason}")
-    click.echo(f"Drift flags: {', '.join(summary.get('drift_flags') or []) or 'none'}")
-    click.echo(f"Retrain: {'yes' if retrain.get('retrain') else 'no'}")
-    for reason in retrain.get("reasons", []):
+    click.echo(f"Drift flags: {', '.join(drift_flags) or 'none'}")
+    click.echo(f"Retrain: {'yes' if retrain.retrain else 'no'}")
+    for reason in retrain.reasons:
         click.echo(f"  - {reason}")
-    return bool(retrain.get("retrain"))
+    return retrain.retrain
 
 
 def monitor_then_retrain(offline: bool, monitor_config: Path, training_config: Path) -> None:

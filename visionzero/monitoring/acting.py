@@ -31,9 +31,9 @@ def act_on(decision: CanaryDecision, target: str, act: bool = True) -> CanaryDec
                 False,
             )
         else:
-            outcome, acted = result["summary"], bool(result["changed"])
-            if result.get("registry_error"):
-                outcome += f" (registry not synced: {result['registry_error']})"
+            outcome, acted = result.summary, result.changed
+            if result.registry_error:
+                outcome += f" (registry not synced: {result.registry_error})"
     done = decision.model_copy(update={"acted": acted, "outcome": outcome})
     kind = decision.action if acted else "failure" if act else "none"
     send(

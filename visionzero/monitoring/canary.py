@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from visionzero.monitoring.forward import ForwardReport
 from visionzero.monitoring.operational import SIZE_CLASSES, StageHealth
-
-STAGES = ("staging", "production")
+from visionzero.platform.stage import STAGES, Stage
 
 
 class CanaryRule(BaseModel):
@@ -97,9 +96,9 @@ def health_verdict(
     requests are compared with huge ones, never with one-item answers."""
     if health is None:
         return None, [f"operational health unknown ({health_error or 'no metrics source'})"]
-    staging, production = health.get("staging"), health.get("production")
+    staging, production = health.get(Stage.STAGING), health.get(Stage.PRODUCTION)
     if staging is None or production is None:
-        missing = "staging" if staging is None else "production"
+        missing = Stage.STAGING if staging is None else Stage.PRODUCTION
         return None, [f"operational health unknown: no metrics of {missing}"]
     counted = f"counted /predict answers: {staging.counted()}; {production.counted()}"
     if min(staging.requests, production.requests) < rule.min_requests:
@@ -155,13 +154,13 @@ def decide_canary(
     health_error: str | None = None,
 ) -> CanaryDecision:
     """The rule on the forward report and the stages' health."""
-    staging, production = forward.stages.get("staging"), forward.stages.get("production")
+    staging, production = forward.stages.get(Stage.STAGING), forward.stages.get(Stage.PRODUCTION)
     serving = {stage: forward.stages.get(stage) or forward.unscored.get(stage) for stage in STAGES}
     versions = {
         f"{stage}_version": found.model_version if found else None
         for stage, found in serving.items()
     }
-    if serving["staging"] is None or serving["production"] is None:
+    if serving[Stage.STAGING] is None or serving[Stage.PRODUCTION] is None:
         return CanaryDecision(
             action="none", reasons=["no canary: staging and production must both serve"], **versions
         )

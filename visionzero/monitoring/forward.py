@@ -28,11 +28,12 @@ from visionzero.evaluation.grid import (
 )
 from visionzero.evaluation.metrics import BootstrapConfig, DaySums, Interval, intervals
 from visionzero.model.crash_risk import CrashRiskModel, Prepared
+from visionzero.platform.stage import STAGES, Stage
+from visionzero.rollout.deployment_state import DeploymentState
 
-STAGE_ORDER = ("production", "staging")
 LIVE_EVENTS = {
-    "production": ("deploy_production", "promote", "rollback"),
-    "staging": ("deploy_staging",),
+    Stage.PRODUCTION: ("deploy_production", "promote", "rollback"),
+    Stage.STAGING: ("deploy_staging",),
 }
 
 
@@ -109,21 +110,15 @@ class ForwardReport(BaseModel):
     unscored: dict[str, Unscored] = {}  # serving stages left out of `stages`, and why
 
 
-def deployed_dates(state: dict) -> dict[str, date | None]:
+def deployed_dates(state: DeploymentState) -> dict[Stage, date | None]:
     """The day each serving stage's model went live, from the deployment state's history: the
     latest event that made that version hold its stage."""
-    out: dict[str, date | None] = {}
-    for stage in STAGE_ORDER:
-        release = state.get(stage)
-        if not release:
-            continue
+    out: dict[Stage, date | None] = {}
+    for stage, release in state.serving().items():
         out[stage] = None
-        for event in reversed(state.get("history") or []):
-            if (
-                event.get("event") in LIVE_EVENTS[stage]
-                and event.get("model_version") == release["model_version"]
-            ):
-                out[stage] = pd.Timestamp(event["at"]).date()
+        for event in reversed(state.history):
+            if event.event in LIVE_EVENTS[stage] and event.model_version == release.model_version:
+                out[stage] = pd.Timestamp(event.at).date()
                 break
     return out
 
@@ -200,7 +195,7 @@ def forward_evaluation(
     """Score every stage on its forward days, and staging against production on the days both
     were live (paired: one bootstrap draw of days scores both)."""
     cfg = cfg or ForwardConfig()
-    stages = [stage for stage in STAGE_ORDER if stage in staged]
+    stages = [stage for stage in STAGES if stage in staged]
     models = [staged[stage].model for stage in stages]
     zones_by_crash = {r: crash_zones(prepared, r) for r in cfg.resolutions}
     grid_zones = {r: shared_zones(models, r) for r in cfg.resolutions} if models else {}
@@ -239,15 +234,15 @@ def forward_evaluation(
             metrics=metrics,
             vs_status_quo=versus,
         )
-    if "staging" in staged and "production" in staged:
-        both = days_of["staging"].intersection(days_of["production"])
+    if Stage.STAGING in staged and Stage.PRODUCTION in staged:
+        both = days_of[Stage.STAGING].intersection(days_of[Stage.PRODUCTION])
         differences: dict[str, dict[str, Interval]] = {}
         if len(both):
             draws = cfg.draws([len(both)])
             for r in cfg.resolutions:
                 roles = {
-                    "candidate": staged["staging"].model,
-                    "production": staged["production"].model,
+                    "candidate": staged[Stage.STAGING].model,
+                    "production": staged[Stage.PRODUCTION].model,
                 }
                 sums = day_sums(prepared, zones_by_crash[r], grid_zones[r], both, roles, cfg)
                 differences[str(r)] = intervals(sums, draws)[1]["vs_production"]

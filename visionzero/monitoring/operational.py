@@ -19,7 +19,6 @@ model server. Latency is per size class, so that a few huge requests compare wit
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
-from visionzero.platform.registry import STAGES
-from visionzero.platform.settings import paths
+from visionzero.platform.stage import STAGES, Stage
 from visionzero.rollout.prometheus import prometheus_url
+from visionzero.rollout.serve_record import load_serve_record, serve_record_path
 
 # As visionzero/serving/traffic_metrics.py names them (not imported: that module needs BentoML).
 REQUESTS = "crash_risk_canary_requests"
@@ -64,7 +63,7 @@ class StageHealth(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    stage: Literal["production", "staging"]
+    stage: Stage
     source: Literal["prometheus", "metrics-endpoint"]
     requests: int  # split, post-warm-up answers
     errors: int  # 5xx answers among them
@@ -78,16 +77,12 @@ class StageHealth(BaseModel):
         return f"{self.requests} split after warm-up on {self.stage} (not counted: {left_out})"
 
 
-def serve_pid_file() -> Path:
-    return paths().home / "serve.json"
-
-
 def stage_health(window_minutes: int = 60) -> dict[str, StageHealth]:
     """Each serving stage's health, from Prometheus when one is known, else from the backends'
     `/metrics`. Raises MetricsUnavailable when neither answers."""
     if window_minutes < 1:
         raise ValueError(f"window_minutes must be at least 1, not {window_minutes}")
-    pid_file = serve_pid_file()
+    pid_file = serve_record_path()
     tried = []
     url = prometheus_url(pid_file)
     if url:
@@ -110,11 +105,8 @@ def stage_health(window_minutes: int = 60) -> dict[str, StageHealth]:
 
 def recorded_backends(pid_file: Path) -> dict[str, str]:
     """Stage -> base URL of the backends a running `serve` recorded (empty when none runs)."""
-    try:
-        record = json.loads(pid_file.read_text())
-        backends = record.get("backends") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
+    record = load_serve_record(pid_file)
+    backends = record.backends if record else {}
     return {stage: url for stage, url in backends.items() if stage in STAGES}
 
 

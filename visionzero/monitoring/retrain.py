@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from visionzero.evaluation.metrics import Interval
 from visionzero.monitoring.drift import DriftReport
 from visionzero.monitoring.forward import ForwardReport
+from visionzero.platform.stage import Stage
 
 
 class RetrainRule(BaseModel):
@@ -48,7 +49,7 @@ def decide_retrain(
     """Fire on degraded forward deviance or on a drift flag; otherwise say why not."""
     reasons: list[str] = []
     fire = False
-    production = forward.stages.get("production")
+    production = forward.stages.get(Stage.PRODUCTION)
     if production is None:
         reasons.append("no production model: nothing to retrain against")
     elif production.days < rule.min_forward_days:

@@ -11,16 +11,17 @@ from visionzero.evaluation.metrics import Interval
 from visionzero.model.crash_risk import CrashRiskModel, ModelConfig, Prepared, prepare
 from visionzero.monitoring.forward import StagedModel, Unscored, deployed_dates
 from visionzero.platform.registry import model_version, version_model
+from visionzero.rollout.deployment_state import DeploymentState
 
 
-def serving_models(state: dict) -> tuple[dict[str, StagedModel], dict[str, Unscored]]:
+def serving_models(state: DeploymentState) -> tuple[dict[str, StagedModel], dict[str, Unscored]]:
     """Production and staging as the state names them (never a registry stage), and each serving
     stage whose model cannot be loaded from the Model Control Plane with the reason. A stage that
     cannot be scored forward still serves: its health is judged, and a failing one rolled back."""
     dates = deployed_dates(state)
     models, unscored = {}, {}
-    for stage, deployed in dates.items():
-        version = state[stage]["model_version"]
+    for stage, release in state.serving().items():
+        version, deployed = release.model_version, dates[stage]
         try:
             models[stage] = StagedModel(version_model(version), version, deployed)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way

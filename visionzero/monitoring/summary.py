@@ -7,7 +7,6 @@ judged, acted and alerted, so the failure is logged and returned, never raised.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -35,10 +34,10 @@ class MonitoringSummary(BaseModel):
     at: str
     resolution: int
     forward: dict[str, dict]  # stage -> version, days, window, metrics at `resolution`
-    paired: dict | None
+    paired: dict | None = None
     drift_flags: list[str]
-    canary: dict
-    retrain: dict
+    canary: CanaryDecision
+    retrain: RetrainDecision
 
 
 def summarise(
@@ -83,8 +82,8 @@ def summarise(
             else None
         ),
         drift_flags=drift.flags,
-        canary=canary.model_dump(),
-        retrain=retrain.model_dump(),
+        canary=canary,
+        retrain=retrain,
     )
 
 
@@ -104,9 +103,9 @@ def save_summary(summary: MonitoringSummary) -> Path:
     return path
 
 
-def load_summary() -> dict | None:
+def load_summary() -> MonitoringSummary | None:
     path = summary_path()
-    return json.loads(path.read_text()) if path.exists() else None
+    return MonitoringSummary.model_validate_json(path.read_text()) if path.exists() else None
 
 
 def push_gauges(summary: MonitoringSummary, url: str | None = None) -> str | None:
@@ -140,7 +139,7 @@ def push_gauges(summary: MonitoringSummary, url: str | None = None) -> str | Non
         if "model_poisson_deviance" in values:
             deviance.labels(stage=stage).set(values["model_poisson_deviance"]["estimate"])
             hit_rate.labels(stage=stage).set(values["model_hit_rate_at_10"]["estimate"])
-    decision.set(DECISION_CODES[summary.canary["action"]])
+    decision.set(DECISION_CODES[summary.canary.action])
     try:
         push_to_gateway(url, job=PUSH_JOB, registry=registry, timeout=5)
     except Exception as exc:  # noqa: BLE001 - any push failure is reported the same way

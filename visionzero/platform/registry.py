@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from visionzero.platform.settings import MODEL_NAME
+from visionzero.platform.stage import STAGES
 
 MODEL_ARTIFACT = "crash_model"
-STAGES = ("production", "staging")  # the stages a deployment holds; others are "archived"
 
 
 def stage_version(stage: str) -> Any | None:

@@ -22,6 +22,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from visionzero.platform.stage import Stage
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT_DIR = REPO_ROOT / "snapshot"
 MODEL_NAME = "nyc_crash_risk"  # the ZenML Model, the MLflow registered model and the Bento model
@@ -123,8 +125,8 @@ class Settings(BaseSettings):
         description="where data versions are pushed and pulled (`s3://bucket/dvc`, or a "
         "folder); unset: `$VZ_HOME/dvc-remote`",
     )
-    vz_stage: Literal["production", "staging"] = Field(
-        "production", description="role of one Bento process (set by `serve` and the manifests)"
+    vz_stage: Stage = Field(
+        Stage.PRODUCTION, description="role of one Bento process (set by `serve` and the manifests)"
     )
     vz_max_body_bytes: int = Field(
         4 * 1024 * 1024,

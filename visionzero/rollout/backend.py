@@ -28,6 +28,8 @@ from visionzero.platform.processes import (
     wait_until,
 )
 from visionzero.platform.settings import UNLOGGED_REQUEST_ID, paths, settings
+from visionzero.platform.stage import Stage
+from visionzero.serving.bento_build import Release
 
 SMOKE_REQUEST = {
     "items": [{"latitude": 40.7128, "longitude": -74.0060, "datetime": "2025-02-03T08:30"}]
@@ -44,26 +46,26 @@ class CanaryError(RuntimeError):
 class BackendFailed(CanaryError):
     """A backend did not pass its check; the message carries the model server's own reason."""
 
-    def __init__(self, stage: str, release: dict, reason: str) -> None:
+    def __init__(self, stage: Stage, release: Release, reason: str) -> None:
         super().__init__(
-            f"model {release['model_version']} ({release['bento_tag']}) "
+            f"model {release.model_version} ({release.bento_tag}) "
             f"failed its check as {stage}: {reason}"
         )
         self.stage = stage
         self.release = release
 
 
-def release_key(stage: str, release: dict) -> tuple[str, str, str]:
+def release_key(stage: Stage, release: Release) -> tuple[str, str, str]:
     """What makes a backend: a stage whose Bento or model changes needs a new one."""
-    return (stage, release["bento_tag"], release["model_tag"])
+    return (stage, release.bento_tag, release.model_tag)
 
 
 @dataclass
 class Backend:
     """One `bentoml serve` of a release in a stage."""
 
-    stage: str
-    release: dict
+    stage: Stage
+    release: Release
     port: int
     log: Path
     child: Child
@@ -95,11 +97,11 @@ def backend_home(workdir: Path, name: str) -> Path:
     return home
 
 
-def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backend:
+def start_backend(stage: Stage, release: Release, workdir: Path, **env: str) -> Backend:
     port = free_port()
     name = f"{stage}-{port}"
     log = workdir / f"{name}.log"
-    argv = [sys.executable, "-m", "bentoml", "serve", release["bento_tag"]]
+    argv = [sys.executable, "-m", "bentoml", "serve", release.bento_tag]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
     tag = f"{workdir.name}/{name}"
     stores = paths()  # absolute: the model server runs in its Bento's folder, not ours
@@ -108,7 +110,7 @@ def start_backend(stage: str, release: dict, workdir: Path, **env: str) -> Backe
         argv,
         log,
         tag,
-        VZ_STAGE=stage,
+        VZ_STAGE=str(stage),
         VZ_HOME=str(stores.home),
         **{UNLOGGED_REQUEST_ID: SMOKE_REQUEST_ID},
         VZ_DATA_DIR=str(stores.data_dir),
@@ -148,20 +150,20 @@ def check_backend(backend: Backend, timeout: float) -> None:
         served = response.json()["predictions"][0]["model_version"] if response.ok else None
     except (requests.RequestException, ValueError, LookupError, TypeError) as exc:
         raise backend.failed(f"smoke prediction: {exc!r}") from exc
-    if served is None or str(served) != str(backend.release["model_version"]):
+    if served is None or str(served) != str(backend.release.model_version):
         raise backend.failed(
             f"smoke prediction: HTTP {response.status_code}, {response.text[:200]!r}"
         )
 
 
-def preflight(release: dict, timeout: float = 120.0) -> None:
+def preflight(release: Release, timeout: float = 120.0) -> None:
     """Start the release's Bento on a free port, check it as `serve` does, stop it: promote and
     rollback change the state only for a release that passes. Raises BackendFailed."""
     with stopping_on_signals(), tempfile.TemporaryDirectory(prefix="vz-preflight-") as tmp:
         backend = None
         try:
             with signals_held():  # one worker is enough to show that the model loads and answers
-                backend = start_backend("production", release, Path(tmp), VZ_WORKERS="1")
+                backend = start_backend(Stage.PRODUCTION, release, Path(tmp), VZ_WORKERS="1")
             check_backend(backend, timeout)
         finally:
             if backend is not None:

@@ -22,7 +22,12 @@ import yaml
 
 from visionzero.platform.settings import REPO_ROOT, settings
 from visionzero.rollout import edge
-from visionzero.rollout.deployment_state import staging_weight
+from visionzero.rollout.deployment_state import (
+    DeploymentState,
+    require_production,
+    staging_weight,
+)
+from visionzero.serving.bento_build import Release
 
 TEMPLATES = REPO_ROOT / "k8s"
 PER_STAGE = [
@@ -193,26 +198,22 @@ def pinned_rules(stage: str) -> list[dict]:
     return rules
 
 
-def render(state: dict, out_dir: Path) -> list[Path]:
+def render(state: DeploymentState, out_dir: Path) -> list[Path]:
     """Write one YAML file per object into out_dir; returns the files.
 
-    Needs a production release.
+    Needs a production release (NoProduction, the one refusal, without one).
     """
-    if not state.get("production"):
-        raise ValueError("no production release in the deployment state: nothing to render")
+    require_production(state)
     conf = template_values()
     weight = staging_weight(state)
     base = {**conf, "CANARY_WEIGHT": str(weight)}
     docs: list[tuple[str, dict]] = []
-    for stage in ("production", "staging"):
-        release = state.get(stage)
-        if not release:
-            continue
+    for stage, release in state.serving().items():
         values = {
             **base,
-            "STAGE": stage,
-            "MODEL_VERSION": str(release["model_version"]),
-            "IMAGE": image_for(release["bento_tag"], conf["REGISTRY"]),
+            "STAGE": str(stage),
+            "MODEL_VERSION": str(release.model_version),
+            "IMAGE": image_for(release.bento_tag, conf["REGISTRY"]),
         }
         for template in PER_STAGE:
             docs += [(f"{template[:-5]}-{stage}", d) for d in _render(template, values)]
@@ -275,7 +276,7 @@ def docker_available() -> bool:
     return subprocess.run(["docker", "info"], check=False, capture_output=True).returncode == 0
 
 
-def containerize_and_push(release: dict, registry: str) -> dict[str, str]:
+def containerize_and_push(release: Release, registry: str) -> dict[str, str]:
     """`bentoml containerize` both Bentos for their platforms, tag and push them to the registry."""
     if not docker_available():
         raise NoContainerEngine(
@@ -283,13 +284,13 @@ def containerize_and_push(release: dict, registry: str) -> dict[str, str]:
             "rendered manifests are ready to apply once they are pushed"
         )
     images = {}
-    for key, platform, suffix in (
-        ("bento_tag", "linux/amd64", ""),
-        ("arm64_bento_tag", "linux/arm64", "-arm64"),
+    for bento_tag, platform, suffix in (
+        (release.bento_tag, "linux/amd64", ""),
+        (release.arm64_bento_tag, "linux/arm64", "-arm64"),
     ):
-        image = image_for(release[key], registry, suffix)
+        image = image_for(bento_tag, registry, suffix)
         subprocess.run(
-            ["bentoml", "containerize", release[key], "--platform", platform, "-t", image],
+            ["bentoml", "containerize", bento_tag, "--platform", platform, "-t", image],
             check=True,
         )
         subprocess.run(["docker", "push", image], check=True)

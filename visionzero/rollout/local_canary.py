@@ -40,7 +40,7 @@ from visionzero.platform.processes import (
     signals_held,
     start_child,
 )
-from visionzero.platform.registry import STAGES
+from visionzero.platform.stage import Stage
 from visionzero.rollout.backend import (
     Backend,
     BackendFailed,
@@ -49,7 +49,13 @@ from visionzero.rollout.backend import (
     release_key,
     start_backend,
 )
-from visionzero.rollout.deployment_state import CANARY_WEIGHT, require_production, staging_weight
+from visionzero.rollout.deployment_state import (
+    CANARY_WEIGHT,
+    DeploymentState,
+    parse_state,
+    require_production,
+    staging_weight,
+)
 from visionzero.rollout.nginx import (
     make_nginx_temp_folders,
     nginx_binary,
@@ -67,14 +73,11 @@ from visionzero.rollout.prometheus import (
     wait_ready,
     write_config,
 )
+from visionzero.rollout.serve_record import ServeRecord, load_serve_record, save_serve_record
+from visionzero.serving.bento_build import Release
 
 MAX_RESTARTS = 3  # attempts in a row for a dead backend, 1, 2 and 4 s apart
 STABLE_AFTER = 60.0  # seconds a restarted backend must live before its attempts count from 0
-
-
-def wanted(state: dict) -> dict[str, dict]:
-    """The releases the state wants served, by stage."""
-    return {stage: state[stage] for stage in STAGES if state.get(stage)}
 
 
 def _is_serve(pid: int) -> bool:
@@ -96,16 +99,13 @@ def clear_stale(pid_file: Path) -> list[int]:
     temp folder its backends' tags start with); returns their pids. Refuses while it still runs."""
     if not pid_file.exists():
         return []
-    try:
-        record = json.loads(pid_file.read_text())
-        pid, workdir, groups = record["pid"], Path(record["workdir"]), record["groups"]
-    except (ValueError, KeyError, TypeError):
+    record = load_serve_record(pid_file)
+    if record is None:
         pid_file.unlink()
         return []
+    pid, workdir, groups = record.pid, Path(record.workdir), record.groups
     if _is_serve(pid):
-        raise CanaryError(
-            f"serve already runs (pid {pid}, port {record.get('port')}): stop it first"
-        )
+        raise CanaryError(f"serve already runs (pid {pid}, port {record.port}): stop it first")
     prefix = workdir.name + "/"
     left = [
         proc
@@ -139,7 +139,7 @@ class LocalCanary:
         self.ready_timeout = ready_timeout
         self.workdir: Path | None = None
         self.children: dict[str, Child] = {}
-        self.backends: dict[str, Backend] = {}
+        self.backends: dict[Stage, Backend] = {}
         self.nginx: Child | None = None
         self.prometheus: Child | None = None
         self.prometheus_url: str | None = None
@@ -167,9 +167,9 @@ class LocalCanary:
     def _state_text(self) -> str:
         return self.state_path.read_text() if self.state_path.exists() else ""
 
-    def _parse(self, text: str) -> dict:
+    def _parse(self, text: str) -> DeploymentState:
         try:
-            return json.loads(text) if text else {}
+            return parse_state(text)
         except ValueError as exc:
             raise CanaryError(f"unreadable deployment state {self.state_path}: {exc}") from exc
 
@@ -183,18 +183,16 @@ class LocalCanary:
 
     def _record(self) -> None:
         """The pid file: who we are and the process group of every child, written atomically."""
-        record = {
-            "pid": os.getpid(),
-            "port": self.port,
-            "workdir": str(self.workdir),
-            "groups": {name: child.process.pid for name, child in self.children.items()},
+        record = ServeRecord(
+            pid=os.getpid(),
+            port=self.port,
+            workdir=str(self.workdir),
+            groups={name: child.process.pid for name, child in self.children.items()},
             # for the monitor: what to scrape or query while this serve runs
-            "backends": {stage: f"http://127.0.0.1:{b.port}" for stage, b in self.backends.items()},
-            "prometheus_url": self.prometheus_url,
-        }
-        partial = self.pid_file.with_suffix(".partial")
-        partial.write_text(json.dumps(record))
-        os.replace(partial, self.pid_file)
+            backends={stage: f"http://127.0.0.1:{b.port}" for stage, b in self.backends.items()},
+            prometheus_url=self.prometheus_url,
+        )
+        save_serve_record(self.pid_file, record)
 
     def _spawn(self, start: Callable[[], Backend]) -> Backend:
         with signals_held():
@@ -210,10 +208,12 @@ class LocalCanary:
 
     def _report(self, title: str, reason: str) -> None:
         print(f"{title}: {reason}", flush=True)
-        fields = {stage: b.release["model_version"] for stage, b in self.backends.items()}
+        fields = {stage: b.release.model_version for stage, b in self.backends.items()}
         send(build_message("failure", f"Crash-risk serve: {title}", fields, [reason]))
 
-    def _start_checked(self, target: dict[str, dict]) -> tuple[dict[str, Backend], CanaryError]:
+    def _start_checked(
+        self, target: dict[Stage, Release]
+    ) -> tuple[dict[Stage, Backend], CanaryError]:
         """Start the backends target lacks and check them; a failed one is stopped at once."""
         current = {stage: b for stage, b in self.backends.items() if b.alive()}
         fresh = {
@@ -231,7 +231,7 @@ class LocalCanary:
                 del fresh[stage]
         return fresh, failure
 
-    def _route(self, backends: dict[str, Backend], weight: int) -> None:
+    def _route(self, backends: dict[Stage, Backend], weight: int) -> None:
         """nginx onto `backends` (started, or reloaded and its old workers gone), then the
         backends it no longer uses stop."""
         conf, upcoming = self.workdir / "nginx.conf", self.workdir / "nginx.next.conf"
@@ -308,8 +308,8 @@ class LocalCanary:
                 raise
             self._report("deployment state ignored", str(exc))
             return False
-        target = wanted(state)
-        if "production" not in target:
+        target = state.serving()
+        if Stage.PRODUCTION not in target:
             if not self.backends:
                 require_production(state)
             self._report("deployment state ignored", "it has no production")
@@ -319,7 +319,7 @@ class LocalCanary:
         if failure is not None:
             note = "; the serving backends keep serving" if self.backends else ""
             self._report("new backend failed", f"{failure}{note}")
-            if self.backends or failure.stage == "production":
+            if self.backends or failure.stage == Stage.PRODUCTION:
                 for backend in fresh.values():
                     self._stop_child(backend.child)
                 if not self.backends:
@@ -391,8 +391,8 @@ class LocalCanary:
         return {
             stage: {
                 "port": b.port,
-                "bento": b.release["bento_tag"],
-                "model": b.release["model_tag"],
+                "bento": b.release.bento_tag,
+                "model": b.release.model_tag,
             }
             for stage, b in self.backends.items()
         }

@@ -21,8 +21,8 @@ from visionzero.platform.processes import (
     log_cause,
     wait_until,
 )
-from visionzero.platform.registry import STAGES
 from visionzero.platform.settings import Settings, settings
+from visionzero.platform.stage import STAGES
 from visionzero.rollout import edge
 from visionzero.rollout.backend import Backend, CanaryError
 from visionzero.rollout.deployment_state import CANARY_WEIGHT

@@ -13,7 +13,6 @@ renders the config, checks readiness, reloads, and tells other commands where Pr
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -24,7 +23,9 @@ import requests
 
 from visionzero.platform.processes import NotReady, http_ok, installed, log_cause, wait_until
 from visionzero.platform.settings import settings
+from visionzero.platform.stage import STAGES
 from visionzero.rollout.rendering import TEMPLATES
+from visionzero.rollout.serve_record import load_serve_record
 
 LOCAL_SCRAPE = "5s"  # short: a canary check a minute after start-up already has a dozen samples
 CONTAINER_SCRAPE = "15s"
@@ -72,7 +73,7 @@ def local_prometheus_config(ports: dict[str, int]) -> str:
 
 def render_container_prometheus_config() -> str:
     """container/prometheus/prometheus.yml: the compose Bentos and the Pushgateway."""
-    targets = {stage: f"crash-risk-{stage}:3000" for stage in ("production", "staging")}
+    targets = {stage: f"crash-risk-{stage}:3000" for stage in STAGES}
     return render_prometheus_config(targets, CONTAINER_SCRAPE, PUSHGATEWAY_TARGET, header=True)
 
 
@@ -124,12 +125,10 @@ def reload(url: str) -> None:
 
 def recorded_url(pid_file: Path) -> str | None:
     """The Prometheus of a running `serve --monitor`, from its pid file (None otherwise)."""
-    try:
-        record = json.loads(pid_file.read_text())
-        url, pid = record.get("prometheus_url"), int(record["pid"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    record = load_serve_record(pid_file)
+    if record is None or not record.prometheus_url:
         return None
-    return url if url and psutil.pid_exists(pid) else None
+    return record.prometheus_url if psutil.pid_exists(record.pid) else None
 
 
 def prometheus_url(pid_file: Path) -> str | None:
