@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from visionzero.monitoring.forward import ForwardReport
+from visionzero.monitoring.forward import ForwardReport, PairedForward
 from visionzero.monitoring.operational import SIZE_CLASSES, StageHealth
 from visionzero.platform.stage import STAGES, Stage
 
@@ -183,6 +183,18 @@ def decide_canary(
             f"wait {needed} more complete days"
         )
         return CanaryDecision(action="wait", reasons=reasons, days_needed=needed, **versions)
+    return judge_forward(paired, rule, healthy, reasons, versions)
+
+
+def judge_forward(
+    paired: PairedForward,
+    rule: CanaryRule,
+    healthy: bool | None,
+    reasons: list[str],
+    versions: dict,
+) -> CanaryDecision:
+    """The verdict once enough paired days are in: the forward evidence, then health to promote."""
+    days = paired.days
     changes = paired.differences[str(rule.resolution)]
     dev, hit = changes["poisson_deviance"], changes["hit_rate_at_10"]
     reasons.append(
