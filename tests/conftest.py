@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
@@ -184,6 +185,62 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     train(offline=True, config_path=small_budget_config(tmp_path_factory.mktemp("trained")))
     return read_state()
+
+
+USER_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TMPDIR", "TZ")
+# A challenger never wins (its deviance would have to be <= 0): whichever of two runs at once
+# deploys last, the project holds a production and no staging.
+CHALLENGERS_LOSE = {"min_deviance_improvement": 1.0}
+
+
+def user_environment() -> dict[str, str]:
+    """A new user's shell: no VZ_*, nothing the tests set (stores, BentoML, ZenML)."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name in USER_VARIABLES or name.startswith("LC_")
+    }
+
+
+@dataclass
+class FreshProject:
+    clone: Path
+    children: list[subprocess.Popen]  # the two first runs, ended
+    outputs: list[str]
+
+
+@pytest.fixture(scope="session")
+def fresh_project() -> Iterator[FreshProject]:
+    """A fresh clone of this repository (its .venv a link to ours) trained as a new user trains
+    it, with no VZ_* variable: two first `run.py --offline` started at once, 2 tuning trials.
+    One first training serves two modules (it is the slowest part of each): tests/test_runs.py
+    checks that each run closes with its own run, tests/test_defaults.py serves what they made."""
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="vz-fresh-") as tmp:
+        clone = Path(tmp) / "visionzero"
+        # Files of its own: a local clone hardlinks this repository's objects, and a commit here
+        # meanwhile would touch their mtimes (tests/test_runs.py compares the project's).
+        clone_command = ["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(clone)]
+        subprocess.run(clone_command, check=True, timeout=120)
+        (clone / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+        config = Path(tmp) / "training.yaml"
+        # The tuning budget only: a shorter evaluation would let the later run's evaluator start
+        # after the earlier run deployed more often (then it is no first run).
+        parameters = {"tuning": SMALL_BUDGET["tuning"], "decision": CHALLENGERS_LOSE}
+        config.write_text(yaml.safe_dump({"parameters": parameters}))
+        command = [str(clone / ".venv" / "bin" / "python"), "run.py", "--offline"]
+        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        at_once = [command + ["--config", str(config)]] * 2
+        own_session = {"cwd": clone, "env": user_environment(), "start_new_session": True}
+        children = [subprocess.Popen(args, **own_session, **output) for args in at_once]
+        try:
+            outputs = [child.communicate(timeout=1500)[0] for child in children]
+        finally:  # a run still going (a timeout, Ctrl-C) is stopped with its whole group
+            for child in filter(lambda child: child.poll() is None, children):
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        yield FreshProject(clone, children, outputs)
 
 
 @pytest.fixture(scope="session")
