@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
@@ -154,33 +155,107 @@ def real_data(real_data_dir: Path) -> tuple:
     return (*split(real_data_dir, cfg), cfg)
 
 
+# The default recipe with a small search and evaluation budget: every step runs as configured,
+# with 2 trials instead of 15 and 12 (the tuner alone took 90 of a default run's 140 s).
+SMALL_BUDGET = {
+    "tuning": {"max_trials": 2, "share_trials": 2, "cv_folds": 2},
+    "evaluation": {"backtest_origins": 1, "bootstrap_reps": 200},
+}
+
+
+def small_budget_config(folder: Path, **parameters: dict) -> Path:
+    """The default training configuration with SMALL_BUDGET and `parameters` on top, written to
+    `folder/training.yaml` for `train(config_path=...)`."""
+    import yaml
+
+    from run import DEFAULT_CONFIG
+
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) or {}
+    config["parameters"] = {**SMALL_BUDGET, **parameters}
+    path = folder / "training.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture(scope="session")
-def trained() -> dict:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One offline run of the whole training pipeline in the temporary stores."""
-    from run import DEFAULT_CONFIG, train
+    from run import train
     from visionzero.rollout.deployment_state import read_state
 
-    train(offline=True, config_path=DEFAULT_CONFIG)
+    train(offline=True, config_path=small_budget_config(tmp_path_factory.mktemp("trained")))
     return read_state()
+
+
+USER_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TMPDIR", "TZ")
+# A challenger never wins (its deviance would have to be <= 0): whichever of two runs at once
+# deploys last, the project holds a production and no staging.
+CHALLENGERS_LOSE = {"min_deviance_improvement": 1.0}
+
+
+def user_environment() -> dict[str, str]:
+    """A new user's shell: no VZ_*, nothing the tests set (stores, BentoML, ZenML)."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name in USER_VARIABLES or name.startswith("LC_")
+    }
+
+
+@dataclass
+class FreshProject:
+    clone: Path
+    children: list[subprocess.Popen]  # the two first runs, ended
+    outputs: list[str]
+
+
+@pytest.fixture(scope="session")
+def fresh_project() -> Iterator[FreshProject]:
+    """A fresh clone of this repository (its .venv a link to ours) trained as a new user trains
+    it, with no VZ_* variable: two first `run.py --offline` started at once, 2 tuning trials.
+    One first training serves two modules (it is the slowest part of each): tests/test_runs.py
+    checks that each run closes with its own run, tests/test_defaults.py serves what they made."""
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="vz-fresh-") as tmp:
+        clone = Path(tmp) / "visionzero"
+        # Files of its own: a local clone hardlinks this repository's objects, and a commit here
+        # meanwhile would touch their mtimes (tests/test_runs.py compares the project's).
+        clone_command = ["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(clone)]
+        subprocess.run(clone_command, check=True, timeout=120)
+        (clone / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+        config = Path(tmp) / "training.yaml"
+        # The tuning budget only: a shorter evaluation would let the later run's evaluator start
+        # after the earlier run deployed more often (then it is no first run).
+        parameters = {"tuning": SMALL_BUDGET["tuning"], "decision": CHALLENGERS_LOSE}
+        config.write_text(yaml.safe_dump({"parameters": parameters}))
+        command = [str(clone / ".venv" / "bin" / "python"), "run.py", "--offline"]
+        output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        at_once = [command + ["--config", str(config)]] * 2
+        own_session = {"cwd": clone, "env": user_environment(), "start_new_session": True}
+        children = [subprocess.Popen(args, **own_session, **output) for args in at_once]
+        try:
+            outputs = [child.communicate(timeout=1500)[0] for child in children]
+        finally:  # a run still going (a timeout, Ctrl-C) is stopped with its whole group
+            for child in filter(lambda child: child.poll() is None, children):
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        yield FreshProject(clone, children, outputs)
 
 
 @pytest.fixture(scope="session")
 def challenger(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A third training run whose model differs (shorter share half-life) and whose rule lets any
     deployable challenger win: it becomes staging, as a real winning challenger would."""
-    import yaml
-
-    from run import DEFAULT_CONFIG, train
+    from run import train
     from visionzero.rollout import deployment_state as deployment
     from visionzero.rollout.actions import sync_registry_stages
 
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    config["parameters"] = {
-        "model": {"share_halflife_days": 365},
-        "decision": {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0},
-    }
-    path = tmp_path_factory.mktemp("config") / "challenger.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = small_budget_config(
+        tmp_path_factory.mktemp("challenger"),
+        model={"share_halflife_days": 365},
+        decision={"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0},
+    )
     before = deployment.state_path().read_text()
     train(offline=True, config_path=path)
     state = deployment.read_state()

@@ -11,8 +11,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-import yaml
 
-from tests.conftest import ROOT, free_port, wait_http
+from tests.conftest import FreshProject, free_port, user_environment, wait_http
 from visionzero.rollout.local_canary import clear_stale
 
 pytestmark = pytest.mark.slow
@@ -34,12 +31,6 @@ SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "aws-secret",
     "GITHUB_TOKEN": "gh-token",
 }
-# The default recipe with a smaller search and evaluation budget: the settings stay the defaults.
-SMALL_BUDGET = {
-    "tuning": {"max_trials": 2, "share_trials": 2},
-    "evaluation": {"backtest_origins": 1, "bootstrap_reps": 200},
-}
-USER_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TMPDIR", "TZ")
 
 
 @dataclass
@@ -48,15 +39,6 @@ class FreshRun:
     answered: list[int]  # status codes of the predictions
     children: dict[int, tuple[str, dict[str, str]]]  # pid -> (command line, environ) while served
     monitor_output: str
-
-
-def user_environment() -> dict[str, str]:
-    """A new user's shell: no VZ_*, nothing the tests set (stores, BentoML, ZenML)."""
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name in USER_VARIABLES or name.startswith("LC_")
-    }
 
 
 def run(clone: Path, env: dict[str, str], *args: str, timeout: float) -> str:
@@ -98,53 +80,53 @@ def stop(serve: subprocess.Popen, clone: Path, pids: set[int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def fresh_run() -> Iterator[FreshRun]:
-    with tempfile.TemporaryDirectory(prefix="vz-fresh-") as tmp:
-        clone = Path(tmp) / "visionzero"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
-        (clone / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
-        env = user_environment()
-        budget = Path(tmp) / "training.yaml"
-        budget.write_text(yaml.safe_dump({"parameters": SMALL_BUDGET}))
-        run(clone, env, "--offline", "--config", str(budget), timeout=3600)
-        port = free_port()
-        with open(Path(tmp) / "serve.log", "w") as log:
-            serve = subprocess.Popen(
-                [str(clone / ".venv" / "bin" / "python"), "run.py", "serve", "--monitor"]
-                + ["--port", str(port)],
-                cwd=clone,
-                env={**env, **SECRETS},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        children: dict[int, tuple[str, dict[str, str]]] = {}
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_http(url + "/readyz", 600, serve)
-            answered = [
-                requests.post(
-                    url + "/predict",
-                    json={
-                        "items": [
-                            {
-                                "latitude": 40.70 + i / 500,
-                                "longitude": -73.95,
-                                "datetime": f"2025-02-{i + 1:02d}T08:30",
-                            }
-                        ]
-                    },
-                    headers={"X-Request-ID": f"fresh-{i}"},
-                    timeout=60,
-                ).status_code
-                for i in range(REQUESTS)
-            ]
-            children = descendants(serve.pid)
-        finally:
-            stop(serve, clone, set(children))
-        assert serve.returncode == 0, (Path(tmp) / "serve.log").read_text()[-3000:]
-        monitor_output = run(clone, env, "--offline", "monitor", timeout=3600)
-        yield FreshRun(clone, answered, children, monitor_output)
+def fresh_run(
+    fresh_project: FreshProject, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FreshRun]:
+    """The fresh clone `run.py` trained with no VZ_* (conftest: two first runs at once), served
+    by `run.py serve --monitor` and monitored by `run.py monitor` in the same user's shell."""
+    for child, output in zip(fresh_project.children, fresh_project.outputs, strict=True):
+        assert child.returncode == 0, output[-3000:]
+    clone, env = fresh_project.clone, user_environment()
+    log_path = tmp_path_factory.mktemp("defaults") / "serve.log"
+    port = free_port()
+    with open(log_path, "w") as log:
+        serve = subprocess.Popen(
+            [str(clone / ".venv" / "bin" / "python"), "run.py", "serve", "--monitor"]
+            + ["--port", str(port)],
+            cwd=clone,
+            env={**env, **SECRETS},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    children: dict[int, tuple[str, dict[str, str]]] = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/readyz", 600, serve)
+        answered = [
+            requests.post(
+                url + "/predict",
+                json={
+                    "items": [
+                        {
+                            "latitude": 40.70 + i / 500,
+                            "longitude": -73.95,
+                            "datetime": f"2025-02-{i + 1:02d}T08:30",
+                        }
+                    ]
+                },
+                headers={"X-Request-ID": f"fresh-{i}"},
+                timeout=60,
+            ).status_code
+            for i in range(REQUESTS)
+        ]
+        children = descendants(serve.pid)
+    finally:
+        stop(serve, clone, set(children))
+    assert serve.returncode == 0, log_path.read_text()[-3000:]
+    monitor_output = run(clone, env, "--offline", "monitor", timeout=3600)
+    yield FreshRun(clone, answered, children, monitor_output)
 
 
 def test_monitor_counts_the_predictions_served_with_defaults(fresh_run: FreshRun) -> None:

@@ -9,10 +9,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, small_budget_config
 
 pytestmark = pytest.mark.slow  # integration tier: see pyproject.toml
 
@@ -51,15 +52,17 @@ def test_first_run_makes_a_production_model(trained: dict) -> None:
     assert state["deployments"]["production"]["model_version"] == production["version"]
 
 
-def test_second_run_compares_with_production_on_the_same_holdout(trained: dict) -> None:
+def test_second_run_compares_with_production_on_the_same_holdout(
+    trained: dict, tmp_path: Path
+) -> None:
     from zenml.client import Client
 
-    from run import DEFAULT_CONFIG, train
+    from run import train
     from visionzero.platform.settings import MODEL_NAME
 
     production = status()["models"]["production"]["version"]
     newest = Client().get_model_version(MODEL_NAME).number  # other tests may have trained more
-    train(offline=True, config_path=DEFAULT_CONFIG)
+    train(offline=True, config_path=small_budget_config(tmp_path))
     latest = Client().get_model_version(MODEL_NAME)
     assert latest.number == newest + 1
     decision = latest.run_metadata["decision"]

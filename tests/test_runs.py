@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, FreshProject
 
 
 def project_env(project: Path) -> dict[str, str]:
@@ -97,37 +96,11 @@ class Raced:
     outputs: list[str]
 
 
-# A few tuning trials: the runs' order, not the model, is under test.
-QUICK_TUNING = {"max_trials": 2, "share_trials": 2, "cv_folds": 2}
-
-
 @pytest.fixture(scope="module")
-def raced(tmp_path_factory: pytest.TempPathFactory) -> Raced:
-    """Two first runs started at once in a fresh project folder."""
-    project = tmp_path_factory.mktemp("runs") / "original"
-    env = project_env(project)
-    config = project.parent / "training.yaml"
-    config.write_text(yaml.safe_dump({"parameters": {"tuning": QUICK_TUNING}}))
-    children = [
-        subprocess.Popen(
-            [sys.executable, "run.py", "--offline", "--config", str(config)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        for _ in range(2)
-    ]
-    try:
-        outputs = [child.communicate(timeout=1500)[0] for child in children]
-    finally:
-        for child in children:
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-    return Raced(project, env, children, outputs)
+def raced(fresh_project: FreshProject) -> Raced:
+    """Two first runs started at once in a fresh project folder (a fresh clone, conftest)."""
+    project = fresh_project.clone
+    return Raced(project, project_env(project), fresh_project.children, fresh_project.outputs)
 
 
 @pytest.mark.slow
@@ -181,15 +154,19 @@ def test_a_copied_project_uses_its_own_stores(raced: Raced, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_a_moved_project_uses_its_own_stores(raced: Raced, tmp_path: Path) -> None:
     """`mv` of a trained project (last: the others use it where it was): `status --json` is
-    JSON, names the trained production model, and nothing is made where the project was."""
+    JSON, names the trained production model, and nothing is made where the project was. It is
+    moved back afterwards: the session's other tests may use it (they see one more move)."""
     moved = tmp_path / "moved"
     raced.project.rename(moved)
-    status = run_cli(project_env(moved), "status", "--json")
-    assert status.returncode == 0, status.stderr[-3000:]
-    assert f"this project moved from {raced.project}" in status.stderr
-    production = json.loads(status.stdout)["models"]["production"]
-    assert production["stage"] == "production", production
-    assert not raced.project.exists()
+    try:
+        status = run_cli(project_env(moved), "status", "--json")
+        assert status.returncode == 0, status.stderr[-3000:]
+        assert f"this project moved from {raced.project}" in status.stderr
+        production = json.loads(status.stdout)["models"]["production"]
+        assert production["stage"] == "production", production
+        assert not raced.project.exists()
+    finally:
+        moved.rename(raced.project)
 
 
 def make_store(config_dir: Path, old_config_dir: Path) -> Path:

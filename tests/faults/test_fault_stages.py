@@ -15,9 +15,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import LocalServer
+from tests.conftest import LocalServer, small_budget_config
 from visionzero.rollout import deployment_state as deployment
 from visionzero.rollout.deployment_state import DeploymentState
 
@@ -26,17 +25,12 @@ slow = pytest.mark.slow  # these run the pipeline
 
 LOSE = {"min_deviance_improvement": 1.0}  # needs a deviance <= 0: a challenger never wins
 WIN = {"min_deviance_improvement": -1.0, "hit_rate_tolerance": 1.0}  # any deployable one wins
-QUICK_TUNING = {"max_trials": 2, "share_trials": 2, "cv_folds": 2}
 
 
 def run_pipeline(tmp: Path, decision: dict) -> None:
-    from run import DEFAULT_CONFIG, train
+    from run import train
 
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text()) or {}
-    config["parameters"] = {"tuning": QUICK_TUNING, "decision": decision}
-    path = tmp / "training.yaml"
-    path.write_text(yaml.safe_dump(config))
-    train(offline=True, config_path=path)
+    train(offline=True, config_path=small_budget_config(tmp, decision=decision))
 
 
 def newest_decision() -> object:
@@ -236,13 +230,11 @@ def test_a_failing_registry_never_changes_the_recorded_deployment(
 
 
 @pytest.fixture(scope="module")
-def small_city(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def small_city(real_data_dir: Path) -> tuple:
     """Lower Manhattan over the last 150 complete days of the bundled snapshot: small and real."""
-    from visionzero.data.dataset import LoadConfig, build_dataset, load_frames
+    from visionzero.data.dataset import load_frames
 
-    data_dir = tmp_path_factory.mktemp("grain") / "data"
-    build_dataset(data_dir, LoadConfig(offline=True))
-    crashes, complete, weather = load_frames(data_dir)
+    crashes, complete, weather = load_frames(real_data_dir)
     box = crashes["latitude"].between(40.70, 40.76) & crashes["longitude"].between(-74.02, -73.97)
     return crashes[box], complete.sort_values("date").tail(150), weather
 
