@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.test_k8s import release
 from visionzero.data.dataset import load_frames
 from visionzero.evaluation.backtest import EvaluationConfig
 from visionzero.evaluation.grid import DenseGrid, crash_zones
@@ -27,6 +28,7 @@ from visionzero.monitoring.forward import (
 from visionzero.monitoring.operational import StageHealth
 from visionzero.monitoring.retrain import RetrainRule, decide_retrain
 from visionzero.monitoring.traffic import reference_cells, traffic_view, zone7_boroughs
+from visionzero.rollout.deployment_state import DeploymentState
 
 pytestmark = pytest.mark.slow
 
@@ -126,19 +128,24 @@ def test_staging_trained_on_far_less_data_waits_then_is_rolled_back(real_data, m
 
 
 def test_deployed_dates_come_from_the_state_history() -> None:
-    state = {
-        "production": {"model_version": 3},
-        "staging": {"model_version": 4},
-        "history": [
-            {"event": "deploy_production", "at": "2025-01-02T10:00:00+00:00", "model_version": 3},
-            {"event": "deploy_staging", "at": "2025-02-03T10:00:00+00:00", "model_version": 4},
-            {"event": "deploy_staging", "at": "2025-02-01T10:00:00+00:00", "model_version": 9},
-        ],
-    }
+    state = DeploymentState.model_validate(
+        {
+            "production": release(3),
+            "staging": release(4),
+            "history": [
+                {
+                    "event": "deploy_production",
+                    "at": "2025-01-02T10:00:00+00:00",
+                    "model_version": 3,
+                },
+                {"event": "deploy_staging", "at": "2025-02-03T10:00:00+00:00", "model_version": 4},
+                {"event": "deploy_staging", "at": "2025-02-01T10:00:00+00:00", "model_version": 9},
+            ],
+        }
+    )
     assert deployed_dates(state) == {"production": date(2025, 1, 2), "staging": date(2025, 2, 3)}
-    assert deployed_dates({"production": {"model_version": 1}, "history": []}) == {
-        "production": None
-    }
+    only_production = DeploymentState(production=release(1), history=[])
+    assert deployed_dates(only_production) == {"production": None}
 
 
 def test_retrain_fires_when_forward_deviance_leaves_the_holdout_interval(real_data, models) -> None:

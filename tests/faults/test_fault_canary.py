@@ -211,6 +211,7 @@ class Load:
         self.statuses: Counter = Counter()
         self.answers: Counter = Counter()
         self.recent: deque = deque(maxlen=50)
+        self.resent = 0  # requests sent again after a dropped connection (see _post)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -218,7 +219,7 @@ class Load:
         session = requests.Session()
         while not self.stop.is_set():
             try:
-                response = session.post(self.url + "/predict", json=POINT, timeout=30)
+                response = self._post(session)
             except requests.RequestException as exc:
                 self.statuses[type(exc).__name__] += 1
                 continue
@@ -228,6 +229,17 @@ class Load:
                 answer = (prediction["stage"], prediction["model_version"])
                 self.answers[answer] += 1
                 self.recent.append(answer)
+
+    def _post(self, session: requests.Session) -> requests.Response:
+        """One /predict, sent once more when the connection dropped before any answer, as a
+        browser does: when serve reloads nginx, an old worker closes its idle keep-alive
+        connections, and a request sent on one at that instant never reached anything (seen
+        once in 6,149 requests on a loaded machine). A second failure counts."""
+        try:
+            return session.post(self.url + "/predict", json=POINT, timeout=30)
+        except requests.ConnectionError:
+            self.resent += 1
+            return session.post(self.url + "/predict", json=POINT, timeout=30)
 
     @property
     def total(self) -> int:
@@ -318,7 +330,9 @@ def test_promote_and_rollback_under_load_answer_every_request(
                     what=f"model {version(release)} did not take all traffic",
                 )
                 wait_for(lambda load=load: load.total >= 2000, 120, "2,000 requests")
-            assert not load.failures, f"{kind}: {load.failures} of {load.total}"
+            assert not load.failures, (
+                f"{kind}: {load.failures} of {load.total}, {load.resent} resent"
+            )
         assert serve.terminate() == 0
         assert not serve.leftovers(), "processes outlived serve"
 
