@@ -87,7 +87,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 # the tests import free_port from here
-from visionzero.platform.processes import NotReady, free_port, http_ok, wait_until  # noqa: E402
+from visionzero.platform.processes import (  # noqa: E402
+    Child,
+    NotReady,
+    free_port,
+    http_ok,
+    wait_until,
+)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
@@ -288,12 +294,7 @@ def bento_server(
         wait_http(url + "/readyz", timeout, process)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        Child("bentoml serve", process).stop(timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import yaml
 from tests.conftest import ROOT, LocalServer, free_port, start_serve, wait_for, wait_http
 from tests.fake_socrata import make_handler, snapshot_records
 from tests.test_alerts import discord_like
+from visionzero.platform.processes import Child
 
 pytestmark = pytest.mark.slow
 CUTOFF = date(2024, 12, 31)
@@ -164,12 +164,7 @@ def messages_titled(alerts: list[dict], prefix: str) -> list[dict]:
 
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        Child("run.py serve", process).stop(timeout=60)
     if process.stdout:
         process.stdout.close()
 
